@@ -1,0 +1,158 @@
+"""On-disk cache of class embeddings, one small file per (model, template set, label).
+
+Layout under the cache root:
+    embeddings/<model key>/model.json               what the model key stands for
+    embeddings/<model key>/<templates key>/<label key>.emb
+
+Each .emb file is MAGIC, the dimension, a CRC32 of the data, then float32 data;
+it is written to a temporary file and renamed, so readers never see half a file
+and two runs writing the same entry at once both leave a valid one.  A file that
+fails its checks is reported once and rebuilt; a cache that cannot be written to
+is reported once and the run goes on without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+import tempfile
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import CacheWarning
+
+MAGIC = b"CLIPEMB1"
+HEADER = struct.Struct("<8sII")
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:32]
+
+
+def encode_entry(vector: torch.Tensor) -> bytes:
+    data = vector.detach().float().contiguous().cpu().numpy().tobytes()
+    return HEADER.pack(MAGIC, vector.numel(), zlib.crc32(data)) + data
+
+
+def decode_entry(blob: bytes) -> torch.Tensor | None:
+    """The vector, or None when the bytes are not a complete, intact entry."""
+    if len(blob) < HEADER.size:
+        return None
+    magic, dim, crc = HEADER.unpack_from(blob)
+    data = blob[HEADER.size:]
+    if magic != MAGIC or len(data) != dim * 4 or zlib.crc32(data) != crc:
+        return None
+    return torch.frombuffer(bytearray(data), dtype=torch.float32)
+
+
+@dataclass
+class EmbeddingCache:
+    """Class embeddings for one model and one template set."""
+
+    directory: Path
+    model_dir: Path
+    model_info: dict
+    enabled: bool = True
+    _warned_corrupt: bool = False
+
+    @classmethod
+    def for_model(cls, root: Path, model_key: str, model_info: dict, templates: list[str]) -> "EmbeddingCache":
+        model_dir = Path(root) / "embeddings" / model_key
+        return cls(model_dir / _digest(templates), model_dir, model_info)
+
+    def _path(self, texts: tuple[str, ...]) -> Path:
+        return self.directory / f"{_digest(list(texts))}.emb"
+
+    def get(self, texts: tuple[str, ...]) -> torch.Tensor | None:
+        if not self.enabled:
+            return None
+        path = self._path(texts)
+        try:
+            blob = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self._disable(f"cannot read {path} ({exc.strerror or exc})")
+            return None
+        vector = decode_entry(blob)
+        if vector is None and not self._warned_corrupt:
+            self._warned_corrupt = True
+            warnings.warn(f"embedding cache entry {path} was corrupt; rebuilding it", CacheWarning, stacklevel=2)
+        return vector
+
+    def put(self, texts: tuple[str, ...], vector: torch.Tensor) -> None:
+        if not self.enabled:
+            return
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._write_model_info()
+            atomic_write_bytes(self._path(texts), encode_entry(vector))
+        except OSError as exc:
+            self._disable(f"cannot write to {self.directory} ({exc.strerror or exc})")
+
+    def _write_model_info(self) -> None:
+        info = self.model_dir / "model.json"
+        if not info.exists():
+            atomic_write_bytes(info, json.dumps(self.model_info, indent=2, sort_keys=True).encode())
+
+    def _disable(self, why: str) -> None:
+        self.enabled = False
+        warnings.warn(f"embedding cache disabled for this run: {why}", CacheWarning, stacklevel=3)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    try:
+        with handle:
+            handle.write(data)
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class CachedModel:
+    key: str
+    info: dict
+    entries: int
+    size_bytes: int
+
+    @property
+    def name(self) -> str:
+        info = self.info
+        name = info.get("alias") or info.get("model") or self.key
+        return f"{name}:{info['pretrained']}" if info.get("pretrained") and not info.get("alias") else name
+
+
+def cache_summary(root: Path) -> list[CachedModel]:
+    """One row per model that has cached embeddings."""
+    base = Path(root) / "embeddings"
+    if not base.is_dir():
+        return []
+    rows = []
+    for model_dir in sorted(p for p in base.iterdir() if p.is_dir()):
+        try:
+            info = json.loads((model_dir / "model.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            info = {}
+        files = [p for p in model_dir.rglob("*.emb")]
+        rows.append(CachedModel(model_dir.name, info, len(files), sum(p.stat().st_size for p in files)))
+    return rows
+
+
+def clear_cache(root: Path, model: str | None = None) -> int:
+    """Remove cached embeddings (of models whose name contains `model`, if given); returns models removed."""
+    removed = 0
+    for row in cache_summary(root):
+        if model is None or model.lower() in row.name.lower() or model == row.key:
+            shutil.rmtree(Path(root) / "embeddings" / row.key, ignore_errors=True)
+            removed += 1
+    return removed

@@ -1,0 +1,60 @@
+"""`clip cache info` and `clip cache clear`: the on-disk class-embedding cache."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from typing_extensions import Annotated
+
+from .. import config
+from . import output
+from .classify import CacheDirOpt
+from .common import handles_errors
+
+app = typer.Typer(help="Inspect or clear the class-embedding cache.", no_args_is_help=True)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+@app.command("info")
+@handles_errors
+def info(cache_dir: CacheDirOpt = None) -> None:
+    """Where the cache is, its size, and its entries by model."""
+    from ..cache import cache_summary
+
+    root = config.cache_dir(cache_dir)
+    rows = cache_summary(root)
+    console = Console(highlight=False)
+    console.print(f"location: {root}")
+    console.print(f"size: {_size(sum(r.size_bytes for r in rows))} in {sum(r.entries for r in rows)} entries")
+    if rows:
+        table = Table(show_edge=False, pad_edge=False)
+        for column in ("model", "entries", "size", "key"):
+            table.add_column(column, justify="right" if column in ("entries", "size") else "left")
+        for row in rows:
+            table.add_row(output.escape(row.name), str(row.entries), _size(row.size_bytes), row.key)
+        console.print(table)
+
+
+@app.command("clear")
+@handles_errors
+def clear(
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", help="Only models whose name contains this text.", show_default=False)] = None,
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """Delete cached class embeddings (all, or one model's)."""
+    from ..cache import clear_cache
+
+    root = config.cache_dir(cache_dir)
+    removed = clear_cache(root, model)
+    output.info(f"removed cached embeddings of {removed} model(s) from {root}")

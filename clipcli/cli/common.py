@@ -1,0 +1,68 @@
+"""What every command shares: turning library errors into one-line messages and exit codes."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import warnings
+from typing import Callable, TypeVar
+
+import typer
+
+from ..errors import CacheWarning, ClipCliError, ClipCliWarning
+from . import output
+
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_USAGE = 2
+EXIT_MODEL = 3
+EXIT_INTERRUPTED = 130
+
+F = TypeVar("F", bound=Callable)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, (ClipCliWarning, CacheWarning)):
+        output.warning(str(message))
+
+
+def setup_reporting(verbose: bool = False) -> None:
+    """Our warnings as one line on stderr; third-party logging and warnings only with --verbose."""
+    warnings.showwarning = _show_warning
+    warnings.simplefilter("always", ClipCliWarning)
+    warnings.simplefilter("always", CacheWarning)
+    root = logging.getLogger()
+    if verbose:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    else:
+        root.addHandler(logging.NullHandler())  # keeps open_clip's log lines off the terminal
+        warnings.filterwarnings("ignore", module="(torch|open_clip|timm|huggingface_hub).*")
+
+
+def _quiet_broken_pipe() -> None:
+    # The reader went away (`clip ... | head -1`): stop quietly, and keep Python from
+    # complaining while it flushes stdout at exit.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+def handles_errors(command: F) -> F:
+    """User errors -> one line on stderr and their exit code; Ctrl-C -> 130; closed pipe -> quiet."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except ClipCliError as exc:
+            output.error(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            output.info("interrupted")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except BrokenPipeError:
+            _quiet_broken_pipe()
+            raise typer.Exit(EXIT_OK) from None
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,85 @@
+"""Rendering for people: rich tables on stdout, messages and progress on stderr."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import IO, Callable, Iterator
+
+from rich.console import Console
+from rich.table import Table
+
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def error(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+
+
+def warning(message: str) -> None:
+    err_console.print(f"[yellow]warning:[/] {message}", markup=True, highlight=False)
+
+
+def info(message: str) -> None:
+    err_console.print(message, markup=False, highlight=False)
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
+def prediction_table(record: dict) -> Table:
+    table = Table(title=escape(record["path"]), title_justify="left", show_edge=False, pad_edge=False)
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("label")
+    table.add_column("probability", justify="right")
+    table.add_column("", min_width=20)
+    for rank, prediction in enumerate(record["predictions"], start=1):
+        score = prediction["score"]
+        bar = "█" * round(score * 20)
+        table.add_row(str(rank), escape(prediction["label"]), f"{score:.4f}", f"[green]{bar}[/]")
+    return table
+
+
+class TableWriter:
+    """Writes each record as a rich table; error records go to stderr only."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.console = Console(file=stream, highlight=False, soft_wrap=False,
+                               width=None if stream is sys.stdout else 100)
+
+    def write(self, record: dict) -> None:
+        if "error" not in record:
+            self.console.print(prediction_table(record))
+            self.console.print()
+
+    def close(self) -> None:
+        self.console.file.flush()
+
+
+@contextmanager
+def progress_bar(description: str, enabled: bool) -> Iterator[Callable[[int, int], None]]:
+    """A transient progress bar on stderr (count, rate, ETA), or a no-op callback."""
+    if not enabled:
+        yield lambda done, total: None
+        return
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                               TimeRemainingColumn)
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+                  TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=err_console,
+                  transient=True) as progress:
+        task = progress.add_task(description, total=None, rate="")
+
+        def update(done: int, total: int) -> None:
+            elapsed = progress.tasks[0].elapsed or 0
+            rate = f"{done / elapsed:.1f}/s" if elapsed > 0 else ""
+            progress.update(task, completed=done, total=total, rate=rate)
+
+        yield update
+
+
+def progress_enabled(quiet: bool) -> bool:
+    return not quiet and err_console.is_terminal

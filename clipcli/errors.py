@@ -1,0 +1,63 @@
+"""The exceptions clipcli raises for things a user can fix.
+
+The library raises these; only the command line turns them into one-line
+messages and exit codes (see README, "Exit codes").
+"""
+
+from __future__ import annotations
+
+
+class ClipCliError(Exception):
+    """Base class: a problem the user can fix, with a message meant for people."""
+
+    exit_code = 2
+
+
+class UsageError(ClipCliError):
+    """Bad options or arguments: no labels, an unknown template set, a bad flag value."""
+
+    exit_code = 2
+
+
+class TemplateError(UsageError):
+    """A prompt-template set that cannot be found or is malformed."""
+
+
+class LabelError(UsageError):
+    """A label list or labels file that cannot be used."""
+
+
+class InputError(UsageError):
+    """Inputs that name no images at all (a missing path, an empty folder)."""
+
+
+class ModelLoadError(ClipCliError):
+    """A model that cannot be resolved or loaded (unknown name, missing weights, bad checkpoint)."""
+
+    exit_code = 3
+
+
+class DeviceError(ClipCliError):
+    """A requested device (cuda, mps) that this machine does not have."""
+
+    exit_code = 3
+
+
+class ImageReadError(ClipCliError):
+    """One image that cannot be read; in a batch it becomes an error record, not a failure."""
+
+    exit_code = 1
+
+    def __init__(self, path: str, message: str, kind: str = "unreadable") -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.reason = message
+        self.kind = kind
+
+
+class CacheWarning(UserWarning):
+    """The embedding cache could not be used; the run goes on without it."""
+
+
+class ClipCliWarning(UserWarning):
+    """Something the user should know (duplicate labels, truncated prompts)."""

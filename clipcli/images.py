@@ -1,0 +1,176 @@
+"""Finding images on disk and opening them safely.
+
+Every per-file problem becomes an ImageReadError naming the file and what went
+wrong; callers turn those into error records and go on with the batch.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+from typing import Iterable, Iterator
+
+from .errors import ImageReadError, InputError
+
+IMAGE_EXTENSIONS = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff",
+    ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".jp2", ".avif", ".heic",
+})
+GLOB_CHARS = frozenset("*?[")
+
+
+def is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def walk_images(directory: str, recursive: bool = True) -> Iterator[str]:
+    """Image files under a directory in sorted order, skipping hidden entries and never
+    entering the same real directory twice (symlink loops end)."""
+    seen: set[tuple[int, int]] = set()
+
+    def visit(path: str) -> Iterator[str]:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            return
+        seen.add(key)
+        try:
+            entries = sorted(os.scandir(path), key=lambda e: e.name)
+        except OSError:
+            return
+        for entry in entries:
+            if _is_hidden(entry.name):
+                continue
+            if entry.is_dir():  # follows symlinks; `seen` stops loops
+                if recursive:
+                    yield from visit(entry.path)
+            elif is_image_name(entry.name):
+                yield entry.path  # broken symlinks included: they are reported when read
+
+    yield from visit(directory)
+
+
+def read_path_list(source: str) -> list[str]:
+    """Paths from a file, one per line, or from standard input with `-`."""
+    if source == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        try:
+            with open(source, encoding="utf-8", errors="surrogateescape") as handle:
+                lines = handle.read().splitlines()
+        except OSError as exc:
+            raise InputError(f"cannot read --files-from {source}: {exc.strerror or exc}") from None
+    return [line for line in lines if line.strip()]
+
+
+def discover(inputs: Iterable[str], recursive: bool = True) -> list[str]:
+    """Expand files, directories and glob patterns into image paths, in the order given.
+
+    A path named explicitly is kept even if it is missing or has no image
+    extension (it is decoded by content, or reported when read).  Each path is
+    listed once: the same file named twice is classified once.
+    """
+    found: list[str] = []
+    for item in inputs:
+        if os.path.isdir(item):
+            found.extend(walk_images(item, recursive))
+        elif not os.path.lexists(item) and GLOB_CHARS & set(item):
+            for match in sorted(glob.glob(item, recursive=True)):
+                if os.path.isdir(match):
+                    found.extend(walk_images(match, recursive))
+                elif is_image_name(match):
+                    found.append(match)
+        else:
+            found.append(item)
+    return list(dict.fromkeys(found))
+
+
+def _describe(exc: BaseException) -> tuple[str, str]:
+    """(kind, message) for an exception raised while opening or decoding an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(exc, FileNotFoundError):
+        return "not_found", "file not found (or a broken symlink)"
+    if isinstance(exc, PermissionError):
+        return "permission_denied", "permission denied"
+    if isinstance(exc, IsADirectoryError):
+        return "not_a_file", "is a directory"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not_an_image", "not an image Pillow can decode"
+    if isinstance(exc, Image.DecompressionBombError):
+        return "too_large", str(exc)
+    text = str(exc) or type(exc).__name__
+    if "truncated" in text.lower() or isinstance(exc, EOFError):
+        return "truncated", f"truncated or corrupt image data ({text})"
+    return "decode_error", f"cannot decode image ({text})"
+
+
+def open_image(path: str, max_megapixels: float | None = None, min_size: int | None = None):
+    """Open one image as an upright RGB PIL image.
+
+    max_megapixels: refuse larger images (decompression bombs) before decoding.
+    min_size: for JPEG, decode at the smallest reduced scale whose shorter side is
+        still >= min_size (Pillow's draft mode), which is much faster for photos.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            _check_pixels(path, image, max_megapixels)
+            if min_size and image.format == "JPEG":
+                _draft(image, min_size)
+            image.seek(0)  # first frame of animations and multi-page files
+            image.load()
+            return _to_upright_rgb(image)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # Pillow raises many types for bad data; all of them mean "this file"
+        kind, message = _describe(exc)
+        raise ImageReadError(path, message, kind) from None
+
+
+def _check_pixels(path: str, image, max_megapixels: float | None) -> None:
+    if max_megapixels is None:
+        return
+    width, height = image.size
+    megapixels = width * height / 1e6
+    if megapixels > max_megapixels:
+        raise ImageReadError(
+            path, f"image is {width}x{height} ({megapixels:.0f} MP), above the {max_megapixels:g} MP limit "
+            "(raise it with --max-megapixels)", "too_large")
+
+
+def _draft(image, min_size: int) -> None:
+    width, height = image.size
+    scale = min(width, height) / min_size
+    if scale >= 2:
+        # draft picks a scale >= the requested size, so the shorter side stays >= min_size
+        image.draft("RGB", (max(1, round(width / scale)), max(1, round(height / scale))))
+
+
+def _to_upright_rgb(image):
+    from PIL import Image, ImageOps
+
+    image = ImageOps.exif_transpose(image) or image
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        image = image.convert("I").point(lambda value: value * (1 / 256)).convert("L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def display_path(path: str) -> str:
+    """The path as text for output: undecodable bytes kept as \\x escapes instead of crashing."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")

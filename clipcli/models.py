@@ -1,0 +1,263 @@
+"""Resolving and loading CLIP backbones through open_clip's own loaders.
+
+A model spec is anything open_clip takes: an architecture name with a
+pretrained tag or checkpoint file, `hf-hub:org/repo`, or `local-dir:/path`;
+plus the alias `demo` for the small model shipped inside this package.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import DeviceError, ModelLoadError, UsageError
+
+DEMO_ALIAS = "demo"
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def demo_model_dir() -> Path:
+    return Path(__file__).resolve().parent / "demo" / "model"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the user asked for, normalised: `name` as open_clip takes it, and the pretrained tag or file."""
+
+    name: str
+    pretrained: str | None = None
+    alias: str | None = None
+
+    @property
+    def schema(self) -> str | None:
+        for prefix in ("hf-hub:", "local-dir:"):
+            if self.name.startswith(prefix):
+                return prefix[:-1]
+        return None
+
+    @property
+    def display_name(self) -> str:
+        return self.alias or self.name
+
+
+def parse_model_spec(model: str, pretrained: str | None = None) -> ModelSpec:
+    """`demo`, `local-dir:DIR`, `hf-hub:org/repo`, `ARCH` (+ pretrained), or `ARCH:TAG` shorthand."""
+    if model == DEMO_ALIAS:
+        return ModelSpec(f"local-dir:{demo_model_dir()}", None, alias=DEMO_ALIAS)
+    if model.startswith(("hf-hub:", "local-dir:")):
+        return ModelSpec(model, None)
+    if pretrained is None and ":" in model:
+        arch, _, tag = model.partition(":")
+        return ModelSpec(arch, tag or None)
+    return ModelSpec(model, pretrained)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference, with everything needed to use it and to name it."""
+
+    model: Any
+    preprocess: Callable
+    tokenizer: Any
+    spec: ModelSpec
+    device: Any
+    precision: str
+    identity: dict = field(default_factory=dict)
+
+    @property
+    def cast_dtype(self):
+        import torch
+
+        return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision, torch.float32)
+
+    @property
+    def image_size(self) -> int:
+        size = getattr(self.model.visual, "image_size", 224)
+        return int(min(size) if isinstance(size, (tuple, list)) else size)
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.detach().float().exp().reshape(-1)[0])
+
+    @property
+    def logit_bias(self) -> float | None:
+        bias = getattr(self.model, "logit_bias", None)
+        return None if bias is None else float(bias.detach().float().reshape(-1)[0])
+
+    def identity_key(self) -> str:
+        """A short stable hash of everything that determines the text embeddings."""
+        blob = json.dumps(self.identity, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def resolve_device(device: str = "auto"):
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    kind = device.split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("--device cuda: no CUDA GPU is available here (use --device auto or cpu)")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise DeviceError("--device mps: Apple MPS is not available here (use --device auto or cpu)")
+    if kind not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"unknown --device {device!r}; use auto, cpu, cuda, cuda:N or mps")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str, device) -> str:
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown --precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def _fingerprint_file(path: str) -> str:
+    """Size, mtime and the hash of the first and last 4 MiB: cheap, and changes when the weights do."""
+    stat = os.stat(path)
+    digest = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    chunk = 4 << 20
+    with open(path, "rb") as handle:
+        digest.update(handle.read(chunk))
+        if stat.st_size > chunk:
+            handle.seek(max(chunk, stat.st_size - chunk))
+            digest.update(handle.read(chunk))
+    return digest.hexdigest()[:24]
+
+
+def _local_dir_identity(directory: Path) -> dict:
+    from open_clip.factory import _find_checkpoint_in_dir
+
+    config = (directory / "open_clip_config.json").read_text(encoding="utf-8")
+    weights = _find_checkpoint_in_dir(directory)
+    return {"config": hashlib.sha256(config.encode()).hexdigest()[:24],
+            "weights": _fingerprint_file(weights) if weights else None}
+
+
+def _check_architecture(spec: ModelSpec) -> None:
+    import open_clip
+
+    known = open_clip.list_models()
+    if spec.name.replace("/", "-") in known:
+        return
+    close = difflib.get_close_matches(spec.name, known, n=5, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; `clip models` lists them"
+    raise ModelLoadError(f"unknown model architecture {spec.name!r}{hint}")
+
+
+def _tag_config(spec: ModelSpec) -> dict:
+    """open_clip's config for a pretrained tag; {} when `pretrained` is a file path."""
+    import open_clip
+
+    if spec.pretrained is None:
+        raise ModelLoadError(
+            f"model {spec.name!r} needs weights: pass --pretrained TAG or a checkpoint file "
+            f"(tags: {', '.join(open_clip.list_pretrained_tags_by_model(spec.name)) or 'none'})")
+    cfg = open_clip.get_pretrained_cfg(spec.name, spec.pretrained)
+    if cfg:
+        return cfg
+    if os.path.isfile(spec.pretrained):
+        return {}
+    tags = open_clip.list_pretrained_tags_by_model(spec.name)
+    known = f"known tags for {spec.name}: {', '.join(tags)}" if tags else f"open_clip knows no tags for {spec.name}"
+    raise ModelLoadError(f"pretrained {spec.pretrained!r} is neither a tag for {spec.name} nor a file; {known}")
+
+
+def _check_local_dir(spec: ModelSpec) -> Path:
+    directory = Path(spec.name[len("local-dir:"):])
+    if not directory.is_dir():
+        raise ModelLoadError(f"{spec.name}: folder not found")
+    if not (directory / "open_clip_config.json").is_file():
+        raise ModelLoadError(f"{spec.name}: open_clip_config.json is missing (a local-dir: model needs "
+                             "open_clip_config.json and a weights file)")
+    return directory
+
+
+def _weights_hint(spec: ModelSpec, weights_dir: str | None) -> str:
+    from huggingface_hub import constants
+
+    location = weights_dir or constants.HF_HUB_CACHE
+    offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
+    return (f"weights for {spec.display_name}{'/' + spec.pretrained if spec.pretrained else ''} are not in "
+            f"the cache at {location} and could not be downloaded{offline}; run once with network access, "
+            "or use local files: --model local-dir:DIR or --pretrained /path/to/checkpoint")
+
+
+def load_model(model: str, pretrained: str | None = None, device: str = "auto", precision: str = "auto",
+               weights_dir: str | None = None) -> LoadedModel:
+    """Load a model for inference (eval mode) with its preprocess and tokenizer."""
+    import open_clip
+
+    spec = parse_model_spec(model, pretrained)
+    torch_device = resolve_device(device)
+    precision = resolve_precision(precision, torch_device)
+    identity: dict = {"model": spec.name, "pretrained": spec.pretrained, "precision": precision}
+    kwargs: dict = {}
+
+    if spec.schema == "local-dir":
+        identity.update(_local_dir_identity(_check_local_dir(spec)))
+    elif spec.schema is None:
+        _check_architecture(spec)
+        tag_cfg = _tag_config(spec)
+        # The QuickGELU trap: OpenAI's weights were trained with QuickGELU; an `openai` tag on a plain
+        # architecture silently gives worse embeddings unless the activation is switched on.
+        if tag_cfg.get("quick_gelu"):
+            kwargs["force_quick_gelu"] = True
+        if not tag_cfg:
+            identity["weights"] = _fingerprint_file(spec.pretrained)
+
+    try:
+        net, preprocess = open_clip.create_model_from_pretrained(
+            spec.name, spec.pretrained, precision=precision, device=torch_device, cache_dir=weights_dir, **kwargs)
+        tokenizer = open_clip.get_tokenizer(spec.name, cache_dir=weights_dir)
+    except ModelLoadError:
+        raise
+    except (RuntimeError, FileNotFoundError, OSError) as exc:
+        text = str(exc)
+        if "download" in text.lower() or "offline" in text.lower() or "hub" in text.lower():
+            raise ModelLoadError(_weights_hint(spec, weights_dir)) from None
+        raise ModelLoadError(f"cannot load {spec.display_name}: {_first_line(text)}") from None
+    except Exception as exc:  # a corrupt or mismatched checkpoint surfaces as many error types
+        raise ModelLoadError(f"cannot load weights for {spec.display_name}: {_first_line(str(exc))}") from None
+
+    net.eval()
+    if spec.schema == "hf-hub":
+        identity["weights"] = _hf_weights_fingerprint(spec, weights_dir)
+    identity["context_length"] = getattr(tokenizer, "context_length", None)
+    identity["tokenizer"] = type(tokenizer).__name__
+    return LoadedModel(net, preprocess, tokenizer, spec, torch_device, precision, identity)
+
+
+def _hf_weights_fingerprint(spec: ModelSpec, weights_dir: str | None) -> str | None:
+    from open_clip.pretrained import download_pretrained_from_hf
+
+    try:  # already downloaded by the load above, so this resolves from the cache
+        return _fingerprint_file(download_pretrained_from_hf(spec.name[len("hf-hub:"):], cache_dir=weights_dir))
+    except Exception:
+        return None
+
+
+def _first_line(text: str) -> str:
+    return (text.strip().splitlines() or ["unknown error"])[0][:300]
+
+
+def is_text_truncated(tokenizer, text: str) -> bool:
+    """True when a prompt is longer than the tokenizer's context (the tokenizer cuts it silently)."""
+    encode = getattr(tokenizer, "encode", None)
+    context = getattr(tokenizer, "context_length", None)
+    if encode is None or context is None:
+        return False
+    try:
+        return len(encode(text)) + 2 > context  # + start and end tokens
+    except Exception:
+        return False

@@ -1,0 +1,135 @@
+"""Result records and their machine-readable forms: JSON, JSON Lines and CSV (stdlib only).
+
+A record is a plain dict, one per input file:
+    {"path": ..., "predictions": [{"label": ..., "score": ...}, ...]}   ranked, best first
+    {"path": ..., "error": {"type": ..., "message": ...}}                a file that could not be read
+Writers stream: each record is written as it comes, so a long run can be piped
+or interrupted and what was written stays valid.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Iterator, Sequence
+
+FORMATS = ("table", "json", "jsonl", "csv")
+CSV_COLUMNS = ("path", "rank", "label", "score", "error_type", "error_message")
+
+
+def prediction_record(path: str, labels: Sequence[str], scores: Sequence[float], top_k: int = 0) -> dict:
+    """Ranked predictions; top_k = 0 keeps every label."""
+    ranked = sorted(zip(labels, scores), key=lambda pair: -pair[1])
+    if top_k > 0:
+        ranked = ranked[:top_k]
+    return {"path": path, "predictions": [{"label": label, "score": float(score)} for label, score in ranked]}
+
+
+def error_record(path: str, kind: str, message: str) -> dict:
+    return {"path": path, "error": {"type": kind, "message": message}}
+
+
+def is_error(record: dict) -> bool:
+    return "error" in record
+
+
+class JsonLinesWriter:
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def write(self, record: dict) -> None:
+        self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+class JsonWriter:
+    """One JSON document: the run's header fields, then "results" streamed record by record."""
+
+    def __init__(self, stream: IO[str], header: dict) -> None:
+        self.stream = stream
+        head = json.dumps({**header, "results": []}, ensure_ascii=False, indent=2)
+        self.stream.write(head[: head.rindex("[") + 1])  # everything up to the open results list
+        self.count = 0
+
+    def write(self, record: dict) -> None:
+        body = json.dumps(record, ensure_ascii=False, indent=2).replace("\n", "\n    ")
+        self.stream.write(("," if self.count else "") + "\n    " + body)
+        self.count += 1
+
+    def close(self) -> None:
+        self.stream.write("\n  ]\n}\n" if self.count else "]\n}\n")
+        self.stream.flush()
+
+
+class CsvWriter:
+    """path,rank,label,score rows; an unreadable file gives one row with error_type and error_message."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.writer = csv.writer(stream, lineterminator="\n")
+        self.writer.writerow(CSV_COLUMNS)
+
+    def write(self, record: dict) -> None:
+        if is_error(record):
+            error = record["error"]
+            self.writer.writerow([record["path"], "", "", "", error["type"], error["message"]])
+            return
+        for rank, prediction in enumerate(record["predictions"], start=1):
+            self.writer.writerow([record["path"], rank, prediction["label"], repr(prediction["score"]), "", ""])
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+def make_writer(fmt: str, stream: IO[str], header: dict | None = None):
+    if fmt == "jsonl":
+        return JsonLinesWriter(stream)
+    if fmt == "json":
+        return JsonWriter(stream, header or {})
+    if fmt == "csv":
+        return CsvWriter(stream)
+    raise ValueError(f"no writer for format {fmt!r}")
+
+
+def read_csv_records(text: str) -> list[dict]:
+    """Parse CSV written by CsvWriter back into records (for scripts and tests)."""
+    records: dict[str, dict] = {}
+    for row in csv.DictReader(text.splitlines()):
+        if row["error_type"]:
+            records[row["path"]] = error_record(row["path"], row["error_type"], row["error_message"])
+        else:
+            entry = records.setdefault(row["path"], {"path": row["path"], "predictions": []})
+            entry["predictions"].append({"label": row["label"], "score": float(row["score"])})
+    return list(records.values())
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[IO[str]]:
+    """Write to a temporary file beside `path` and rename it over `path` only on success.
+
+    If the block is interrupted (KeyboardInterrupt), the complete records written
+    so far are kept as `path.partial` and `path` itself is left untouched; on any
+    other error the temporary file is removed.
+    """
+    target = Path(path)
+    directory = target.parent if str(target.parent) else Path(".")
+    fd, temp_name = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
+    stream = os.fdopen(fd, "w", encoding="utf-8", newline="")
+    try:
+        yield stream
+        stream.close()
+        os.replace(temp_name, target)
+    except KeyboardInterrupt:
+        stream.close()
+        os.replace(temp_name, f"{target}.partial")
+        raise
+    except BaseException:
+        stream.close()
+        Path(temp_name).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,104 @@
+"""Prompt-template sets: bundled YAML files in prompts/ or a user's own file.
+
+A set is a YAML mapping with `name`, `description`, `source` and `templates`
+(a list of sentences with one `{}` or `{c}` placeholder for the label).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import TemplateError
+
+PLACEHOLDERS = ("{}", "{c}")
+
+
+@dataclass(frozen=True)
+class TemplateSet:
+    name: str
+    description: str
+    source: str
+    templates: list[str]
+    path: Path | None = None
+
+    def render(self, label: str) -> list[str]:
+        """The label put into every template."""
+        return [render_template(t, label) for t in self.templates]
+
+
+def render_template(template: str, label: str) -> str:
+    for placeholder in PLACEHOLDERS:
+        template = template.replace(placeholder, label)
+    return template
+
+
+def bundled_dir() -> Path:
+    """prompts/ as installed inside the package, or at the top of a source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "prompts", here.parent / "prompts"):
+        if candidate.is_dir():
+            return candidate
+    raise TemplateError("the bundled prompt templates are missing; reinstall clipcli")
+
+
+def bundled_names() -> list[str]:
+    return sorted(p.stem for p in bundled_dir().glob("*.yaml"))
+
+
+def list_template_sets() -> list[TemplateSet]:
+    return [load_template_set(name) for name in bundled_names()]
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.endswith((".yaml", ".yml")) or "/" in spec or "\\" in spec
+
+
+def load_template_set(spec: str) -> TemplateSet:
+    """A bundled set by name (`imagenet`) or a YAML file by path."""
+    if _looks_like_path(spec):
+        path = Path(spec)
+        if not path.is_file():
+            raise TemplateError(f"template file not found: {spec}")
+        return _parse_file(path)
+    path = bundled_dir() / f"{spec}.yaml"
+    if not path.is_file():
+        raise TemplateError(
+            f"unknown template set {spec!r}; known sets: {', '.join(bundled_names())} "
+            "(or give a path to your own .yaml file)")
+    return _parse_file(path)
+
+
+def _parse_file(path: Path) -> TemplateSet:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise TemplateError(f"{where}: malformed YAML ({problem})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TemplateError(f"cannot read template file {path}: {exc}") from None
+    if isinstance(data, list):  # a bare list of templates is accepted too
+        data = {"templates": data}
+    if not isinstance(data, dict) or not isinstance(data.get("templates"), list) or not data["templates"]:
+        raise TemplateError(f"{path}: expected a mapping with a non-empty 'templates' list")
+    templates = [str(t) for t in data["templates"]]
+    for template in templates:
+        _check_template(path, template)
+    return TemplateSet(
+        name=str(data.get("name") or path.stem),
+        description=str(data.get("description") or ""),
+        source=str(data.get("source") or ""),
+        templates=templates,
+        path=path,
+    )
+
+
+def _check_template(path: Path, template: str) -> None:
+    count = sum(template.count(p) for p in PLACEHOLDERS)
+    if count != 1:
+        raise TemplateError(
+            f"{path}: template {template!r} has {count} placeholders; each needs exactly one {{}} (or {{c}})")

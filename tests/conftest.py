@@ -1,0 +1,44 @@
+import os
+import sys
+from pathlib import Path
+
+# Never touch the network, and never the user's real cache.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.pop("CLIPCLI_MODEL", None)
+os.environ.pop("CLIPCLI_PRETRAINED", None)
+
+import pytest  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import tiny_models  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("CLIPCLI_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return tiny_models.save_local_dir("clip", tmp_path_factory.mktemp("tiny") / "clip")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir) -> str:
+    return f"local-dir:{tiny_model_dir}"
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory) -> Path:
+    """A folder of drawn shapes in several formats, one subfolder deep."""
+    from clipcli.demo import shapes
+
+    folder = tmp_path_factory.mktemp("images")
+    (folder / "sub").mkdir()
+    shapes.draw_pil("red", "circle", seed=1).save(folder / "red_circle.png")
+    shapes.draw_pil("blue", "square", size=96, seed=2).save(folder / "blue_square.jpg", quality=95)
+    shapes.draw_pil("green", "star", seed=3).save(folder / "sub" / "green_star.webp")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / ".hidden.png").write_bytes(b"")
+    return folder

@@ -1,0 +1,52 @@
+"""Small open_clip models built and saved by the tests (seeded random weights, never downloaded)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+
+VISION = {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32}
+TEXT = {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}
+
+FAMILIES = {
+    # classic CLIP: causal text transformer, argmax (end-of-text) pooling
+    "clip": {"embed_dim": 32, "vision_cfg": VISION, "text_cfg": TEXT},
+    # a SigLIP-style text tower: attends both ways, pools the last token, logit bias
+    "siglip": {"embed_dim": 32, "vision_cfg": VISION, "custom_text": True, "init_logit_bias": -10.0,
+               "text_cfg": {**TEXT, "context_length": 64, "no_causal_mask": True, "pool_type": "last",
+                            "proj_bias": True}},
+    # a classic CLIP class whose text transformer has no causal mask (MobileCLIP-like)
+    "nocausal": {"embed_dim": 32, "vision_cfg": VISION, "text_cfg": {**TEXT, "no_causal_mask": True}},
+    # CustomTextCLIP with open_clip's own causal text transformer
+    "custom": {"embed_dim": 32, "vision_cfg": VISION, "custom_text": True, "text_cfg": TEXT},
+}
+
+
+def build(family: str, seed: int = 0):
+    import open_clip
+
+    cfg = copy.deepcopy(FAMILIES[family])
+    custom = cfg.pop("custom_text", False)
+    torch.manual_seed(seed)
+    model = (open_clip.CustomTextCLIP if custom else open_clip.CLIP)(**cfg)
+    # Random init gives near-identical embeddings; spread them so probabilities differ visibly.
+    with torch.no_grad():
+        model.logit_scale.fill_(4.0)
+        for p in model.parameters():
+            if p.ndim >= 2:
+                p.mul_(3.0)
+    return model.eval()
+
+
+def save_local_dir(family: str, directory: Path, seed: int = 0) -> Path:
+    """Write open_clip's local-dir layout: open_clip_config.json + open_clip_model.safetensors."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    model = build(family, seed)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / "open_clip_model.safetensors"))
+    (directory / "open_clip_config.json").write_text(json.dumps({"model_cfg": FAMILIES[family]}))
+    return directory

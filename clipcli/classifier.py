@@ -19,7 +19,7 @@ from .cache import EmbeddingCache
 from .errors import ClipCliWarning, UsageError
 from .labels import Label
 from .models import LoadedModel, is_text_truncated
-from .templates import TemplateSet
+from .templates import TemplateSet, render_template
 from .textenc import encode_texts
 
 SCORES = ("softmax", "sigmoid")
@@ -59,7 +59,7 @@ def label_prompts(label: Label, templates: TemplateSet) -> list[str]:
 def _warn_truncated(loaded: LoadedModel, labels: list[Label], templates: TemplateSet) -> None:
     longest = max(templates.templates, key=len)
     cut = [label.name for label in labels
-           if any(is_text_truncated(loaded.tokenizer, longest.replace("{}", t).replace("{c}", t)) for t in label.texts)]
+           if any(is_text_truncated(loaded.tokenizer, render_template(longest, text)) for text in label.texts)]
     if cut:
         shown = ", ".join(repr(name[:40] + ("..." if len(name) > 40 else "")) for name in cut[:5])
         more = f" and {len(cut) - 5} more" if len(cut) > 5 else ""

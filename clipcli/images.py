@@ -97,8 +97,6 @@ def _describe(exc: BaseException) -> tuple[str, str]:
     """(kind, message) for an exception raised while opening or decoding an image."""
     from PIL import Image, UnidentifiedImageError
 
-    if isinstance(exc, FileNotFoundError):
-        return "not_found", "file not found (or a broken symlink)"
     if isinstance(exc, PermissionError):
         return "permission_denied", "permission denied"
     if isinstance(exc, IsADirectoryError):
@@ -122,6 +120,8 @@ def open_image(path: str, max_megapixels: float | None = None, min_size: int | N
     """
     from PIL import Image
 
+    if max_megapixels is not None:
+        Image.MAX_IMAGE_PIXELS = None  # our own limit (below) replaces Pillow's fixed one
     try:
         with Image.open(path) as image:
             _check_pixels(path, image, max_megapixels)
@@ -132,6 +132,10 @@ def open_image(path: str, max_megapixels: float | None = None, min_size: int | N
             return _to_upright_rgb(image)
     except ImageReadError:
         raise
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise ImageReadError(path, f"broken symlink (points to {os.readlink(path)})", "broken_symlink") from None
+        raise ImageReadError(path, "file not found", "not_found") from None
     except Exception as exc:  # Pillow raises many types for bad data; all of them mean "this file"
         kind, message = _describe(exc)
         raise ImageReadError(path, message, kind) from None

@@ -257,6 +257,8 @@ def is_text_truncated(tokenizer, text: str) -> bool:
     context = getattr(tokenizer, "context_length", None)
     if encode is None or context is None:
         return False
+    if len(text.encode("utf-8")) + 2 <= context:  # byte-level BPE: never more tokens than bytes
+        return False
     try:
         return len(encode(text)) + 2 > context  # + start and end tokens
     except Exception:

@@ -10,6 +10,7 @@ or interrupted and what was written stays valid.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import tempfile
@@ -43,6 +44,7 @@ class JsonLinesWriter:
 
     def write(self, record: dict) -> None:
         self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.stream.flush()  # a reader downstream (or a crash) sees every finished record
 
     def close(self) -> None:
         self.stream.flush()
@@ -79,9 +81,10 @@ class CsvWriter:
         if is_error(record):
             error = record["error"]
             self.writer.writerow([record["path"], "", "", "", error["type"], error["message"]])
-            return
-        for rank, prediction in enumerate(record["predictions"], start=1):
-            self.writer.writerow([record["path"], rank, prediction["label"], repr(prediction["score"]), "", ""])
+        else:
+            for rank, prediction in enumerate(record["predictions"], start=1):
+                self.writer.writerow([record["path"], rank, prediction["label"], repr(prediction["score"]), "", ""])
+        self.stream.flush()
 
     def close(self) -> None:
         self.stream.flush()
@@ -100,7 +103,7 @@ def make_writer(fmt: str, stream: IO[str], header: dict | None = None):
 def read_csv_records(text: str) -> list[dict]:
     """Parse CSV written by CsvWriter back into records (for scripts and tests)."""
     records: dict[str, dict] = {}
-    for row in csv.DictReader(text.splitlines()):
+    for row in csv.DictReader(io.StringIO(text, newline="")):
         if row["error_type"]:
             records[row["path"]] = error_record(row["path"], row["error_type"], row["error_message"])
         else:

@@ -6,13 +6,11 @@ A set is a YAML mapping with `name`, `description`, `source` and `templates`
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import TemplateError
-
-PLACEHOLDERS = ("{}", "{c}")
-
 
 @dataclass(frozen=True)
 class TemplateSet:
@@ -27,10 +25,12 @@ class TemplateSet:
         return [render_template(t, label) for t in self.templates]
 
 
+_PLACEHOLDER = re.compile(r"\{c?\}")
+
+
 def render_template(template: str, label: str) -> str:
-    for placeholder in PLACEHOLDERS:
-        template = template.replace(placeholder, label)
-    return template
+    # one pass, so braces inside the label itself are never treated as placeholders
+    return _PLACEHOLDER.sub(lambda _: label, template)
 
 
 def bundled_dir() -> Path:
@@ -98,7 +98,7 @@ def _parse_file(path: Path) -> TemplateSet:
 
 
 def _check_template(path: Path, template: str) -> None:
-    count = sum(template.count(p) for p in PLACEHOLDERS)
+    count = len(_PLACEHOLDER.findall(template))
     if count != 1:
         raise TemplateError(
             f"{path}: template {template!r} has {count} placeholders; each needs exactly one {{}} (or {{c}})")

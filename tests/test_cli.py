@@ -86,7 +86,7 @@ def test_bad_file_is_reported_and_skipped(run, images, tmp_path):
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert "predictions" in records[0]
     assert records[1]["error"]["type"] == "not_an_image"
-    assert records[2]["error"]["type"] == "not_found"
+    assert records[2]["error"] == {"type": "not_found", "message": "file not found"}
     assert f"error: {bad}: not an image" in result.stderr
     assert "Traceback" not in result.output
 

@@ -12,12 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
+import torch
+
 from . import config
 from .classifier import ZeroShotClassifier, build_classifier, open_cache
 from .images import display_path
 from .labels import Label, clean_labels, require_labels
 from .models import LoadedModel, load_model
-from .pipeline import DecodeOptions, encode_images, iter_batches
+from .evaluate import Dataset, Metrics, compute_metrics
+from .pipeline import BatchItem, DecodeOptions, encode_images, iter_batches
 from .results import error_record, prediction_record
 from .templates import TemplateSet, load_template_set
 
@@ -47,27 +50,75 @@ def prepare_classifier(loaded: LoadedModel, labels: Sequence[str | Label], templ
     return build_classifier(loaded, as_labels(labels), template_set, cache, progress)
 
 
-def classify_paths(loaded: LoadedModel, classifier: ZeroShotClassifier, paths: Sequence[str],
-                   options: RunOptions = RunOptions(), progress: Progress | None = None) -> Iterator[dict]:
-    """One record per path, in order, streamed batch by batch."""
+def encode_batches(loaded: LoadedModel, paths: Sequence[str], options: RunOptions = RunOptions(),
+                   progress: Progress | None = None) -> Iterator[tuple[list[BatchItem], torch.Tensor | None]]:
+    """(items, L2-normalised features of the decoded items) per batch, in input order."""
     decode = DecodeOptions(options.max_megapixels, loaded.image_size if options.reduced_decode else None)
     done = 0
     for batch in iter_batches(paths, loaded.preprocess, options.batch_size, options.workers, decode,
                               pin_memory=loaded.device.type == "cuda"):
-        scores = None
+        features = None
         if batch.pixels is not None:
             features = encode_images(loaded.model, batch.pixels, loaded.device, loaded.cast_dtype)
-            scores = classifier.scores(features, options.score).cpu().tolist()
-        rows = iter(scores or [])
-        for item in batch.items:
+        yield batch.items, features
+        done += len(batch.items)
+        if progress is not None:
+            progress(done, len(paths))
+
+
+def classify_paths(loaded: LoadedModel, classifier: ZeroShotClassifier, paths: Sequence[str],
+                   options: RunOptions = RunOptions(), progress: Progress | None = None) -> Iterator[dict]:
+    """One record per path, in order, streamed batch by batch."""
+    classifier.check_score(options.score)
+    for items, features in encode_batches(loaded, paths, options, progress):
+        scores = iter(classifier.scores(features, options.score).cpu().tolist() if features is not None else [])
+        for item in items:
             path = display_path(item.path)
             if item.error:
                 yield error_record(path, *item.error)
             else:
-                yield prediction_record(path, classifier.labels, next(rows), options.top_k)
-        done += len(batch.items)
-        if progress is not None:
-            progress(done, len(paths))
+                yield prediction_record(path, classifier.labels, next(scores), options.top_k)
+
+
+@dataclass
+class EvalResult:
+    templates: TemplateSet
+    metrics: Metrics
+    mistakes: list[dict]  # the most confident wrong predictions, most confident first
+
+
+def evaluate(loaded: LoadedModel, dataset: Dataset, template_sets: Sequence[TemplateSet],
+             options: RunOptions = RunOptions(), cache_dir: str | None = None, use_cache: bool = True,
+             progress: Progress | None = None, mistakes: int = 12) -> tuple[list[EvalResult], list[dict]]:
+    """Accuracy of each template set on the dataset; images are encoded once for all sets.
+
+    Returns the results and the error records of images that could not be read (left out of the metrics)."""
+    classifiers = [prepare_classifier(loaded, dataset.class_names, t, cache_dir, use_cache) for t in template_sets]
+    kept, features, errors = [], [], []
+    for items, batch_features in encode_batches(loaded, dataset.paths, options, progress):
+        rows = iter(batch_features if batch_features is not None else [])
+        for index, item in enumerate(items, start=len(kept) + len(errors)):
+            if item.error:
+                errors.append(error_record(display_path(item.path), *item.error))
+            else:
+                kept.append(index)
+                features.append(next(rows))
+    if not features:
+        return [], errors
+    stacked = torch.stack(features)
+    targets = [dataset.targets[i] for i in kept]
+    results = []
+    for template_set, classifier in zip(template_sets, classifiers):
+        probabilities = classifier.scores(stacked, "softmax")
+        ranked = probabilities.topk(min(5, len(dataset.class_names)), dim=1).indices.tolist()
+        metrics = compute_metrics(targets, ranked, dataset.class_names)
+        wrong = [(probabilities[row, order[0]].item(), row, order[0]) for row, order in enumerate(ranked)
+                 if order[0] != targets[row]]
+        top_wrong = [{"path": display_path(dataset.paths[kept[row]]), "true": dataset.class_names[targets[row]],
+                      "predicted": dataset.class_names[predicted], "confidence": confidence}
+                     for confidence, row, predicted in sorted(wrong, reverse=True)[:mistakes]]
+        results.append(EvalResult(template_set, metrics, top_wrong))
+    return results, errors
 
 
 def classify(inputs: Sequence[str], labels: Sequence[str | Label], model: str | None = None,

@@ -44,6 +44,15 @@ class ModelSpec:
     def display_name(self) -> str:
         return self.alias or self.name
 
+    @property
+    def short_name(self) -> str:
+        """For narrow places such as table columns: the folder name of a local-dir: model."""
+        if self.alias:
+            return self.alias
+        if self.schema == "local-dir":
+            return Path(self.name[len("local-dir:"):]).name or self.name
+        return f"{self.name}:{self.pretrained}" if self.pretrained else self.name
+
 
 def parse_model_spec(model: str, pretrained: str | None = None) -> ModelSpec:
     """`demo`, `local-dir:DIR`, `hf-hub:org/repo`, `ARCH` (+ pretrained), or `ARCH:TAG` shorthand."""
@@ -263,3 +272,30 @@ def is_text_truncated(tokenizer, text: str) -> bool:
         return len(encode(text)) + 2 > context  # + start and end tokens
     except Exception:
         return False
+
+
+def _is_cached(cfg: dict, weights_dir: str | None) -> bool:
+    """Whether a pretrained tag's weights are already on disk (no network is used)."""
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, filename = os.path.split(hub)  # "org/repo/file" or "org/repo/", as open_clip reads it
+        names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        return any(isinstance(try_to_load_from_cache(repo, name, cache_dir=weights_dir), str) for name in names)
+    url = cfg.get("url", "")
+    return bool(url) and os.path.isfile(os.path.join(weights_dir or os.path.expanduser("~/.cache/clip"),
+                                                     os.path.basename(url)))
+
+
+def list_pretrained(filter_text: str | None = None, weights_dir: str | None = None) -> list[dict]:
+    """open_clip's (architecture, tag) pairs, filtered by a case-insensitive substring, with cache status."""
+    import open_clip
+
+    rows = []
+    for arch, tag in open_clip.list_pretrained():
+        if filter_text and filter_text.lower() not in f"{arch}:{tag}".lower():
+            continue
+        cfg = open_clip.get_pretrained_cfg(arch, tag)
+        rows.append({"architecture": arch, "pretrained": tag, "cached": _is_cached(cfg, weights_dir)})
+    return rows

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import cache, classify, templates
+from . import cache, classify, compare, evaluate, models, templates
 
 app = typer.Typer(
     name="clip",
@@ -15,6 +15,9 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command("classify")(classify.classify)
+app.command("eval")(evaluate.evaluate)
+app.command("compare")(compare.compare)
+app.command("models")(models.models)
 app.command("templates")(templates.templates)
 app.add_typer(cache.app, name="cache")
 

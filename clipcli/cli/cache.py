@@ -11,7 +11,7 @@ from typing_extensions import Annotated
 
 from .. import config
 from . import output
-from .classify import CacheDirOpt
+from .options import CacheDirOpt
 from .common import handles_errors
 
 app = typer.Typer(help="Inspect or clear the class-embedding cache.", no_args_is_help=True)

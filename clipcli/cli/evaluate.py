@@ -1,0 +1,127 @@
+"""`clip eval`: accuracy on a labelled dataset, for one or several template sets."""
+
+from __future__ import annotations
+
+import json
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from typing_extensions import Annotated
+
+from .. import config
+from ..errors import UsageError
+from . import output
+from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors, setup_reporting
+from .options import (BatchOpt, CacheDirOpt, DeviceOpt, ModelOpt, NoCacheOpt, OutputOpt, PrecisionOpt, PretrainedOpt,
+                      QuietOpt, VerboseOpt, WeightsDirOpt, WorkersOpt, load_model_from_options, open_sink)
+
+MappingOpt = Annotated[Optional[str], typer.Option(
+    "--mapping", help="Folder or manifest name -> label text (.yaml/.json mapping, or .csv name,label).",
+    show_default=False)]
+
+
+def pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
+
+
+def summary_table(results: list[dict], title: str | None = None) -> Table:
+    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    table.add_column("templates")
+    for column in ("acc1", "acc5", "mean per-class recall", "images"):
+        table.add_column(column, justify="right")
+    for row in results:
+        table.add_row(output.escape(row["templates"]), pct(row["acc1"]), pct(row["acc5"]),
+                      pct(row["mean_per_class_recall"]), str(row["count"]))
+    return table
+
+
+def per_class_table(result: dict) -> Table:
+    table = Table(title=f"per class ({output.escape(result['templates'])})", title_justify="left", show_edge=False,
+                  pad_edge=False)
+    table.add_column("label")
+    for column in ("precision", "recall", "support"):
+        table.add_column(column, justify="right")
+    for row in result["per_class"]:
+        table.add_row(output.escape(row["label"]), pct(row["precision"]), pct(row["recall"]), str(row["support"]))
+    return table
+
+
+def result_dicts(results) -> list[dict]:
+    return [{"templates": r.templates.name, "template_count": len(r.templates.templates), **r.metrics.as_dict(),
+             "mistakes": r.mistakes} for r in results]
+
+
+@handles_errors
+def evaluate(
+    dataset: Annotated[str, typer.Argument(help="A folder of class subfolders, or a .csv/.jsonl manifest (path,label).")],
+    templates: Annotated[Optional[str], typer.Option(
+        "--templates", "-t", help="Template set(s), comma-separated, evaluated side by side. "
+        f"Default: {config.DEFAULT_TEMPLATES}.", show_default=False)] = None,
+    mapping: MappingOpt = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
+    report: Annotated[Optional[Path], typer.Option(
+        "--report", help="Write a self-contained HTML report (heatmap, confident mistakes).", show_default=False)
+    ] = None,
+    output_path: OutputOpt = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = "auto",
+    batch_size: BatchOpt = 32,
+    workers: WorkersOpt = None,
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
+    weights_dir: WeightsDirOpt = None,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Measure zero-shot accuracy on a labelled dataset (metrics as in CLIP_benchmark)."""
+    setup_reporting(verbose)
+    if fmt not in ("table", "json"):
+        raise UsageError(f"unknown --format {fmt!r} for eval; use table or json")
+    from ..evaluate import load_dataset
+    from ..templates import load_template_set
+
+    data = load_dataset(dataset, mapping)
+    names = [n.strip() for n in (templates or config.default_templates()).split(",") if n.strip()]
+    template_sets = [load_template_set(name) for name in names]
+
+    from ..api import RunOptions
+    from ..api import evaluate as run_evaluation
+
+    loaded = load_model_from_options(model, pretrained, device, precision, weights_dir)
+    with output.progress_bar("encoding images", output.progress_enabled(quiet)) as progress:
+        results, errors = run_evaluation(loaded, data, template_sets, RunOptions(batch_size=batch_size, workers=workers),
+                                         cache_dir, not no_cache, progress)
+    for error in errors:
+        output.error(f"{error['path']}: {error['error']['message']}")
+    if not results:
+        output.error("no image in the dataset could be read")
+        raise typer.Exit(EXIT_SOME_FAILED)
+    rows = result_dicts(results)
+    header = {"model": {"name": loaded.spec.display_name, "pretrained": loaded.spec.pretrained}, "dataset": dataset,
+              "classes": data.class_names}
+    with ExitStack() as stack:
+        stream = open_sink(stack, output_path)
+        if fmt == "json":
+            stream.write(json.dumps({**header, "errors": errors, "results": rows}, ensure_ascii=False, indent=2) + "\n")
+        else:
+            console = Console(file=stream, highlight=False)
+            console.print(summary_table(rows, f"{output.escape(dataset)}: {len(data.class_names)} classes"))
+            if len(data.class_names) <= 60:
+                console.print()
+                console.print(per_class_table(rows[0]))
+    if report is not None:
+        from ..report import render_report
+        from ..results import atomic_output
+
+        with atomic_output(report) as handle:
+            handle.write(render_report(f"clip eval: {dataset}", {"model": header["model"]["name"],
+                                       "pretrained": loaded.spec.pretrained, "images": rows[0]["count"]},
+                                       rows, data.class_names))
+        output.info(f"report written to {report}")
+    raise typer.Exit(EXIT_SOME_FAILED if errors else EXIT_OK)

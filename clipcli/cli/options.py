@@ -1,0 +1,101 @@
+"""Options and option parsing shared by the commands (nothing heavy is imported here)."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typing_extensions import Annotated
+
+from .. import config
+from ..errors import InputError, LabelError, UsageError
+from ..results import FORMATS
+
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", "-m", help="Architecture (ViT-B-32), ARCH:TAG, hf-hub:org/repo, local-dir:DIR, or 'demo'. "
+    f"Default: ${config.ENV_MODEL} or {config.DEFAULT_MODEL}.", show_default=False)]
+PretrainedOpt = Annotated[Optional[str], typer.Option(
+    "--pretrained", "-p", help="Pretrained tag (see `clip models`) or a checkpoint file. "
+    f"Default: ${config.ENV_PRETRAINED}, or {config.DEFAULT_PRETRAINED} for the default model.",
+    show_default=False)]
+TemplatesOpt = Annotated[Optional[str], typer.Option(
+    "--templates", "-t", help=f"Template set name (`clip templates`) or a YAML file. Default: "
+    f"${config.ENV_TEMPLATES} or {config.DEFAULT_TEMPLATES}.", show_default=False)]
+DeviceOpt = Annotated[Optional[str], typer.Option(
+    "--device", help=f"auto, cpu, cuda, cuda:N or mps (auto: cuda, then mps, then cpu). Default: ${config.ENV_DEVICE} "
+    "or auto.", show_default=False)]
+PrecisionOpt = Annotated[str, typer.Option(
+    "--precision", help="auto (fp16 on CUDA, else fp32), fp32, fp16 or bf16.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")]
+WorkersOpt = Annotated[Optional[int], typer.Option(
+    "--workers", "-j", min=0, help="Decoding processes (0: decode in the main process). Default: cores - 1.",
+    show_default=False)]
+CacheDirOpt = Annotated[Optional[Path], typer.Option(
+    "--cache-dir", help=f"Embedding cache folder. Default: ${config.ENV_CACHE_DIR} or the user cache dir.",
+    show_default=False)]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not read or write cached class embeddings.")]
+WeightsDirOpt = Annotated[Optional[str], typer.Option(
+    "--weights-dir", help=f"Where model weights are downloaded. Default: ${config.ENV_WEIGHTS_DIR} or the "
+    "Hugging Face cache.", show_default=False)]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show library log messages on stderr.")]
+LabelsOpt = Annotated[Optional[str], typer.Option(
+    "--labels", "-l", help='Comma-separated labels; quote a label with commas: \'cat,"dog, small"\'.',
+    show_default=False)]
+LabelsFileOpt = Annotated[Optional[Path], typer.Option(
+    "--labels-file", "-L", help=".txt (one per line, # comments) or .yaml (a list, or a mapping of label to synonyms).",
+    show_default=False)]
+OutputOpt = Annotated[Optional[Path], typer.Option(
+    "--output", "-o", help="Write results to FILE (atomically) instead of stdout.", show_default=False)]
+
+
+def load_model_from_options(model: str | None, pretrained: str | None, device: str | None, precision: str,
+                            weights_dir: str | None):
+    from ..models import load_model
+
+    name = model or config.default_model()
+    return load_model(name, pretrained or config.default_pretrained(name), device=device or config.default_device(),
+                      precision=precision, weights_dir=weights_dir)
+
+
+def read_labels(labels: str | None, labels_file: Path | None):
+    from ..labels import load_labels_file, parse_labels, require_labels
+
+    if labels is not None and labels_file is not None:
+        raise LabelError("give either --labels or --labels-file, not both")
+    if labels_file is not None:
+        return require_labels(load_labels_file(labels_file))
+    return require_labels(parse_labels(labels or ""))
+
+
+def gather_inputs(inputs: list[str] | None, files_from: str | None, recursive: bool) -> list[str]:
+    from ..images import discover, read_path_list
+
+    named = list(inputs or [])
+    if files_from is not None:
+        named += read_path_list(files_from)
+    if not named:
+        raise InputError("no images given; name files or folders, or use --files-from FILE (- for stdin)")
+    paths = discover(named, recursive=recursive)
+    if not paths:
+        raise InputError(f"no images found in {', '.join(named[:3])}{' ...' if len(named) > 3 else ''}")
+    return paths
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown --format {fmt!r}; use one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def open_sink(stack: ExitStack, output_path: Path | None):
+    from ..results import atomic_output
+
+    if output_path is None:
+        return sys.stdout
+    return stack.enter_context(atomic_output(output_path))
+
+

@@ -1,0 +1,144 @@
+"""Accuracy on labelled images: datasets, and metrics defined as LAION's CLIP_benchmark defines them.
+
+- acc1, acc5: top-1 / top-5 accuracy (acc5 only with at least 5 classes).
+- mean_per_class_recall: recall averaged over the classes that have images (balanced accuracy).
+- per class: precision, recall, support; the confusion matrix (rows: true class, columns: predicted).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from .errors import InputError
+from .images import is_image_name, walk_images
+
+
+@dataclass
+class Dataset:
+    paths: list[str]
+    targets: list[int]  # index into class_names, per path
+    class_names: list[str]  # label text used for prompts
+    folder_names: list[str] = field(default_factory=list)
+
+
+def folder_to_label(name: str) -> str:
+    return name.replace("_", " ").replace("-", " ").strip()
+
+
+def _read_mapping(path: str | None) -> dict[str, str]:
+    """Folder (or manifest) name -> label text, from .yaml/.json (a mapping) or .csv/.txt (name,label)."""
+    if path is None:
+        return {}
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read class mapping {path}: {exc.strerror or exc}") from None
+    if source.suffix.lower() in (".yaml", ".yml", ".json"):
+        import yaml
+
+        data = yaml.safe_load(text)
+        if not isinstance(data, dict):
+            raise InputError(f"{path}: expected a mapping of folder name to label")
+        return {str(k): str(v) for k, v in data.items()}
+    return {row[0].strip(): row[1].strip() for row in csv.reader(text.splitlines()) if len(row) >= 2}
+
+
+def load_dataset(path: str, mapping_file: str | None = None) -> Dataset:
+    """A folder with one subfolder per class, or a CSV / JSONL manifest of path,label."""
+    mapping = _read_mapping(mapping_file)
+    if os.path.isdir(path):
+        return _image_folder(path, mapping)
+    if os.path.isfile(path) and path.lower().endswith((".csv", ".jsonl")):
+        return _manifest(path, mapping)
+    raise InputError(f"{path}: a dataset is a folder of class subfolders, or a .csv / .jsonl manifest")
+
+
+def _image_folder(root: str, mapping: dict[str, str]) -> Dataset:
+    folders = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not folders:
+        raise InputError(f"{root}: no class subfolders (expected {root}/<class name>/<images>)")
+    paths, targets = [], []
+    for index, folder in enumerate(folders):
+        for image in walk_images(os.path.join(root, folder)):
+            paths.append(image)
+            targets.append(index)
+    if not paths:
+        raise InputError(f"{root}: the class subfolders hold no images")
+    names = [mapping.get(folder, folder_to_label(folder)) for folder in folders]
+    return Dataset(paths, targets, names, folders)
+
+
+def _manifest(path: str, mapping: dict[str, str]) -> Dataset:
+    base = Path(path).parent
+    rows: list[tuple[str, str]] = []
+    with open(path, encoding="utf-8", newline="") as handle:
+        if path.lower().endswith(".jsonl"):
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    try:
+                        item = json.loads(line)
+                        rows.append((str(item["path"]), str(item["label"])))
+                    except (ValueError, KeyError, TypeError):
+                        raise InputError(f"{path}:{number}: expected {{\"path\": ..., \"label\": ...}}") from None
+        else:
+            reader = csv.DictReader(handle)
+            if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
+                raise InputError(f"{path}: the CSV needs a header with 'path' and 'label' columns")
+            rows = [(row["path"], row["label"]) for row in reader]
+    if not rows:
+        raise InputError(f"{path}: the manifest lists no images")
+    raw_names = sorted({label for _, label in rows})
+    index = {name: i for i, name in enumerate(raw_names)}
+    paths = [p if os.path.isabs(p) else str(base / p) for p, _ in rows]
+    return Dataset(paths, [index[label] for _, label in rows], [mapping.get(n, n) for n in raw_names], raw_names)
+
+
+@dataclass
+class Metrics:
+    acc1: float
+    acc5: float | None
+    mean_per_class_recall: float
+    per_class: list[dict]
+    confusion: list[list[int]]
+    count: int
+
+    def as_dict(self) -> dict:
+        return {"acc1": self.acc1, "acc5": self.acc5, "mean_per_class_recall": self.mean_per_class_recall,
+                "count": self.count, "per_class": self.per_class, "confusion_matrix": self.confusion}
+
+
+def compute_metrics(targets: Sequence[int], ranked: Sequence[Sequence[int]], class_names: Sequence[str]) -> Metrics:
+    """targets: true class per image; ranked: class indexes per image, best first (at least the top 5)."""
+    n = len(class_names)
+    count = len(targets)
+    confusion = [[0] * n for _ in range(n)]
+    top1 = top5 = 0
+    for truth, order in zip(targets, ranked):
+        confusion[truth][order[0]] += 1
+        top1 += order[0] == truth
+        top5 += truth in order[:5]
+    per_class = []
+    recalls = []
+    for c, name in enumerate(class_names):
+        support = sum(confusion[c])
+        predicted = sum(row[c] for row in confusion)
+        hits = confusion[c][c]
+        recall = hits / support if support else None
+        if recall is not None:
+            recalls.append(recall)
+        per_class.append({"label": name, "precision": hits / predicted if predicted else 0.0,
+                          "recall": recall, "support": support})
+    return Metrics(
+        acc1=top1 / count if count else 0.0,
+        acc5=(top5 / count if count else 0.0) if n >= 5 else None,
+        mean_per_class_recall=sum(recalls) / len(recalls) if recalls else 0.0,
+        per_class=per_class,
+        confusion=confusion,
+        count=count,
+    )

@@ -1,0 +1,93 @@
+"""A self-contained HTML report of an evaluation: summary, confusion-matrix heatmap, confident mistakes.
+
+Everything is inline (styles, and thumbnails as data: URIs), so the file opens
+anywhere with no network requests.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Sequence
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { padding: 4px 8px; border: 1px solid #ddd; text-align: right; }
+th { background: #f4f4f4; }
+td.name, th.name { text-align: left; }
+table.heatmap td { width: 2.2em; height: 2.2em; padding: 0; text-align: center; font-size: 0.75em; }
+table.heatmap th.col { writing-mode: vertical-rl; transform: rotate(180deg); }
+.mistakes { display: flex; flex-wrap: wrap; gap: 12px; }
+.mistake { width: 180px; font-size: 0.85em; }
+.mistake img { width: 180px; height: 180px; object-fit: cover; border: 2px solid #c33; }
+"""
+
+
+def _thumbnail(path: str, size: int = 180) -> str:
+    """A JPEG data URI, or "" when the image cannot be read."""
+    from .errors import ImageReadError
+    from .images import open_image
+
+    try:
+        image = open_image(path, max_megapixels=200, min_size=size)
+    except ImageReadError:
+        return ""
+    image.thumbnail((size * 2, size * 2))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _cell_colour(fraction: float) -> str:
+    shade = int(255 - 200 * fraction)
+    return f"rgb({shade},{shade + (255 - shade) // 3},255)"
+
+
+def heatmap(confusion: Sequence[Sequence[int]], class_names: Sequence[str]) -> str:
+    """Rows: true class; columns: predicted class; colour: share of the row."""
+    head = "".join(f'<th class="col">{html.escape(name)}</th>' for name in class_names)
+    rows = []
+    for name, row in zip(class_names, confusion):
+        total = sum(row) or 1
+        cells = "".join(f'<td style="background:{_cell_colour(v / total)}" title="{v}">{v or ""}</td>' for v in row)
+        rows.append(f'<tr><th class="name">{html.escape(name)}</th>{cells}</tr>')
+    return (f'<table class="heatmap" id="confusion-heatmap"><tr><th class="name">true \\ predicted</th>{head}</tr>'
+            + "".join(rows) + "</table>")
+
+
+def render_report(title: str, header: dict, results: Sequence[dict], class_names: Sequence[str]) -> str:
+    """results: one dict per template set with 'templates', metrics fields, 'confusion_matrix', 'mistakes'."""
+    def pct(value):
+        return "–" if value is None else f"{value:.1%}"
+
+    summary = "".join(
+        f'<tr><td class="name">{html.escape(r["templates"])}</td><td>{pct(r["acc1"])}</td><td>{pct(r["acc5"])}</td>'
+        f'<td>{pct(r["mean_per_class_recall"])}</td><td>{r["count"]}</td></tr>' for r in results)
+    best = results[0]
+    per_class = "".join(
+        f'<tr><td class="name">{html.escape(c["label"])}</td><td>{pct(c["precision"])}</td><td>{pct(c["recall"])}</td>'
+        f'<td>{c["support"]}</td></tr>' for c in best["per_class"])
+    mistakes = "".join(
+        f'<div class="mistake"><img src="{_thumbnail(m["path"])}" alt=""><div><b>true:</b> {html.escape(m["true"])}'
+        f'<br><b>predicted:</b> {html.escape(m["predicted"])} ({m["confidence"]:.0%})</div>'
+        f'<div title="{html.escape(m["path"])}">{html.escape(m["path"].rsplit("/", 1)[-1])}</div></div>'
+        for m in best["mistakes"])
+    meta = "".join(f"<li><b>{html.escape(str(k))}:</b> {html.escape(str(v))}</li>" for k, v in header.items())
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{STYLE}</style></head>
+<body>
+<h1>{html.escape(title)}</h1>
+<ul>{meta}</ul>
+<h2>Summary</h2>
+<table id="summary"><tr><th class="name">templates</th><th>acc1</th><th>acc5</th><th>mean per-class recall</th>
+<th>images</th></tr>{summary}</table>
+<h2>Confusion matrix ({html.escape(best["templates"])})</h2>
+{heatmap(best["confusion_matrix"], class_names)}
+<h2>Per class ({html.escape(best["templates"])})</h2>
+<table><tr><th class="name">label</th><th>precision</th><th>recall</th><th>support</th></tr>{per_class}</table>
+<h2>Most confident mistakes</h2>
+<div class="mistakes">{mistakes or "<p>none</p>"}</div>
+</body></html>
+"""

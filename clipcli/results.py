@@ -121,6 +121,10 @@ def atomic_output(path: str | os.PathLike) -> Iterator[IO[str]]:
     other error the temporary file is removed.
     """
     target = Path(path)
+    if target.exists() and not target.is_file():  # /dev/null, a FIFO: nothing to replace, write straight in
+        with open(target, "w", encoding="utf-8", newline="") as stream:
+            yield stream
+        return
     directory = target.parent if str(target.parent) else Path(".")
     fd, temp_name = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
     stream = os.fdopen(fd, "w", encoding="utf-8", newline="")

@@ -159,3 +159,11 @@ def test_every_help_works(command):
     result = CliRunner().invoke(app, [*command, "--help"])
     assert result.exit_code == 0
     assert "Usage" in result.stdout
+
+
+def test_output_to_a_device_is_written_in_place(run, images):
+    result = run(str(images / "red_circle.png"), "--labels", LABELS, "--format", "jsonl", "-o", "/dev/null")
+    assert result.exit_code == 0
+    import os
+    import stat
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)  # still the device, not a file renamed over it

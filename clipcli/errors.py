@@ -55,6 +55,13 @@ class ImageReadError(ClipCliError):
         self.kind = kind
 
 
+def yaml_error_message(path, exc: Exception) -> str:
+    """`FILE:LINE: malformed YAML (problem)` for a yaml.YAMLError, without importing yaml here."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+    return f"{where}: malformed YAML ({getattr(exc, 'problem', None) or 'invalid YAML'})"
+
+
 class CacheWarning(UserWarning):
     """The embedding cache could not be used; the run goes on without it."""
 

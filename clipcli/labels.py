@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ClipCliWarning, LabelError
+from .errors import ClipCliWarning, LabelError, yaml_error_message
 
 
 @dataclass(frozen=True)
@@ -56,9 +56,7 @@ def _labels_from_yaml(path: Path, content: str) -> list[Label]:
     try:
         data = yaml.safe_load(content)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise LabelError(f"{where}: malformed YAML ({getattr(exc, 'problem', None) or exc})") from None
+        raise LabelError(yaml_error_message(path, exc)) from None
     if isinstance(data, list):
         return [Label.plain(str(item).strip()) for item in data if item is not None]
     if isinstance(data, dict):

@@ -74,7 +74,7 @@ class CsvWriter:
 
     def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
-        self.writer = csv.writer(stream, lineterminator="\n")
+        self.writer = csv.writer(stream)  # RFC 4180 line ends, so a \r inside a field is quoted too
         self.writer.writerow(CSV_COLUMNS)
 
     def write(self, record: dict) -> None:
@@ -101,15 +101,16 @@ def make_writer(fmt: str, stream: IO[str], header: dict | None = None):
 
 
 def read_csv_records(text: str) -> list[dict]:
-    """Parse CSV written by CsvWriter back into records (for scripts and tests)."""
-    records: dict[str, dict] = {}
+    """Parse CSV written by CsvWriter back into records (for scripts and tests): rank 1 starts a record."""
+    records: list[dict] = []
     for row in csv.DictReader(io.StringIO(text, newline="")):
         if row["error_type"]:
-            records[row["path"]] = error_record(row["path"], row["error_type"], row["error_message"])
-        else:
-            entry = records.setdefault(row["path"], {"path": row["path"], "predictions": []})
-            entry["predictions"].append({"label": row["label"], "score": float(row["score"])})
-    return list(records.values())
+            records.append(error_record(row["path"], row["error_type"], row["error_message"]))
+        elif row["rank"] == "1":
+            records.append({"path": row["path"], "predictions": []})
+        if not row["error_type"]:
+            records[-1]["predictions"].append({"label": row["label"], "score": float(row["score"])})
+    return records
 
 
 @contextmanager

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import TemplateError
+from .errors import TemplateError, yaml_error_message
 
 @dataclass(frozen=True)
 class TemplateSet:
@@ -75,10 +75,7 @@ def _parse_file(path: Path) -> TemplateSet:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise TemplateError(f"{where}: malformed YAML ({problem})") from None
+        raise TemplateError(yaml_error_message(path, exc)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise TemplateError(f"cannot read template file {path}: {exc}") from None
     if isinstance(data, list):  # a bare list of templates is accepted too

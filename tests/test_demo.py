@@ -36,7 +36,7 @@ def test_red_circle_is_red_circle_with_high_probability(tmp_path):
     assert top["label"] == "red circle" and top["score"] >= 0.8
 
 
-@pytest.mark.parametrize("style,minimum", [("training", 0.90), ("shifted", 0.80)])
+@pytest.mark.parametrize("style,minimum", [("training", 0.90), ("shifted", 0.75)])
 def test_folder_of_drawn_shapes_reaches_accuracy(tmp_path, style, minimum):
     draw_dataset(tmp_path, per_label=3, style=style, which="seen", size=80, seed=99)
     result = clip("classify", str(tmp_path), "--model", "demo", "--labels", ",".join(shapes.all_labels()),

@@ -13,7 +13,7 @@ from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors, setup_reporting
 from .options import (BatchOpt, CacheDirOpt, DeviceOpt, LabelsFileOpt, LabelsOpt, ModelOpt, NoCacheOpt, OutputOpt,
                       PrecisionOpt, PretrainedOpt, QuietOpt, TemplatesOpt, VerboseOpt, WeightsDirOpt, WorkersOpt,
-                      check_format, gather_inputs, load_model_from_options, open_sink, read_labels)
+                      check_choice, check_format, gather_inputs, load_model_from_options, open_sink, read_labels)
 
 
 def make_record_writer(fmt: str, stream, header: dict):
@@ -60,6 +60,7 @@ def classify(
     """Classify images into the labels you give (zero-shot, with a CLIP model)."""
     setup_reporting(verbose)
     check_format(fmt)
+    check_choice("--score", score, ("softmax", "sigmoid"))
     label_list = read_labels(labels, labels_file)
     paths = gather_inputs(inputs, files_from, recursive)
 

@@ -19,7 +19,7 @@ from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors, setup_reporting
 from .evaluate import MappingOpt, pct
 from .options import (BatchOpt, CacheDirOpt, DeviceOpt, LabelsFileOpt, LabelsOpt, NoCacheOpt, OutputOpt, PrecisionOpt,
                       QuietOpt, TemplatesOpt, VerboseOpt, WeightsDirOpt, WorkersOpt, gather_inputs,
-                      load_model_from_options, open_sink, read_labels)
+                      check_choice, load_model_from_options, open_sink, read_labels)
 
 
 def image_table(path: str, labels: list[str], per_model: dict[str, dict[str, float]]) -> Table:
@@ -71,8 +71,7 @@ def compare(
 ) -> None:
     """Compare backbones on the same images: probabilities per model, or accuracy per model."""
     setup_reporting(verbose)
-    if fmt not in ("table", "json"):
-        raise UsageError(f"unknown --format {fmt!r} for compare; use table or json")
+    check_choice("--format", fmt, ("table", "json"))
     specs = [m.strip() for m in models.split(",") if m.strip()]
     if len(specs) < 1:
         raise UsageError("--models needs at least one model")

@@ -13,11 +13,10 @@ from rich.table import Table
 from typing_extensions import Annotated
 
 from .. import config
-from ..errors import UsageError
 from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors, setup_reporting
 from .options import (BatchOpt, CacheDirOpt, DeviceOpt, ModelOpt, NoCacheOpt, OutputOpt, PrecisionOpt, PretrainedOpt,
-                      QuietOpt, VerboseOpt, WeightsDirOpt, WorkersOpt, load_model_from_options, open_sink)
+                      QuietOpt, VerboseOpt, WeightsDirOpt, WorkersOpt, check_choice, load_model_from_options, open_sink)
 
 MappingOpt = Annotated[Optional[str], typer.Option(
     "--mapping", help="Folder or manifest name -> label text (.yaml/.json mapping, or .csv name,label).",
@@ -81,8 +80,7 @@ def evaluate(
 ) -> None:
     """Measure zero-shot accuracy on a labelled dataset (metrics as in CLIP_benchmark)."""
     setup_reporting(verbose)
-    if fmt not in ("table", "json"):
-        raise UsageError(f"unknown --format {fmt!r} for eval; use table or json")
+    check_choice("--format", fmt, ("table", "json"))
     from ..evaluate import load_dataset
     from ..templates import load_template_set
 

@@ -85,10 +85,14 @@ def gather_inputs(inputs: list[str] | None, files_from: str | None, recursive: b
     return paths
 
 
+def check_choice(option: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise UsageError(f"unknown {option} {value!r}; use one of {', '.join(choices)}")
+    return value
+
+
 def check_format(fmt: str) -> str:
-    if fmt not in FORMATS:
-        raise UsageError(f"unknown --format {fmt!r}; use one of {', '.join(FORMATS)}")
-    return fmt
+    return check_choice("--format", fmt, FORMATS)
 
 
 def open_sink(stack: ExitStack, output_path: Path | None):

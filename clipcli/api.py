@@ -34,7 +34,7 @@ class RunOptions:
     top_k: int = 5  # 0: every label
     score: str = "softmax"
     max_megapixels: float | None = config.DEFAULT_MAX_MEGAPIXELS
-    reduced_decode: bool = True  # JPEG draft decoding at the model's input size
+    reduced_decode: bool = False  # JPEG draft decoding down to the model's input size (see bench/RESULTS.md)
 
 
 def as_labels(labels: Iterable[str | Label]) -> list[Label]:

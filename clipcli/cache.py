@@ -3,6 +3,7 @@
 Layout under the cache root:
     embeddings/<model key>/model.json               what the model key stands for
     embeddings/<model key>/<templates key>/<label key>.emb
+    embeddings/<model key>/<templates key>/labels-<label list key>.pack   (long label lists: one read)
 
 Each .emb file is MAGIC, the dimension, a CRC32 of the data, then float32 data;
 it is written to a temporary file and renamed, so readers never see half a file
@@ -32,8 +33,8 @@ MAGIC = b"CLIPEMB1"
 HEADER = struct.Struct("<8sII")
 
 
-def _digest(value) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:32]
+def _digest(texts) -> str:
+    return hashlib.sha256("\x1f".join(texts).encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def encode_entry(vector: torch.Tensor) -> bytes:
@@ -67,15 +68,17 @@ class EmbeddingCache:
         model_dir = Path(root) / "embeddings" / model_key
         return cls(model_dir / _digest(templates), model_dir, model_info)
 
-    def _path(self, texts: tuple[str, ...]) -> Path:
-        return self.directory / f"{_digest(list(texts))}.emb"
+    def _path(self, texts: tuple[str, ...]) -> str:
+        # plain strings, not pathlib: a warm run looks up every label, and this is its hot loop
+        return os.path.join(self.directory, _digest(texts) + ".emb")
 
     def get(self, texts: tuple[str, ...]) -> torch.Tensor | None:
         if not self.enabled:
             return None
         path = self._path(texts)
         try:
-            blob = path.read_bytes()
+            with open(path, "rb") as handle:
+                blob = handle.read()
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -93,7 +96,31 @@ class EmbeddingCache:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._write_model_info()
-            atomic_write_bytes(self._path(texts), encode_entry(vector))
+            atomic_write_bytes(Path(self._path(texts)), encode_entry(vector))
+        except OSError as exc:
+            self._disable(f"cannot write to {self.directory} ({exc.strerror or exc})")
+
+    def _pack_path(self, keys: list[tuple[str, ...]]) -> str:
+        return os.path.join(self.directory, "labels-" + _digest([_digest(k) for k in keys]) + ".pack")
+
+    def get_pack(self, keys: list[tuple[str, ...]]) -> torch.Tensor | None:
+        """All class embeddings of one label list from a single file: a warm run with many labels reads one file."""
+        if not self.enabled:
+            return None
+        try:
+            with open(self._pack_path(keys), "rb") as handle:
+                vector = decode_entry(handle.read())
+        except OSError:
+            return None
+        if vector is None or vector.numel() % len(keys):
+            return None  # damaged: the per-label entries are used, and the pack is written again
+        return vector.view(len(keys), -1)
+
+    def put_pack(self, keys: list[tuple[str, ...]], matrix: torch.Tensor) -> None:
+        if not self.enabled:
+            return
+        try:
+            atomic_write_bytes(Path(self._pack_path(keys)), encode_entry(matrix.reshape(-1)))
         except OSError as exc:
             self._disable(f"cannot write to {self.directory} ({exc.strerror or exc})")
 
@@ -143,8 +170,9 @@ def cache_summary(root: Path) -> list[CachedModel]:
             info = json.loads((model_dir / "model.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             info = {}
-        files = [p for p in model_dir.rglob("*.emb")]
-        rows.append(CachedModel(model_dir.name, info, len(files), sum(p.stat().st_size for p in files)))
+        files = [p for p in model_dir.rglob("*") if p.is_file()]
+        entries = sum(p.suffix == ".emb" for p in files)
+        rows.append(CachedModel(model_dir.name, info, entries, sum(p.stat().st_size for p in files)))
     return rows
 
 

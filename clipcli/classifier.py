@@ -23,6 +23,7 @@ from .templates import TemplateSet, render_template
 from .textenc import encode_texts
 
 SCORES = ("softmax", "sigmoid")
+PACK_MIN_LABELS = 64  # from this many labels, a warm run reads one pack file instead of a file per label
 
 
 @dataclass
@@ -73,6 +74,10 @@ def build_class_embeddings(loaded: LoadedModel, labels: list[Label], templates: 
                            progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """[labels, dim] class embeddings; labels found in the cache are not encoded again."""
     _warn_truncated(loaded, labels, templates)
+    keys = [label.texts for label in labels]
+    packed = cache.get_pack(keys) if cache and len(labels) >= PACK_MIN_LABELS else None
+    if packed is not None:
+        return packed
     found = {i: cache.get(label.texts) for i, label in enumerate(labels)} if cache else {}
     missing = [i for i, label in enumerate(labels) if found.get(i) is None]
     if missing:
@@ -86,7 +91,10 @@ def build_class_embeddings(loaded: LoadedModel, labels: list[Label], templates: 
             found[i] = vector
             if cache:
                 cache.put(labels[i].texts, vector)
-    return torch.stack([found[i] for i in range(len(labels))])
+    embeddings = torch.stack([found[i] for i in range(len(labels))])
+    if cache and len(labels) >= PACK_MIN_LABELS:
+        cache.put_pack(keys, embeddings)
+    return embeddings
 
 
 def build_classifier(loaded: LoadedModel, labels: list[Label], templates: TemplateSet,

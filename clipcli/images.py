@@ -18,6 +18,10 @@ IMAGE_EXTENSIONS = frozenset({
     ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".jp2", ".avif", ".heic",
 })
 GLOB_CHARS = frozenset("*?[")
+# Above this, a JPEG is always decoded at reduced size (shorter side >= HUGE_DECODE_SIDE) so memory stays
+# bounded, even with reduced decoding off.
+HUGE_MEGAPIXELS = 40.0
+HUGE_DECODE_SIDE = 2048
 
 
 def is_image_name(name: str) -> bool:
@@ -117,6 +121,7 @@ def open_image(path: str, max_megapixels: float | None = None, min_size: int | N
     max_megapixels: refuse larger images (decompression bombs) before decoding.
     min_size: for JPEG, decode at the smallest reduced scale whose shorter side is
         still >= min_size (Pillow's draft mode), which is much faster for photos.
+        Without it, only JPEGs above HUGE_MEGAPIXELS are decoded reduced (to bound memory).
     """
     from PIL import Image
 
@@ -125,8 +130,10 @@ def open_image(path: str, max_megapixels: float | None = None, min_size: int | N
     try:
         with Image.open(path) as image:
             _check_pixels(path, image, max_megapixels)
-            if min_size and image.format == "JPEG":
-                _draft(image, min_size)
+            if image.format == "JPEG":
+                huge = image.size[0] * image.size[1] > HUGE_MEGAPIXELS * 1e6
+                if min_size or huge:
+                    _draft(image, min_size or HUGE_DECODE_SIDE)
             image.seek(0)  # first frame of animations and multi-page files
             image.load()
             return _to_upright_rgb(image)

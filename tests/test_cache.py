@@ -147,3 +147,18 @@ def test_cache_info_and_clear_commands(tiny_model, images, tmp_path):
     cleared = runner.invoke(app, ["cache", "clear", "--model", "local-dir", "--cache-dir", str(tmp_path)])
     assert "removed cached embeddings of 1 model(s)" in cleared.stderr
     assert "in 0 entries" in runner.invoke(app, ["cache", "info", "--cache-dir", str(tmp_path)]).stdout
+
+
+def test_long_label_lists_read_one_pack_and_fall_back_when_it_is_damaged(tiny_model, tmp_path, counted):
+    loaded = load_model(tiny_model)
+    simple = load_template_set("simple")
+    cold = build_class_embeddings(loaded, labels(70), simple, open_cache(loaded, simple, tmp_path))
+    packs = list(tmp_path.rglob("*.pack"))
+    assert len(packs) == 1 and len(counted) == 70
+    assert torch.equal(build_class_embeddings(loaded, labels(70), simple, open_cache(loaded, simple, tmp_path)), cold)
+    packs[0].write_bytes(packs[0].read_bytes()[:100])
+    counted.clear()
+    grown = build_class_embeddings(loaded, labels(71), simple, open_cache(loaded, simple, tmp_path))
+    assert counted == ["a photo of a label 70."]  # the other 70 come from their own entries
+    assert torch.equal(grown[:70], cold)
+    assert torch.equal(build_class_embeddings(loaded, labels(70), simple, open_cache(loaded, simple, tmp_path)), cold)

@@ -123,6 +123,7 @@ def test_huge_jpeg_is_decoded_reduced(tmp_path):
     Image.new("RGB", (8000, 6000), (10, 200, 10)).save(path, quality=70)
     image = open_image(str(path), max_megapixels=100, min_size=224)
     assert image.size == (1000, 750)
+    assert open_image(str(path), max_megapixels=100).size == (4000, 3000)  # 48 MP: reduced even without asking
 
 
 def test_symlink_loop_ends_and_duplicates_are_classified_once(tmp_path):

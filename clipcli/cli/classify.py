@@ -49,8 +49,9 @@ def classify(
     max_megapixels: Annotated[float, typer.Option(
         "--max-megapixels", help="Refuse larger images (decompression bombs).")] = config.DEFAULT_MAX_MEGAPIXELS,
     reduced_decode: Annotated[bool, typer.Option(
-        "--reduced-decode/--full-decode", help="Decode JPEGs at reduced size, never below the model's input size.")
-    ] = True,
+        "--reduced-decode/--full-decode", help="Decode JPEGs at reduced size, never below the model's input size "
+        "(faster; off by default until measured on a real pretrained model, see bench/RESULTS.md).")
+    ] = False,
     cache_dir: CacheDirOpt = None,
     no_cache: NoCacheOpt = False,
     weights_dir: WeightsDirOpt = None,

@@ -18,8 +18,8 @@ from . import config
 from .classifier import ZeroShotClassifier, build_classifier, open_cache
 from .images import display_path
 from .labels import Label, clean_labels, require_labels
-from .models import LoadedModel, load_model
 from .evaluate import Dataset, Metrics, compute_metrics
+from .models import LoadedModel, load_model
 from .pipeline import BatchItem, DecodeOptions, encode_images, iter_batches
 from .results import error_record, prediction_record
 from .templates import TemplateSet, load_template_set

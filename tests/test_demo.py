@@ -59,3 +59,13 @@ def test_training_script_smoke_run_gives_a_loadable_model(tmp_path):
     loaded = load_model(f"local-dir:{out}")
     assert loaded.image_size == 48 and loaded.tokenizer.context_length == 32
     assert (out / "open_clip_model.safetensors").stat().st_size < 20e6
+
+
+def test_python_api_one_call():
+    import clipcli
+
+    records = clipcli.classify([str(REPO / "examples")], ["red circle", "blue square", "green star", "yellow triangle"],
+                               model="demo")
+    top = {Path(r["path"]).stem: r["predictions"][0]["label"] for r in records}
+    assert top == {"red_circle": "red circle", "blue_square": "blue square", "green_star": "green star",
+                   "yellow_triangle": "yellow triangle"}

@@ -96,19 +96,38 @@ def test_bad_file_gives_message_record_and_exit_1(tiny_model, images, tmp_path, 
     assert "predictions" in records[0] and "predictions" in records[2]
 
 
-def test_permission_denied_is_reported(monkeypatch, tmp_path):
+def test_permission_denied_is_reported_and_the_rest_classified(monkeypatch, tiny_model, images, tmp_path):
     # Tests may run as root, where chmod 000 does not stop reads; make the OS answer "permission denied".
-    path = tmp_path / "secret.png"
-    path.write_bytes(png_bytes(Image.new("RGB", (8, 8))))
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(png_bytes(Image.new("RGB", (8, 8))))
+    real_open = Image.open
 
-    def deny(*args, **kwargs):
-        raise PermissionError(13, "Permission denied", str(path))
+    def open_or_deny(path, *args, **kwargs):
+        if str(path) == str(secret):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(Image, "open", deny)
-    with pytest.raises(ImageReadError) as info:
-        open_image(str(path))
-    assert info.value.kind == "permission_denied"
-    assert str(info.value) == f"{path}: permission denied"
+    monkeypatch.setattr(Image, "open", open_or_deny)
+    result = CliRunner().invoke(app, ["classify", str(images / "red_circle.png"), str(secret), "--model", tiny_model,
+                                      "--labels", LABELS, "--format", "jsonl", "--workers", "0"])
+    assert result.exit_code == 1
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert records[1] == {"path": str(secret), "error": {"type": "permission_denied", "message": "permission denied"}}
+    assert "predictions" in records[0]
+    assert f"error: {secret}: permission denied" in result.stderr
+
+
+def test_eval_reports_bad_files_and_scores_the_rest(tiny_model, tmp_path):
+    for folder in ("cat", "dog"):
+        (tmp_path / folder).mkdir()
+        shapes.draw_pil("red", "circle", seed=len(folder)).save(tmp_path / folder / "good.png")
+    (tmp_path / "dog" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    result = CliRunner().invoke(app, ["eval", str(tmp_path), "--model", tiny_model, "--format", "json"])
+    assert result.exit_code == 1
+    document = json.loads(result.stdout)
+    assert [e["error"]["type"] for e in document["errors"]] == ["not_an_image"]
+    assert document["results"][0]["count"] == 2
+    assert f"error: {tmp_path / 'dog' / 'broken.jpg'}: not an image" in result.stderr
 
 
 def test_wrong_extension_is_decoded_by_content(tmp_path):

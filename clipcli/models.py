@@ -11,9 +11,12 @@ import difflib
 import hashlib
 import json
 import os
+import socket
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+from urllib.parse import urlparse
 
 from .errors import DeviceError, ModelLoadError, UsageError
 
@@ -192,14 +195,80 @@ def _check_local_dir(spec: ModelSpec) -> Path:
     return directory
 
 
-def _weights_hint(spec: ModelSpec, weights_dir: str | None) -> str:
+def _weights_hint(spec: ModelSpec, weights_dir: str | None, source: str = "") -> str:
     from huggingface_hub import constants
 
     location = weights_dir or constants.HF_HUB_CACHE
-    offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
+    if constants.HF_HUB_OFFLINE:
+        why = " (HF_HUB_OFFLINE is set)"
+    elif source:
+        why = f" (cannot reach {urlparse(source).hostname})"
+    else:
+        why = ""
     return (f"weights for {spec.display_name}{'/' + spec.pretrained if spec.pretrained else ''} are not in "
-            f"the cache at {location} and could not be downloaded{offline}; run once with network access, "
+            f"the cache at {location} and could not be downloaded{why}; run once with network access, "
             "or use local files: --model local-dir:DIR or --pretrained /path/to/checkpoint")
+
+
+def _hub_reachable(url: str, timeout: float = 3.0) -> bool:
+    """One quick TCP connect: no network means one clear error now, not a minute of retries."""
+    parsed = urlparse(url)
+    try:
+        socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout).close()
+        return True
+    except (OSError, TypeError):
+        return False
+
+
+def _hf_repo_cached(repo: str, filenames: list[str], weights_dir: str | None) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(isinstance(try_to_load_from_cache(repo, name, cache_dir=weights_dir), str) for name in filenames)
+
+
+HF_WEIGHT_FILES = ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+
+
+def _weights_location(spec: ModelSpec, tag_cfg: dict, weights_dir: str | None) -> tuple[bool, str] | None:
+    """(already cached?, where a download would come from), or None when no download is involved."""
+    from huggingface_hub import constants
+
+    if spec.schema == "hf-hub":
+        repo = spec.name[len("hf-hub:"):]
+        cached = _hf_repo_cached(repo, ["open_clip_config.json"], weights_dir) and \
+            _hf_repo_cached(repo, HF_WEIGHT_FILES, weights_dir)
+        return cached, constants.ENDPOINT
+    if spec.schema is None and tag_cfg:
+        return _is_cached(tag_cfg, weights_dir), constants.ENDPOINT if tag_cfg.get("hf_hub") else tag_cfg.get("url", "")
+    return None
+
+
+@contextmanager
+def _hub_offline(enabled: bool) -> Iterator[None]:
+    """Hugging Face Hub offline mode for this block: cached weights load with no network request at all."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = saved or enabled
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+def _plan_download(spec: ModelSpec, tag_cfg: dict, weights_dir: str | None) -> bool:
+    """True to load offline (weights cached); raises ModelLoadError when they are neither cached nor reachable."""
+    from huggingface_hub import constants
+
+    location = _weights_location(spec, tag_cfg, weights_dir)
+    if location is None:
+        return False
+    cached, source = location
+    if cached:
+        return True
+    if constants.HF_HUB_OFFLINE or not _hub_reachable(source):
+        raise ModelLoadError(_weights_hint(spec, weights_dir, source))
+    return False
 
 
 def load_model(model: str, pretrained: str | None = None, device: str = "auto", precision: str = "auto",
@@ -212,6 +281,7 @@ def load_model(model: str, pretrained: str | None = None, device: str = "auto", 
     precision = resolve_precision(precision, torch_device)
     identity: dict = {"model": spec.name, "pretrained": spec.pretrained, "precision": precision}
     kwargs: dict = {}
+    tag_cfg: dict = {}
 
     if spec.schema == "local-dir":
         identity.update(_local_dir_identity(_check_local_dir(spec)))
@@ -224,11 +294,13 @@ def load_model(model: str, pretrained: str | None = None, device: str = "auto", 
             kwargs["force_quick_gelu"] = True
         if not tag_cfg:
             identity["weights"] = _fingerprint_file(spec.pretrained)
+    offline = _plan_download(spec, tag_cfg, weights_dir)
 
     try:
-        net, preprocess = open_clip.create_model_from_pretrained(
-            spec.name, spec.pretrained, precision=precision, device=torch_device, cache_dir=weights_dir, **kwargs)
-        tokenizer = open_clip.get_tokenizer(spec.name, cache_dir=weights_dir)
+        with _hub_offline(offline):
+            net, preprocess = open_clip.create_model_from_pretrained(
+                spec.name, spec.pretrained, precision=precision, device=torch_device, cache_dir=weights_dir, **kwargs)
+            tokenizer = open_clip.get_tokenizer(spec.name, cache_dir=weights_dir)
     except ModelLoadError:
         raise
     except (RuntimeError, FileNotFoundError, OSError) as exc:
@@ -241,7 +313,8 @@ def load_model(model: str, pretrained: str | None = None, device: str = "auto", 
 
     net.eval()
     if spec.schema == "hf-hub":
-        identity["weights"] = _hf_weights_fingerprint(spec, weights_dir)
+        with _hub_offline(True):
+            identity["weights"] = _hf_weights_fingerprint(spec, weights_dir)
     identity["context_length"] = getattr(tokenizer, "context_length", None)
     identity["tokenizer"] = type(tokenizer).__name__
     return LoadedModel(net, preprocess, tokenizer, spec, torch_device, precision, identity)
@@ -278,11 +351,8 @@ def _is_cached(cfg: dict, weights_dir: str | None) -> bool:
     """Whether a pretrained tag's weights are already on disk (no network is used)."""
     hub = cfg.get("hf_hub", "")
     if hub:
-        from huggingface_hub import try_to_load_from_cache
-
         repo, filename = os.path.split(hub)  # "org/repo/file" or "org/repo/", as open_clip reads it
-        names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
-        return any(isinstance(try_to_load_from_cache(repo, name, cache_dir=weights_dir), str) for name in names)
+        return _hf_repo_cached(repo, [filename] if filename else HF_WEIGHT_FILES, weights_dir)
     url = cfg.get("url", "")
     return bool(url) and os.path.isfile(os.path.join(weights_dir or os.path.expanduser("~/.cache/clip"),
                                                      os.path.basename(url)))

@@ -38,6 +38,7 @@ def setup_reporting(verbose: bool = False) -> None:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     else:
         root.addHandler(logging.NullHandler())  # keeps open_clip's log lines off the terminal
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # it has a handler of its own
         warnings.filterwarnings("ignore", module="(torch|open_clip|timm|huggingface_hub).*")
 
 

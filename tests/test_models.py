@@ -1,0 +1,95 @@
+"""Model loading: the hf-hub: path from a (fabricated) Hugging Face cache, offline behaviour, the QuickGELU trap."""
+
+import shutil
+import time
+
+import huggingface_hub.constants as hub_constants
+import pytest
+from typer.testing import CliRunner
+
+import clipcli.models as models
+import tiny_models
+from clipcli.cli import app
+from clipcli.errors import ModelLoadError
+from clipcli.models import load_model, parse_model_spec
+
+
+@pytest.fixture
+def hub_cache(tmp_path, tiny_model_dir):
+    """A Hugging Face cache folder holding `test/tiny-clip`, laid out as huggingface_hub lays it out."""
+    commit = "0" * 40
+    snapshot = tmp_path / "models--test--tiny-clip" / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name in ("open_clip_config.json", "open_clip_model.safetensors"):
+        shutil.copy(tiny_model_dir / name, snapshot / name)
+    (tmp_path / "models--test--tiny-clip" / "refs").mkdir()
+    (tmp_path / "models--test--tiny-clip" / "refs" / "main").write_text(commit)
+    return tmp_path
+
+
+@pytest.fixture
+def online(monkeypatch):
+    """As if HF_HUB_OFFLINE were unset; any attempt to reach the network fails the test."""
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+
+    def no_network(url, timeout=3.0):
+        raise AssertionError(f"tried to reach {url}")
+
+    monkeypatch.setattr(models, "_hub_reachable", no_network)
+
+
+def test_cached_hf_hub_model_loads_without_touching_the_network(hub_cache, online):
+    loaded = load_model("hf-hub:test/tiny-clip", weights_dir=str(hub_cache))
+    assert loaded.spec.schema == "hf-hub"
+    assert loaded.identity["weights"]  # fingerprinted from the cached file
+    assert loaded.image_size == 32
+    assert hub_constants.HF_HUB_OFFLINE is False  # offline mode was only for the load
+
+
+def test_unreachable_hub_fails_at_once_with_one_message(monkeypatch, images):
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(models, "_hub_reachable", lambda url, timeout=3.0: False)
+    start = time.monotonic()
+    result = CliRunner().invoke(app, ["classify", str(images / "red_circle.png"), "--labels", "a,b",
+                                      "--model", "ViT-B-32:openai", "--weights-dir", str(images)])
+    assert time.monotonic() - start < 10
+    assert result.exit_code == 3
+    assert result.stderr.strip().splitlines() == [
+        f"error: weights for ViT-B-32/openai are not in the cache at {images} and could not be downloaded "
+        "(cannot reach huggingface.co); run once with network access, or use local files: "
+        "--model local-dir:DIR or --pretrained /path/to/checkpoint"]
+
+
+def test_openai_tag_switches_quick_gelu_on(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake_create(name, pretrained, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop here")
+
+    import open_clip
+    monkeypatch.setattr(open_clip, "create_model_from_pretrained", fake_create)
+    monkeypatch.setattr(models, "_plan_download", lambda *a: True)
+    with pytest.raises(ModelLoadError):
+        load_model("ViT-B-32", "openai")
+    assert seen.get("force_quick_gelu") is True
+    seen.clear()
+    with pytest.raises(ModelLoadError):
+        load_model("ViT-B-32", "laion2b_s34b_b79k")
+    assert "force_quick_gelu" not in seen
+
+
+def test_checkpoint_file_and_spec_parsing(tmp_path, tiny_model_dir):
+    assert parse_model_spec("ViT-B-32:openai") == models.ModelSpec("ViT-B-32", "openai")
+    assert parse_model_spec("local-dir:/x:y").name == "local-dir:/x:y"
+    assert parse_model_spec("demo").alias == "demo"
+    # an architecture plus a checkpoint file: build a tiny registered config and point --pretrained at weights
+    import json
+
+    import open_clip
+    config_dir = tmp_path / "configs"
+    config_dir.mkdir()
+    (config_dir / "tiny-test-arch.json").write_text(json.dumps(tiny_models.FAMILIES["clip"]))
+    open_clip.add_model_config(config_dir)
+    loaded = load_model("tiny-test-arch", str(tiny_model_dir / "open_clip_model.safetensors"))
+    assert loaded.identity["weights"] and loaded.spec.pretrained.endswith(".safetensors")

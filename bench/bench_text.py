@@ -17,7 +17,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import REPO, clip_command, machine, timed_run, vit_b32_dir  # noqa: E402
 
-from clipcli.cache import EmbeddingCache  # noqa: E402
 from clipcli.classifier import build_class_embeddings, open_cache  # noqa: E402
 from clipcli.labels import Label  # noqa: E402
 from clipcli.models import load_model  # noqa: E402

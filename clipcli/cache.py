@@ -24,10 +24,12 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import CacheWarning
+
+if TYPE_CHECKING:  # torch loads only when embeddings are read or written, so `clip cache info` starts fast
+    import torch
 
 MAGIC = b"CLIPEMB1"
 HEADER = struct.Struct("<8sII")
@@ -44,6 +46,8 @@ def encode_entry(vector: torch.Tensor) -> bytes:
 
 def decode_entry(blob: bytes) -> torch.Tensor | None:
     """The vector, or None when the bytes are not a complete, intact entry."""
+    import torch
+
     if len(blob) < HEADER.size:
         return None
     magic, dim, crc = HEADER.unpack_from(blob)

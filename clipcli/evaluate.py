@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import InputError
-from .images import is_image_name, walk_images
+from .images import walk_images
 
 
 @dataclass

@@ -36,7 +36,7 @@ sys.exit(code)
 """
 
 
-@pytest.mark.parametrize("args", [["--help"], ["classify", "--help"], ["templates"], ["templates", "food"],
+@pytest.mark.parametrize("args", [["--help"], ["classify", "--help"], ["templates"], ["templates", "food"], ["cache", "info"],
                                   ["classify", "x.jpg"], ["classify", "x.jpg", "--labels", "a", "--format", "xml"]])
 def test_help_templates_and_argument_errors_do_not_import_torch(args):
     result = subprocess.run([sys.executable, "-c", NO_TORCH, *args], capture_output=True, text=True, timeout=60)

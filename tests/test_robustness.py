@@ -296,5 +296,5 @@ def test_corrupt_checkpoint_is_a_model_error(tmp_path, images):
     result = CliRunner().invoke(app, ["classify", str(images / "red_circle.png"), "--model", f"local-dir:{tmp_path}",
                                       "--labels", LABELS])
     assert result.exit_code == 3
-    assert result.stderr.startswith(f"error: cannot load")
+    assert result.stderr.startswith("error: cannot load")
     assert "Traceback" not in result.output

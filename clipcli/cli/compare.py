@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import json
 from contextlib import ExitStack
-from typing import List, Optional
+from typing import List
 
 import typer
 from rich.console import Console

@@ -66,11 +66,12 @@ def test_reduced_jpeg_decoding_keeps_the_model_input_size(tmp_path):
     assert open_image(str(tmp_path / "big.jpg"), None, None).size == (2000, 1200)
 
 
-def test_ctrl_c_stops_quickly_and_leaves_complete_lines(tiny_model, tmp_path):
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_ctrl_c_stops_quickly_and_leaves_complete_lines(tiny_model, tmp_path, workers):
     for i in range(300):
         shapes.draw_pil("red", "circle", size=48, seed=i).save(tmp_path / f"{i:03d}.png")
     command = [sys.executable, "-m", "clipcli", "classify", str(tmp_path), "--model", tiny_model, "--labels",
-               "red circle,blue square", "--format", "jsonl", "--batch-size", "1", "--workers", "0",
+               "red circle,blue square", "--format", "jsonl", "--batch-size", "1", "--workers", workers,
                "--templates", "simple", "--no-cache"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})

@@ -78,8 +78,8 @@ def build_class_embeddings(loaded: LoadedModel, labels: list[Label], templates: 
     packed = cache.get_pack(keys) if cache and len(labels) >= PACK_MIN_LABELS else None
     if packed is not None:
         return packed
-    found = {i: cache.get(label.texts) for i, label in enumerate(labels)} if cache else {}
-    missing = [i for i, label in enumerate(labels) if found.get(i) is None]
+    found = {i: cache.get(key) for i, key in enumerate(keys)} if cache else {}
+    missing = [i for i in range(len(labels)) if found.get(i) is None]
     if missing:
         prompts = [label_prompts(labels[i], templates) for i in missing]
         flat = [p for group in prompts for p in group]
@@ -90,7 +90,7 @@ def build_class_embeddings(loaded: LoadedModel, labels: list[Label], templates: 
             start += len(group)
             found[i] = vector
             if cache:
-                cache.put(labels[i].texts, vector)
+                cache.put(keys[i], vector)
     embeddings = torch.stack([found[i] for i in range(len(labels))])
     if cache and len(labels) >= PACK_MIN_LABELS:
         cache.put_pack(keys, embeddings)

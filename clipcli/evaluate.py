@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -22,8 +22,7 @@ from .images import walk_images
 class Dataset:
     paths: list[str]
     targets: list[int]  # index into class_names, per path
-    class_names: list[str]  # label text used for prompts
-    folder_names: list[str] = field(default_factory=list)
+    class_names: list[str]  # label text used for prompts, one per class, all different
 
 
 def folder_to_label(name: str) -> str:
@@ -70,8 +69,7 @@ def _image_folder(root: str, mapping: dict[str, str]) -> Dataset:
             targets.append(index)
     if not paths:
         raise InputError(f"{root}: the class subfolders hold no images")
-    names = [mapping.get(folder, folder_to_label(folder)) for folder in folders]
-    return Dataset(paths, targets, names, folders)
+    return Dataset(paths, targets, _unique_names(root, [mapping.get(f, folder_to_label(f)) for f in folders]))
 
 
 def _manifest(path: str, mapping: dict[str, str]) -> Dataset:
@@ -96,7 +94,22 @@ def _manifest(path: str, mapping: dict[str, str]) -> Dataset:
     raw_names = sorted({label for _, label in rows})
     index = {name: i for i, name in enumerate(raw_names)}
     paths = [p if os.path.isabs(p) else str(base / p) for p, _ in rows]
-    return Dataset(paths, [index[label] for _, label in rows], [mapping.get(n, n) for n in raw_names], raw_names)
+    return Dataset(paths, [index[label] for _, label in rows], _unique_names(path, [mapping.get(n, n) for n in raw_names]))
+
+
+def _unique_names(source: str, names: list[str]) -> list[str]:
+    """Two classes with one label text could not be told apart (and would be merged as labels)."""
+    seen: set[str] = set()
+    clashes = sorted({name for name in names if name in seen or seen.add(name)})
+    if clashes:
+        raise InputError(f"{source}: several classes have the label {', '.join(map(repr, clashes))}; "
+                         "rename the folders or give each its own text with --mapping")
+    return names
+
+
+def percent(value: float | None) -> str:
+    """A metric for people: 99.5%, or a dash for a metric that does not apply (acc5 with < 5 classes)."""
+    return "–" if value is None else f"{value:.1%}"
 
 
 @dataclass

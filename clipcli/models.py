@@ -101,6 +101,10 @@ class LoadedModel:
         bias = getattr(self.model, "logit_bias", None)
         return None if bias is None else float(bias.detach().float().reshape(-1)[0])
 
+    def describe(self) -> dict:
+        """The model as result documents name it."""
+        return {"name": self.spec.display_name, "pretrained": self.spec.pretrained}
+
     def identity_key(self) -> str:
         """A short stable hash of everything that determines the text embeddings."""
         blob = json.dumps(self.identity, sort_keys=True).encode()
@@ -220,13 +224,13 @@ def _hub_reachable(url: str, timeout: float = 3.0) -> bool:
         return False
 
 
+HF_WEIGHT_FILES = ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]  # open_clip's preference order
+
+
 def _hf_repo_cached(repo: str, filenames: list[str], weights_dir: str | None) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     return any(isinstance(try_to_load_from_cache(repo, name, cache_dir=weights_dir), str) for name in filenames)
-
-
-HF_WEIGHT_FILES = ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
 
 
 def _weights_location(spec: ModelSpec, tag_cfg: dict, weights_dir: str | None) -> tuple[bool, str] | None:
@@ -313,20 +317,21 @@ def load_model(model: str, pretrained: str | None = None, device: str = "auto", 
 
     net.eval()
     if spec.schema == "hf-hub":
-        with _hub_offline(True):
-            identity["weights"] = _hf_weights_fingerprint(spec, weights_dir)
+        identity["weights"] = _hf_weights_fingerprint(spec, weights_dir)
     identity["context_length"] = getattr(tokenizer, "context_length", None)
     identity["tokenizer"] = type(tokenizer).__name__
     return LoadedModel(net, preprocess, tokenizer, spec, torch_device, precision, identity)
 
 
 def _hf_weights_fingerprint(spec: ModelSpec, weights_dir: str | None) -> str | None:
-    from open_clip.pretrained import download_pretrained_from_hf
+    """Fingerprint of the weights file the load above put in (or found in) the Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
 
-    try:  # already downloaded by the load above, so this resolves from the cache
-        return _fingerprint_file(download_pretrained_from_hf(spec.name[len("hf-hub:"):], cache_dir=weights_dir))
-    except Exception:
-        return None
+    for name in HF_WEIGHT_FILES:
+        path = try_to_load_from_cache(spec.name[len("hf-hub:"):], name, cache_dir=weights_dir)
+        if isinstance(path, str):
+            return _fingerprint_file(path)
+    return None
 
 
 def _first_line(text: str) -> str:

@@ -11,6 +11,8 @@ import html
 import io
 from typing import Sequence
 
+from .evaluate import percent
+
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; }
@@ -59,15 +61,12 @@ def heatmap(confusion: Sequence[Sequence[int]], class_names: Sequence[str]) -> s
 
 def render_report(title: str, header: dict, results: Sequence[dict], class_names: Sequence[str]) -> str:
     """results: one dict per template set with 'templates', metrics fields, 'confusion_matrix', 'mistakes'."""
-    def pct(value):
-        return "–" if value is None else f"{value:.1%}"
-
     summary = "".join(
-        f'<tr><td class="name">{html.escape(r["templates"])}</td><td>{pct(r["acc1"])}</td><td>{pct(r["acc5"])}</td>'
-        f'<td>{pct(r["mean_per_class_recall"])}</td><td>{r["count"]}</td></tr>' for r in results)
+        f'<tr><td class="name">{html.escape(r["templates"])}</td><td>{percent(r["acc1"])}</td><td>{percent(r["acc5"])}</td>'
+        f'<td>{percent(r["mean_per_class_recall"])}</td><td>{r["count"]}</td></tr>' for r in results)
     best = results[0]
     per_class = "".join(
-        f'<tr><td class="name">{html.escape(c["label"])}</td><td>{pct(c["precision"])}</td><td>{pct(c["recall"])}</td>'
+        f'<tr><td class="name">{html.escape(c["label"])}</td><td>{percent(c["precision"])}</td><td>{percent(c["recall"])}</td>'
         f'<td>{c["support"]}</td></tr>' for c in best["per_class"])
     mistakes = "".join(
         f'<div class="mistake"><img src="{_thumbnail(m["path"])}" alt=""><div><b>true:</b> {html.escape(m["true"])}'

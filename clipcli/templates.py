@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .errors import TemplateError, yaml_error_message
 
+
 @dataclass(frozen=True)
 class TemplateSet:
     name: str

@@ -138,3 +138,37 @@ def test_models_lists_and_filters():
     assert result.exit_code == 0
     assert "datacomp_s34b_b86k" in result.stdout
     assert "RN50" not in result.stdout
+
+
+def test_compare_frees_each_model_before_loading_the_next():
+    import gc
+    import weakref
+
+    from clipcli.cli.compare import one_model_at_a_time
+
+    class Model:
+        pass
+
+    alive_at_load = []
+    previous = []
+
+    def load(spec):
+        gc.collect()
+        alive_at_load.append([ref() is not None for ref in previous])
+        return Model()
+
+    def work(spec, loaded, progress):
+        previous.append(weakref.ref(loaded))
+        return spec.upper()
+
+    assert one_model_at_a_time(["a", "b", "c"], load, True, work) == ["A", "B", "C"]
+    assert alive_at_load == [[], [False], [False, False]]
+
+
+def test_two_classes_with_one_label_text_are_refused(tmp_path):
+    for folder in ("cat_1", "cat-1", "dog"):
+        (tmp_path / folder).mkdir()
+        shapes.draw_pil("red", "circle").save(tmp_path / folder / "x.png")
+    from clipcli.errors import InputError
+    with pytest.raises(InputError, match="several classes have the label 'cat 1'"):
+        load_dataset(str(tmp_path))

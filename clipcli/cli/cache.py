@@ -6,7 +6,6 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 from typing_extensions import Annotated
 
 from .. import config
@@ -37,9 +36,7 @@ def info(cache_dir: CacheDirOpt = None) -> None:
     console.print(f"location: {root}")
     console.print(f"size: {_size(sum(r.size_bytes for r in rows))} in {sum(r.entries for r in rows)} entries")
     if rows:
-        table = Table(show_edge=False, pad_edge=False)
-        for column in ("model", "entries", "size", "key"):
-            table.add_column(column, justify="right" if column in ("entries", "size") else "left")
+        table = output.plain_table(None, "model", "entries", "size", "key", right=("entries", "size"))
         for row in rows:
             table.add_row(output.escape(row.name), str(row.entries), _size(row.size_bytes), row.key)
         console.print(table)

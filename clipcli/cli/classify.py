@@ -77,7 +77,7 @@ def classify(
                          max_megapixels=max_megapixels, reduced_decode=reduced_decode)
     classifier.check_score(score)
 
-    header = {"model": {"name": loaded.spec.display_name, "pretrained": loaded.spec.pretrained},
+    header = {"model": loaded.describe(),
               "templates": template_set.name, "labels": classifier.labels, "score": score}
     failures = 0
     with ExitStack() as stack:

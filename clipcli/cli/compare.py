@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import json
 from contextlib import ExitStack
-from typing import List
+from typing import Callable, List
 
 import typer
 from rich.console import Console
@@ -16,33 +16,40 @@ from .. import config
 from ..errors import UsageError
 from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors, setup_reporting
-from .evaluate import MappingOpt, pct
+from .evaluate import MappingOpt
 from .options import (BatchOpt, CacheDirOpt, DeviceOpt, LabelsFileOpt, LabelsOpt, NoCacheOpt, OutputOpt, PrecisionOpt,
-                      QuietOpt, TemplatesOpt, VerboseOpt, WeightsDirOpt, WorkersOpt, gather_inputs,
-                      check_choice, load_model_from_options, open_sink, read_labels)
+                      QuietOpt, TemplatesOpt, VerboseOpt, WeightsDirOpt, WorkersOpt, check_choice, gather_inputs,
+                      load_model_from_options, open_sink, read_labels)
 
-
-def image_table(path: str, labels: list[str], per_model: dict[str, dict[str, float]]) -> Table:
+def image_table(path: str, labels: list[str], per_model: dict[str, list[dict]]) -> Table:
+    """Rows: labels, in the first model's order; a column of probabilities per model."""
     from ..models import parse_model_spec
 
-    table = Table(title=output.escape(path), title_justify="left", show_edge=False, pad_edge=False)
-    table.add_column("label")
+    table = output.plain_table(output.escape(path), "label")
     for name in per_model:
         table.add_column(output.escape(parse_model_spec(name).short_name), justify="right")
-    first = next(iter(per_model.values()))
-    for label in sorted(labels, key=lambda x: -first.get(x, 0.0)):
-        table.add_row(output.escape(label), *(f"{scores[label]:.4f}" for scores in per_model.values()))
+    scores = [{p["label"]: p["score"] for p in predictions} for predictions in per_model.values()]
+    for label in sorted(labels, key=lambda x: -scores[0].get(x, 0.0)):
+        table.add_row(output.escape(label), *(f"{by_label[label]:.4f}" for by_label in scores))
     return table
 
 
-def release(loaded) -> None:
-    """Free a model before the next one loads, so memory holds one model at a time."""
-    device = loaded.device
-    del loaded
-    gc.collect()
-    if device.type == "cuda":
-        import torch
+def one_model_at_a_time(specs: list[str], load: Callable, quiet: bool, work: Callable) -> list:
+    """work(spec, loaded, progress) for each model in turn.  The model lives only inside this call's
+    frame, so it is freed before the next one loads: memory holds one model at a time."""
+    results = []
+    for spec in specs:
+        with output.progress_bar(spec, output.progress_enabled(quiet)) as progress:
+            results.append(work(spec, load(spec), progress))
+        gc.collect()
+        _empty_cuda_cache()
+    return results
 
+
+def _empty_cuda_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 
@@ -73,51 +80,53 @@ def compare(
     setup_reporting(verbose)
     check_choice("--format", fmt, ("table", "json"))
     specs = [m.strip() for m in models.split(",") if m.strip()]
-    if len(specs) < 1:
+    if not specs:
         raise UsageError("--models needs at least one model")
     from ..api import RunOptions
     from ..templates import load_template_set
 
     template_set = load_template_set(templates or config.default_templates())
     options = RunOptions(batch_size=batch_size, workers=workers, top_k=0)
-    load = lambda spec: load_model_from_options(spec, None, device, precision, weights_dir)  # noqa: E731
+
+    def run_models(work: Callable) -> list:
+        load = lambda spec: load_model_from_options(spec, None, device, precision, weights_dir)  # noqa: E731
+        return one_model_at_a_time(specs, load, quiet, work)
+
     with ExitStack() as stack:
         stream = open_sink(stack, output_path)
         if dataset:
-            failed = compare_accuracy(inputs, mapping, specs, template_set, options, load, cache_dir, no_cache, quiet,
-                                      fmt, stream)
+            failed = compare_accuracy(inputs, mapping, specs, template_set, options, run_models, cache_dir,
+                                      not no_cache, fmt, stream)
         else:
-            failed = compare_images(inputs, labels, labels_file, specs, template_set, options, load, cache_dir,
-                                    no_cache, quiet, fmt, stream)
+            failed = compare_images(inputs, labels, labels_file, specs, template_set, options, run_models, cache_dir,
+                                    not no_cache, fmt, stream)
     raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
 
 
-def compare_images(inputs, labels, labels_file, specs, template_set, options, load, cache_dir, no_cache, quiet, fmt,
+def compare_images(inputs, labels, labels_file, specs, template_set, options, run_models, cache_dir, use_cache, fmt,
                    stream) -> bool:
     from ..api import classify_paths, prepare_classifier
 
     label_list = read_labels(labels, labels_file)
     paths = gather_inputs(inputs, None, True)
-    by_path: dict[str, dict[str, dict[str, float]]] = {}
+
+    def classify_with(spec, loaded, progress) -> list[dict]:
+        classifier = prepare_classifier(loaded, label_list, template_set, cache_dir, use_cache)
+        return list(classify_paths(loaded, classifier, paths, options, progress))
+
+    by_path: dict[str, dict[str, list[dict]]] = {}
     errors: dict[str, str] = {}
-    for spec in specs:
-        loaded = load(spec)
-        with output.progress_bar(f"{spec}", output.progress_enabled(quiet)) as progress:
-            classifier = prepare_classifier(loaded, label_list, template_set, cache_dir, not no_cache)
-            for record in classify_paths(loaded, classifier, paths, options, progress):
-                if "error" in record:
-                    errors[record["path"]] = record["error"]["message"]
-                else:
-                    scores = {p["label"]: p["score"] for p in record["predictions"]}
-                    by_path.setdefault(record["path"], {})[spec] = scores
-        release(loaded)
+    for spec, records in zip(specs, run_models(classify_with)):
+        for record in records:
+            if "error" in record:
+                errors[record["path"]] = record["error"]["message"]
+            else:
+                by_path.setdefault(record["path"], {})[spec] = record["predictions"]
     for path, message in errors.items():
         output.error(f"{path}: {message}")
     names = [label.name for label in label_list]
     if fmt == "json":
-        results = [{"path": path, "models": {m: sorted(({"label": k, "score": v} for k, v in s.items()),
-                                                       key=lambda p: -p["score"]) for m, s in per_model.items()}}
-                   for path, per_model in by_path.items()]
+        results = [{"path": path, "models": per_model} for path, per_model in by_path.items()]
         stream.write(json.dumps({"models": specs, "templates": template_set.name, "labels": names,
                                  "results": results}, ensure_ascii=False, indent=2) + "\n")
     else:
@@ -128,7 +137,7 @@ def compare_images(inputs, labels, labels_file, specs, template_set, options, lo
     return bool(errors)
 
 
-def compare_accuracy(inputs, mapping, specs, template_set, options, load, cache_dir, no_cache, quiet, fmt,
+def compare_accuracy(inputs, mapping, specs, template_set, options, run_models, cache_dir, use_cache, fmt,
                      stream) -> bool:
     from ..api import evaluate
     from ..evaluate import load_dataset
@@ -136,26 +145,20 @@ def compare_accuracy(inputs, mapping, specs, template_set, options, load, cache_
     if len(inputs) != 1:
         raise UsageError("--dataset takes exactly one dataset (a folder of class subfolders or a manifest)")
     data = load_dataset(inputs[0], mapping)
+
+    def evaluate_with(spec, loaded, progress):
+        return evaluate(loaded, data, [template_set], options, cache_dir, use_cache, progress)
+
     rows, failed = [], False
-    for spec in specs:
-        loaded = load(spec)
-        with output.progress_bar(f"{spec}", output.progress_enabled(quiet)) as progress:
-            results, errors = evaluate(loaded, data, [template_set], options, cache_dir, not no_cache, progress)
-        release(loaded)
+    for spec, (results, errors) in zip(specs, run_models(evaluate_with)):
         failed = failed or bool(errors)
         if results:
             rows.append({"model": spec, **results[0].metrics.as_dict()})
     if fmt == "json":
         stream.write(json.dumps({"dataset": inputs[0], "templates": template_set.name, "classes": data.class_names,
                                  "results": rows}, ensure_ascii=False, indent=2) + "\n")
-        return failed
-    table = Table(title=f"{output.escape(inputs[0])}: {len(data.class_names)} classes, templates "
-                  f"{output.escape(template_set.name)}", title_justify="left", show_edge=False, pad_edge=False)
-    table.add_column("model")
-    for column in ("acc1", "acc5", "mean per-class recall", "images"):
-        table.add_column(column, justify="right")
-    for row in rows:
-        table.add_row(output.escape(row["model"]), pct(row["acc1"]), pct(row["acc5"]),
-                      pct(row["mean_per_class_recall"]), str(row["count"]))
-    Console(file=stream, highlight=False).print(table)
+    else:
+        title = (f"{output.escape(inputs[0])}: {len(data.class_names)} classes, templates "
+                 f"{output.escape(template_set.name)}")
+        Console(file=stream, highlight=False).print(output.metrics_table(title, "model", rows, "model"))
     return failed

@@ -23,29 +23,14 @@ MappingOpt = Annotated[Optional[str], typer.Option(
     show_default=False)]
 
 
-def pct(value: float | None) -> str:
-    return "–" if value is None else f"{value:.1%}"
-
-
-def summary_table(results: list[dict], title: str | None = None) -> Table:
-    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
-    table.add_column("templates")
-    for column in ("acc1", "acc5", "mean per-class recall", "images"):
-        table.add_column(column, justify="right")
-    for row in results:
-        table.add_row(output.escape(row["templates"]), pct(row["acc1"]), pct(row["acc5"]),
-                      pct(row["mean_per_class_recall"]), str(row["count"]))
-    return table
-
-
 def per_class_table(result: dict) -> Table:
-    table = Table(title=f"per class ({output.escape(result['templates'])})", title_justify="left", show_edge=False,
-                  pad_edge=False)
-    table.add_column("label")
-    for column in ("precision", "recall", "support"):
-        table.add_column(column, justify="right")
+    from ..evaluate import percent
+
+    table = output.plain_table(f"per class ({output.escape(result['templates'])})", "label", "precision", "recall",
+                               "support", right=("precision", "recall", "support"))
     for row in result["per_class"]:
-        table.add_row(output.escape(row["label"]), pct(row["precision"]), pct(row["recall"]), str(row["support"]))
+        table.add_row(output.escape(row["label"]), percent(row["precision"]), percent(row["recall"]),
+                      str(row["support"]))
     return table
 
 
@@ -101,15 +86,15 @@ def evaluate(
         output.error("no image in the dataset could be read")
         raise typer.Exit(EXIT_SOME_FAILED)
     rows = result_dicts(results)
-    header = {"model": {"name": loaded.spec.display_name, "pretrained": loaded.spec.pretrained}, "dataset": dataset,
-              "classes": data.class_names}
+    header = {"model": loaded.describe(), "dataset": dataset, "classes": data.class_names}
     with ExitStack() as stack:
         stream = open_sink(stack, output_path)
         if fmt == "json":
             stream.write(json.dumps({**header, "errors": errors, "results": rows}, ensure_ascii=False, indent=2) + "\n")
         else:
             console = Console(file=stream, highlight=False)
-            console.print(summary_table(rows, f"{output.escape(dataset)}: {len(data.class_names)} classes"))
+            console.print(output.metrics_table(f"{output.escape(dataset)}: {len(data.class_names)} classes",
+                                               "templates", rows, "templates"))
             if len(data.class_names) <= 60:
                 console.print()
                 console.print(per_class_table(rows[0]))

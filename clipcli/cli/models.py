@@ -6,7 +6,6 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 from typing_extensions import Annotated
 
 from . import output
@@ -27,9 +26,7 @@ def models(
     rows = list_pretrained(filter_text, weights_dir)
     if cached:
         rows = [row for row in rows if row["cached"]]
-    table = Table(show_edge=False, pad_edge=False)
-    for column in ("architecture", "pretrained", "cached"):
-        table.add_column(column)
+    table = output.plain_table(None, "architecture", "pretrained", "cached")
     for row in rows:
         table.add_row(output.escape(row["architecture"]), output.escape(row["pretrained"]), "yes" if row["cached"] else "")
     Console(highlight=False).print(table)

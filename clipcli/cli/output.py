@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+METRIC_COLUMNS = ("acc1", "acc5", "mean per-class recall", "images")
 
 
 def error(message: str) -> None:
@@ -30,8 +31,27 @@ def escape(text: str) -> str:
     return rich_escape(text)
 
 
+def plain_table(title: str | None = None, *columns: str, right: tuple[str, ...] = ()) -> Table:
+    """The house table style: no outer border, title on the left; `right` columns are right-aligned."""
+    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    for column in columns:
+        table.add_column(column, justify="right" if column in right else "left")
+    return table
+
+
+def metrics_table(title: str, first_column: str, rows: list[dict], key: str) -> Table:
+    """acc1 / acc5 / mean per-class recall per row: template sets (`clip eval`) or models (`clip compare`)."""
+    from ..evaluate import percent
+
+    table = plain_table(title, first_column, *METRIC_COLUMNS, right=METRIC_COLUMNS)
+    for row in rows:
+        table.add_row(escape(row[key]), percent(row["acc1"]), percent(row["acc5"]),
+                      percent(row["mean_per_class_recall"]), str(row["count"]))
+    return table
+
+
 def prediction_table(record: dict) -> Table:
-    table = Table(title=escape(record["path"]), title_justify="left", show_edge=False, pad_edge=False)
+    table = plain_table(escape(record["path"]))
     table.add_column("#", justify="right", style="dim")
     table.add_column("label")
     table.add_column("probability", justify="right")

@@ -6,7 +6,6 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 from typing_extensions import Annotated
 
 from . import output
@@ -23,10 +22,7 @@ def templates(
 
     console = Console(highlight=False)
     if name is None:
-        table = Table(show_edge=False, pad_edge=False)
-        table.add_column("name")
-        table.add_column("templates", justify="right")
-        table.add_column("description")
+        table = output.plain_table(None, "name", "templates", "description", right=("templates",))
         for template_set in list_template_sets():
             table.add_row(template_set.name, str(len(template_set.templates)), output.escape(template_set.description))
         console.print(table)

@@ -20,21 +20,13 @@ from .images import display_path
 from .labels import Label, clean_labels, require_labels
 from .evaluate import Dataset, Metrics, compute_metrics
 from .models import LoadedModel, load_model
-from .pipeline import BatchItem, DecodeOptions, encode_images, iter_batches
-from .results import error_record, prediction_record
+from .embeddings import SyncReport, embedding_batches, encode_batches, whole_store_batches
+from .pipeline import BatchItem, RunOptions
+from .results import error_record
+from .store import ImageStore, StoreWriter
 from .templates import TemplateSet, load_template_set
 
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    batch_size: int = 32
-    workers: int | None = None  # None: pipeline.default_workers()
-    top_k: int = 5  # 0: every label
-    score: str = "softmax"
-    max_megapixels: float | None = config.DEFAULT_MAX_MEGAPIXELS
-    reduced_decode: bool = False  # JPEG draft decoding down to the model's input size (see bench/RESULTS.md)
 
 
 def as_labels(labels: Iterable[str | Label]) -> list[Label]:
@@ -50,34 +42,47 @@ def prepare_classifier(loaded: LoadedModel, labels: Sequence[str | Label], templ
     return build_classifier(loaded, as_labels(labels), template_set, cache, progress)
 
 
-def encode_batches(loaded: LoadedModel, paths: Sequence[str], options: RunOptions = RunOptions(),
-                   progress: Progress | None = None) -> Iterator[tuple[list[BatchItem], torch.Tensor | None]]:
-    """(items, L2-normalised features of the decoded items) per batch, in input order."""
-    decode = DecodeOptions(options.max_megapixels, loaded.image_size if options.reduced_decode else None)
-    done = 0
-    for batch in iter_batches(paths, loaded.preprocess, options.batch_size, options.workers, decode,
-                              pin_memory=loaded.device.type == "cuda"):
-        features = None
-        if batch.pixels is not None:
-            features = encode_images(loaded.model, batch.pixels, loaded.device, loaded.cast_dtype)
-        yield batch.items, features
-        done += len(batch.items)
-        if progress is not None:
-            progress(done, len(paths))
+def score_records(classifier: ZeroShotClassifier, items: Sequence[BatchItem], features: torch.Tensor | None,
+                  options: RunOptions = RunOptions()) -> Iterator[dict]:
+    """One record per item, in order: ranked predictions, or the item's error."""
+    ranked = iter(())
+    if features is not None:
+        scores = classifier.scores(features, options.score)
+        k = len(classifier.labels) if options.top_k <= 0 else min(options.top_k, len(classifier.labels))
+        if k < len(classifier.labels):
+            values, indexes = scores.topk(k, dim=1)
+        else:
+            values, indexes = scores.sort(dim=1, descending=True, stable=True)
+        ranked = zip(values.tolist(), indexes.tolist())
+    labels = classifier.labels
+    for item in items:
+        path = display_path(item.path)
+        if item.error:
+            yield error_record(path, *item.error)
+        else:
+            values, indexes = next(ranked)
+            yield {"path": path, "predictions": [{"label": labels[i], "score": v} for v, i in zip(values, indexes)]}
 
 
 def classify_paths(loaded: LoadedModel, classifier: ZeroShotClassifier, paths: Sequence[str],
-                   options: RunOptions = RunOptions(), progress: Progress | None = None) -> Iterator[dict]:
-    """One record per path, in order, streamed batch by batch."""
+                   options: RunOptions = RunOptions(), progress: Progress | None = None,
+                   store: StoreWriter | None = None, report: SyncReport | None = None) -> Iterator[dict]:
+    """One record per path, in order, streamed batch by batch (through the store when one is given)."""
     classifier.check_score(options.score)
-    for items, features in encode_batches(loaded, paths, options, progress):
-        scores = iter(classifier.scores(features, options.score).cpu().tolist() if features is not None else [])
-        for item in items:
-            path = display_path(item.path)
-            if item.error:
-                yield error_record(path, *item.error)
-            else:
-                yield prediction_record(path, classifier.labels, next(scores), options.top_k)
+    for items, features in embedding_batches(loaded, paths, options, store, progress, report):
+        yield from score_records(classifier, items, features, options)
+
+
+def classify_store(classifier: ZeroShotClassifier, store: ImageStore, options: RunOptions = RunOptions(),
+                   progress: Progress | None = None) -> Iterator[dict]:
+    """Every image in the store, scored from its stored embedding (no image is decoded or encoded)."""
+    classifier.check_score(options.score)
+    done, total = 0, store.rows
+    for items, features in whole_store_batches(store):
+        yield from score_records(classifier, items, features, options)
+        done += len(items)
+        if progress is not None:
+            progress(done, total)
 
 
 @dataclass
@@ -89,13 +94,14 @@ class EvalResult:
 
 def evaluate(loaded: LoadedModel, dataset: Dataset, template_sets: Sequence[TemplateSet],
              options: RunOptions = RunOptions(), cache_dir: str | None = None, use_cache: bool = True,
-             progress: Progress | None = None, mistakes: int = 12) -> tuple[list[EvalResult], list[dict]]:
+             progress: Progress | None = None, mistakes: int = 12,
+             store: StoreWriter | None = None) -> tuple[list[EvalResult], list[dict]]:
     """Accuracy of each template set on the dataset; images are encoded once for all sets.
 
     Returns the results and the error records of images that could not be read (left out of the metrics)."""
     classifiers = [prepare_classifier(loaded, dataset.class_names, t, cache_dir, use_cache) for t in template_sets]
     kept, features, errors = [], [], []
-    for items, batch_features in encode_batches(loaded, dataset.paths, options, progress):
+    for items, batch_features in embedding_batches(loaded, dataset.paths, options, store, progress):
         rows = iter(batch_features if batch_features is not None else [])
         for index, item in enumerate(items, start=len(kept) + len(errors)):
             if item.error:

@@ -31,6 +31,24 @@ class InputError(UsageError):
     """Inputs that name no images at all (a missing path, an empty folder)."""
 
 
+class OutputPathError(UsageError):
+    """An output path (-o, --report, --store, --into, a head file) that cannot be written."""
+
+
+class StoreError(ClipCliError):
+    """An image-embedding store that cannot be used: unreadable manifest, missing store."""
+
+    exit_code = 4
+
+
+class StoreBusyError(StoreError):
+    """Another clip process is writing the same store."""
+
+
+class StoreModelError(UsageError):
+    """A store made with one model, used with another: embeddings of two models are never mixed."""
+
+
 class ModelLoadError(ClipCliError):
     """A model that cannot be resolved or loaded (unknown name, missing weights, bad checkpoint)."""
 

@@ -22,6 +22,7 @@ GLOB_CHARS = frozenset("*?[")
 # bounded, even with reduced decoding off.
 HUGE_MEGAPIXELS = 40.0
 HUGE_DECODE_SIDE = 2048
+EXIF_ORIENTATION = 0x0112
 
 
 def is_image_name(name: str) -> bool:
@@ -116,7 +117,12 @@ def _describe(exc: BaseException) -> tuple[str, str]:
 
 
 def open_image(path: str, max_megapixels: float | None = None, min_size: int | None = None):
-    """Open one image as an upright RGB PIL image.
+    """Open one image as an upright RGB PIL image (see read_image)."""
+    return read_image(path, max_megapixels, min_size)[0]
+
+
+def read_image(path: str, max_megapixels: float | None = None, min_size: int | None = None):
+    """(upright RGB PIL image, (width, height) of the full upright image before any reduced decoding).
 
     max_megapixels: refuse larger images (decompression bombs) before decoding.
     min_size: for JPEG, decode at the smallest reduced scale whose shorter side is
@@ -130,13 +136,16 @@ def open_image(path: str, max_megapixels: float | None = None, min_size: int | N
     try:
         with Image.open(path) as image:
             _check_pixels(path, image, max_megapixels)
+            width, height = image.size
+            if image.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8):  # stored turned by 90 degrees
+                width, height = height, width
             if image.format == "JPEG":
                 huge = image.size[0] * image.size[1] > HUGE_MEGAPIXELS * 1e6
                 if min_size or huge:
                     _draft(image, min_size or HUGE_DECODE_SIDE)
             image.seek(0)  # first frame of animations and multi-page files
             image.load()
-            return _to_upright_rgb(image)
+            return _to_upright_rgb(image), (width, height)
     except ImageReadError:
         raise
     except FileNotFoundError:

@@ -15,14 +15,16 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from . import config
 from .errors import ImageReadError
-from .images import open_image
+from .images import read_image
 
 
 @dataclass
 class BatchItem:
     path: str
     error: tuple[str, str] | None = None  # (kind, message)
+    size: tuple[int, int] | None = None  # (width, height) of the upright image, when decoded
 
 
 @dataclass
@@ -38,12 +40,22 @@ class DecodeOptions:
     reduced_decode_size: int | None = None  # JPEG draft: decode at >= this shorter side
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    batch_size: int = 32
+    workers: int | None = None  # None: default_workers()
+    top_k: int = 5  # 0: every label
+    score: str = "softmax"
+    max_megapixels: float | None = config.DEFAULT_MAX_MEGAPIXELS
+    reduced_decode: bool = False  # JPEG draft decoding down to the model's input size (see bench/RESULTS.md)
+
+
 def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
-    """Map-style dataset over paths: (path, pixels or None, error or None)."""
+    """Map-style dataset over paths: (path, pixels or None, error or None, (width, height) or None)."""
 
     def __init__(self, paths: Sequence[str], preprocess: Callable, options: DecodeOptions) -> None:
         self.paths = list(paths)
@@ -56,17 +68,17 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         path = self.paths[index]
         try:
-            image = open_image(path, self.options.max_megapixels, self.options.reduced_decode_size)
-            return path, self.preprocess(image), None
+            image, size = read_image(path, self.options.max_megapixels, self.options.reduced_decode_size)
+            return path, self.preprocess(image), None, size
         except ImageReadError as exc:
-            return path, None, (exc.kind, exc.reason)
+            return path, None, (exc.kind, exc.reason), None
         except Exception as exc:  # a preprocess failure is still this file's problem only
-            return path, None, ("decode_error", f"cannot preprocess image ({exc})")
+            return path, None, ("decode_error", f"cannot preprocess image ({exc})"), None
 
 
 def collate(samples) -> ImageBatch:
-    items = [BatchItem(path, error) for path, _, error in samples]
-    decoded = [i for i, (_, pixels, _) in enumerate(samples) if pixels is not None]
+    items = [BatchItem(path, error, size) for path, _, error, size in samples]
+    decoded = [i for i, sample in enumerate(samples) if sample[1] is not None]
     pixels = torch.stack([samples[i][1] for i in decoded]) if decoded else None
     return ImageBatch(items, pixels, decoded)
 

@@ -13,10 +13,11 @@ import csv
 import io
 import json
 import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator, Sequence
+
+from .fsutil import temp_beside
 
 FORMATS = ("table", "json", "jsonl", "csv")
 CSV_COLUMNS = ("path", "rank", "label", "score", "error_type", "error_message")
@@ -126,8 +127,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[IO[str]]:
         with open(target, "w", encoding="utf-8", newline="") as stream:
             yield stream
         return
-    directory = target.parent if str(target.parent) else Path(".")
-    fd, temp_name = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
+    fd, temp_name = temp_beside(target)  # mode as a plain write under the umask would give, not mkstemp's 0600
     stream = os.fdopen(fd, "w", encoding="utf-8", newline="")
     try:
         yield stream

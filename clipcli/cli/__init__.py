@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import cache, classify, compare, evaluate, models, templates
+from . import cache, classify, compare, embed, evaluate, models, store, templates
 
 app = typer.Typer(
     name="clip",
@@ -15,11 +15,13 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command("classify")(classify.classify)
+app.command("embed")(embed.embed)
 app.command("eval")(evaluate.evaluate)
 app.command("compare")(compare.compare)
 app.command("models")(models.models)
 app.command("templates")(templates.templates)
 app.add_typer(cache.app, name="cache")
+app.add_typer(store.app, name="store")
 
 
 def main() -> None:

@@ -16,14 +16,6 @@ from .common import handles_errors
 app = typer.Typer(help="Inspect or clear the class-embedding cache.", no_args_is_help=True)
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
 @app.command("info")
 @handles_errors
 def info(cache_dir: CacheDirOpt = None) -> None:
@@ -34,11 +26,11 @@ def info(cache_dir: CacheDirOpt = None) -> None:
     rows = cache_summary(root)
     console = Console(highlight=False)
     console.print(f"location: {root}")
-    console.print(f"size: {_size(sum(r.size_bytes for r in rows))} in {sum(r.entries for r in rows)} entries")
+    console.print(f"size: {output.human_size(sum(r.size_bytes for r in rows))} in {sum(r.entries for r in rows)} entries")
     if rows:
         table = output.plain_table(None, "model", "entries", "size", "key", right=("entries", "size"))
         for row in rows:
-            table.add_row(output.escape(row.name), str(row.entries), _size(row.size_bytes), row.key)
+            table.add_row(output.escape(row.name), str(row.entries), output.human_size(row.size_bytes), row.key)
         console.print(table)
 
 

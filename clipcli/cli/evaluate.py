@@ -16,7 +16,8 @@ from .. import config
 from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors, setup_reporting
 from .options import (BatchOpt, CacheDirOpt, DeviceOpt, ModelOpt, NoCacheOpt, OutputOpt, PrecisionOpt, PretrainedOpt,
-                      QuietOpt, VerboseOpt, WeightsDirOpt, WorkersOpt, check_choice, load_model_from_options, open_sink)
+                      QuietOpt, StoreOpt, VerboseOpt, WeightsDirOpt, WorkersOpt, check_choice, check_outputs,
+                      load_model_from_options, open_sink)
 
 MappingOpt = Annotated[Optional[str], typer.Option(
     "--mapping", help="Folder or manifest name -> label text (.yaml/.json mapping, or .csv name,label).",
@@ -53,6 +54,7 @@ def evaluate(
         "--report", help="Write a self-contained HTML report (heatmap, confident mistakes).", show_default=False)
     ] = None,
     output_path: OutputOpt = None,
+    store: StoreOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = "auto",
     batch_size: BatchOpt = 32,
@@ -69,6 +71,7 @@ def evaluate(
     from ..evaluate import load_dataset
     from ..templates import load_template_set
 
+    check_outputs(files={"--output": output_path, "--report": report}, folders={"--store": store})
     data = load_dataset(dataset, mapping)
     names = [n.strip() for n in (templates or config.default_templates()).split(",") if n.strip()]
     template_sets = [load_template_set(name) for name in names]
@@ -76,10 +79,17 @@ def evaluate(
     from ..api import RunOptions
     from ..api import evaluate as run_evaluation
 
-    loaded = load_model_from_options(model, pretrained, device, precision, weights_dir)
-    with output.progress_bar("encoding images", output.progress_enabled(quiet)) as progress:
-        results, errors = run_evaluation(loaded, data, template_sets, RunOptions(batch_size=batch_size, workers=workers),
-                                         cache_dir, not no_cache, progress)
+    loaded = load_model_from_options(model, pretrained, device, precision, weights_dir, store)
+    with ExitStack() as stack:
+        writer = None
+        if store is not None:
+            from ..embeddings import open_store_writer
+
+            writer = stack.enter_context(open_store_writer(store, loaded))
+        with output.progress_bar("encoding images", output.progress_enabled(quiet)) as progress:
+            results, errors = run_evaluation(loaded, data, template_sets,
+                                             RunOptions(batch_size=batch_size, workers=workers),
+                                             cache_dir, not no_cache, progress, store=writer)
     for error in errors:
         output.error(f"{error['path']}: {error['error']['message']}")
     if not results:
@@ -104,7 +114,8 @@ def evaluate(
 
         with atomic_output(report) as handle:
             handle.write(render_report(f"clip eval: {dataset}", {"model": header["model"]["name"],
-                                       "pretrained": loaded.spec.pretrained, "images": rows[0]["count"]},
+                                       **({"pretrained": loaded.spec.pretrained} if loaded.spec.pretrained else {}),
+                                       "images": rows[0]["count"]},
                                        rows, data.class_names))
         output.info(f"report written to {report}")
     raise typer.Exit(EXIT_SOME_FAILED if errors else EXIT_OK)

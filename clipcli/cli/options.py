@@ -14,51 +14,95 @@ from .. import config
 from ..errors import InputError, LabelError, UsageError
 from ..results import FORMATS
 
+# Help panels: the options of every command that encodes images, grouped the same way.
+INPUTS = "Inputs"
+LABELS = "Labels and templates"
+MODEL = "Model"
+OUTPUT = "Output"
+PERF = "Performance"
+STORE = "Embedding store"
+
 ModelOpt = Annotated[Optional[str], typer.Option(
-    "--model", "-m", help="Architecture (ViT-B-32), ARCH:TAG, hf-hub:org/repo, local-dir:DIR, or 'demo'. "
+    "--model", "-m", rich_help_panel=MODEL, help="Architecture (ViT-B-32), ARCH:TAG, hf-hub:org/repo, local-dir:DIR, or 'demo'. "
     f"Default: ${config.ENV_MODEL} or {config.DEFAULT_MODEL}.", show_default=False)]
 PretrainedOpt = Annotated[Optional[str], typer.Option(
-    "--pretrained", "-p", help="Pretrained tag (see `clip models`) or a checkpoint file. "
+    "--pretrained", "-p", rich_help_panel=MODEL, help="Pretrained tag (see `clip models`) or a checkpoint file. "
     f"Default: ${config.ENV_PRETRAINED}, or {config.DEFAULT_PRETRAINED} for the default model.",
     show_default=False)]
 TemplatesOpt = Annotated[Optional[str], typer.Option(
-    "--templates", "-t", help=f"Template set name (`clip templates`) or a YAML file. Default: "
+    "--templates", "-t", rich_help_panel=LABELS, help=f"Template set name (`clip templates`) or a YAML file. Default: "
     f"${config.ENV_TEMPLATES} or {config.DEFAULT_TEMPLATES}.", show_default=False)]
 DeviceOpt = Annotated[Optional[str], typer.Option(
-    "--device", help=f"auto, cpu, cuda, cuda:N or mps (auto: cuda, then mps, then cpu). Default: ${config.ENV_DEVICE} "
+    "--device", rich_help_panel=MODEL, help=f"auto, cpu, cuda, cuda:N or mps (auto: cuda, then mps, then cpu). Default: ${config.ENV_DEVICE} "
     "or auto.", show_default=False)]
 PrecisionOpt = Annotated[str, typer.Option(
-    "--precision", help="auto (fp16 on CUDA, else fp32), fp32, fp16 or bf16.")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")]
+    "--precision", rich_help_panel=MODEL, help="auto (fp16 on CUDA, else fp32), fp32, fp16 or bf16.")]
+BatchOpt = Annotated[int, typer.Option(
+    "--batch-size", "-b", rich_help_panel=PERF, min=1, help="Images per model call.")]
 WorkersOpt = Annotated[Optional[int], typer.Option(
-    "--workers", "-j", min=0, help="Decoding processes (0: decode in the main process). Default: cores - 1.",
+    "--workers", "-j", rich_help_panel=PERF, min=0, help="Decoding processes (0: decode in the main process). Default: cores - 1.",
     show_default=False)]
 CacheDirOpt = Annotated[Optional[Path], typer.Option(
-    "--cache-dir", help=f"Embedding cache folder. Default: ${config.ENV_CACHE_DIR} or the user cache dir.",
+    "--cache-dir", rich_help_panel=LABELS, help=f"Embedding cache folder. Default: ${config.ENV_CACHE_DIR} or the user cache dir.",
     show_default=False)]
-NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not read or write cached class embeddings.")]
+NoCacheOpt = Annotated[bool, typer.Option(
+    "--no-cache", rich_help_panel=LABELS, help="Do not read or write cached class embeddings.")]
 WeightsDirOpt = Annotated[Optional[str], typer.Option(
-    "--weights-dir", help=f"Where model weights are downloaded. Default: ${config.ENV_WEIGHTS_DIR} or the "
+    "--weights-dir", rich_help_panel=MODEL, help=f"Where model weights are downloaded. Default: ${config.ENV_WEIGHTS_DIR} or the "
     "Hugging Face cache.", show_default=False)]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show library log messages on stderr.")]
+QuietOpt = Annotated[bool, typer.Option(
+    "--quiet", "-q", rich_help_panel=OUTPUT, help="No progress bar.")]
+VerboseOpt = Annotated[bool, typer.Option(
+    "--verbose", rich_help_panel=OUTPUT, help="Show library log messages on stderr.")]
 LabelsOpt = Annotated[Optional[str], typer.Option(
-    "--labels", "-l", help='Comma-separated labels; quote a label with commas: \'cat,"dog, small"\'.',
+    "--labels", "-l", rich_help_panel=LABELS, help='Comma-separated labels; quote a label with commas: \'cat,"dog, small"\'.',
     show_default=False)]
 LabelsFileOpt = Annotated[Optional[Path], typer.Option(
-    "--labels-file", "-L", help=".txt (one per line, # comments) or .yaml (a list, or a mapping of label to synonyms).",
+    "--labels-file", "-L", rich_help_panel=LABELS, help=".txt (one per line, # comments) or .yaml (a list, or a mapping of label to synonyms).",
     show_default=False)]
 OutputOpt = Annotated[Optional[Path], typer.Option(
-    "--output", "-o", help="Write results to FILE (atomically) instead of stdout.", show_default=False)]
+    "--output", "-o", rich_help_panel=OUTPUT, help="Write results to FILE (atomically) instead of stdout.", show_default=False)]
+
+FilesFromOpt = Annotated[Optional[str], typer.Option(
+    "--files-from", rich_help_panel=INPUTS, help="Read image paths from FILE, one per line (- for stdin).",
+    show_default=False)]
+RecursiveOpt = Annotated[bool, typer.Option(rich_help_panel=INPUTS, help="Recurse into folders.")]
+MaxMegapixelsOpt = Annotated[float, typer.Option(
+    "--max-megapixels", rich_help_panel=INPUTS, help="Refuse larger images (decompression bombs).")]
+ReducedDecodeOpt = Annotated[bool, typer.Option(
+    "--reduced-decode/--full-decode", rich_help_panel=PERF, help="Decode JPEGs at reduced size, never below the "
+    "model's input size (faster; off by default until measured on a real pretrained model, see bench/RESULTS.md).")]
+StoreOpt = Annotated[Optional[Path], typer.Option(
+    "--store", "-s", rich_help_panel=STORE, help="Image-embedding store folder: stored embeddings are reused, "
+    "new and changed images are encoded and added (`clip embed`).", show_default=False)]
 
 
 def load_model_from_options(model: str | None, pretrained: str | None, device: str | None, precision: str,
-                            weights_dir: str | None):
+                            weights_dir: str | None, store: Path | None = None):
+    """The model the options name; with a store and no --model, the store's own model."""
     from ..models import load_model
 
+    if model is None and store is not None:
+        from ..store import read_manifest
+
+        manifest = read_manifest(Path(store)) if Path(store).is_dir() else None
+        if manifest is not None:
+            model, pretrained = manifest["model"]["name"], pretrained or manifest["model"].get("pretrained")
     name = model or config.default_model()
     return load_model(name, pretrained or config.default_pretrained(name), device=device or config.default_device(),
                       precision=precision, weights_dir=weights_dir)
+
+
+def check_outputs(files: dict[str, Path | None] = {}, folders: dict[str, Path | None] = {}) -> None:
+    """Refuse unwritable output paths before any slow work (option name -> path)."""
+    from ..fsutil import check_output_dir, check_output_file
+
+    for option, path in files.items():
+        if path is not None:
+            check_output_file(path, option)
+    for option, path in folders.items():
+        if path is not None:
+            check_output_dir(path, option)
 
 
 def read_labels(labels: str | None, labels_file: Path | None):

@@ -25,6 +25,14 @@ def info(message: str) -> None:
     err_console.print(message, markup=False, highlight=False)
 
 
+def human_size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
 def escape(text: str) -> str:
     from rich.markup import escape as rich_escape
 

@@ -157,7 +157,7 @@ def stored_batches(store: ImageStore, paths: Sequence[str], batch_size: int,
         yield items, (torch.from_numpy(np.stack(rows)) if rows else None)
 
 
-def whole_store_batches(store: ImageStore, rows: int = 65536) -> Batches:
+def whole_store_batches(store: ImageStore, rows: int = 8192) -> Batches:
     """Every stored image (the store's paths), read row group by row group: memory does not grow with the store."""
     for paths, vectors, errors in store.iter_embeddings(rows):
         bad = {row: (kind, message) for row, kind, message in errors}

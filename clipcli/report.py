@@ -90,3 +90,45 @@ def render_report(title: str, header: dict, results: Sequence[dict], class_names
 <div class="mistakes">{mistakes or "<p>none</p>"}</div>
 </body></html>
 """
+
+
+PREVIEW_STYLE = """
+.group { margin: 1.5em 0; }
+.cards { display: flex; flex-wrap: wrap; gap: 10px; }
+.card { width: 150px; font-size: 0.8em; overflow-wrap: anywhere; }
+.card img { width: 150px; height: 150px; object-fit: cover; border: 1px solid #ccc; }
+.unsure .card img { border: 2px solid #d90; }
+.score { font-weight: bold; }
+"""
+
+
+def render_sort_preview(title: str, header: dict, operations: Sequence[dict]) -> str:
+    """A page of thumbnails grouped by destination folder, the unsure group first, best scores first in each."""
+    groups: dict[tuple[bool, str], list[dict]] = {}
+    for op in operations:
+        if op.get("folder") is not None:
+            groups.setdefault((not op["unsure"], op["folder"]), []).append(op)
+    sections = []
+    for (sure, folder), ops in sorted(groups.items()):
+        cards = "".join(
+            f'<div class="card"><img src="{_thumbnail(op["source"], 150)}" alt="">'
+            f'<div class="score">{html.escape(op["label"])} {op["score"]:.1%}</div>'
+            f'<div title="{html.escape(op["source"])}">{html.escape(op["source"].rsplit("/", 1)[-1])}</div>'
+            f'<div>{html.escape(op["operation"])}{(": " + html.escape(op["note"])) if op["note"] else ""}</div></div>'
+            for op in sorted(ops, key=lambda o: -o["score"]))
+        kind = "group" if sure else "group unsure"
+        sections.append(f'<section class="{kind}" data-folder="{html.escape(folder)}"><h2>{html.escape(folder)}'
+                        f'{" (unsure)" if not sure else ""}: {len(ops)}</h2><div class="cards">{cards}</div></section>')
+    failed = [op for op in operations if op.get("operation") == "error"]
+    errors = "".join(f"<li>{html.escape(op['source'])}: {html.escape(op['note'])}</li>" for op in failed)
+    meta = "".join(f"<li><b>{html.escape(str(k))}:</b> {html.escape(str(v))}</li>" for k, v in header.items())
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>{STYLE}{PREVIEW_STYLE}</style></head>
+<body>
+<h1>{html.escape(title)}</h1>
+<ul>{meta}</ul>
+{"".join(sections) or "<p>nothing to sort</p>"}
+{f"<h2>Not sorted</h2><ul id='errors'>{errors}</ul>" if errors else ""}
+</body></html>
+"""

@@ -91,6 +91,22 @@ class CsvWriter:
         self.stream.flush()
 
 
+class DictCsvWriter:
+    """Flat records (sort plans) as CSV with fixed columns; missing fields are empty."""
+
+    def __init__(self, stream: IO[str], columns: Sequence[str]) -> None:
+        self.stream = stream
+        self.writer = csv.DictWriter(stream, columns, extrasaction="ignore")
+        self.writer.writeheader()
+
+    def write(self, record: dict) -> None:
+        self.writer.writerow({k: "" if v is None else v for k, v in record.items()})
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
 def make_writer(fmt: str, stream: IO[str], header: dict | None = None):
     if fmt == "jsonl":
         return JsonLinesWriter(stream)

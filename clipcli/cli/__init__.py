@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import cache, classify, compare, embed, evaluate, models, store, templates
+from . import cache, classify, compare, embed, evaluate, models, sort, store, templates
 
 app = typer.Typer(
     name="clip",
@@ -18,6 +18,7 @@ app.command("classify")(classify.classify)
 app.command("embed")(embed.embed)
 app.command("eval")(evaluate.evaluate)
 app.command("compare")(compare.compare)
+app.command("sort")(sort.sort)
 app.command("models")(models.models)
 app.command("templates")(templates.templates)
 app.add_typer(cache.app, name="cache")

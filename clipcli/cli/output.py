@@ -58,6 +58,10 @@ def metrics_table(title: str, first_column: str, rows: list[dict], key: str) -> 
     return table
 
 
+def print_table(table: Table, to_stdout: bool = True) -> None:
+    (Console(highlight=False) if to_stdout else err_console).print(table)
+
+
 def prediction_table(record: dict) -> Table:
     table = plain_table(escape(record["path"]))
     table.add_column("#", justify="right", style="dim")

@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import struct
-import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import CacheWarning
+from .fsutil import atomic_write_bytes
 
 if TYPE_CHECKING:  # torch loads only when embeddings are read or written, so `clip cache info` starts fast
     import torch
@@ -100,7 +100,7 @@ class EmbeddingCache:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._write_model_info()
-            atomic_write_bytes(Path(self._path(texts)), encode_entry(vector))
+            atomic_write_bytes(self._path(texts), encode_entry(vector), durable=False)
         except OSError as exc:
             self._disable(f"cannot write to {self.directory} ({exc.strerror or exc})")
 
@@ -124,29 +124,18 @@ class EmbeddingCache:
         if not self.enabled:
             return
         try:
-            atomic_write_bytes(Path(self._pack_path(keys)), encode_entry(matrix.reshape(-1)))
+            atomic_write_bytes(self._pack_path(keys), encode_entry(matrix.reshape(-1)), durable=False)
         except OSError as exc:
             self._disable(f"cannot write to {self.directory} ({exc.strerror or exc})")
 
     def _write_model_info(self) -> None:
         info = self.model_dir / "model.json"
         if not info.exists():
-            atomic_write_bytes(info, json.dumps(self.model_info, indent=2, sort_keys=True).encode())
+            atomic_write_bytes(info, json.dumps(self.model_info, indent=2, sort_keys=True).encode(), durable=False)
 
     def _disable(self, why: str) -> None:
         self.enabled = False
         warnings.warn(f"embedding cache disabled for this run: {why}", CacheWarning, stacklevel=3)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            handle.write(data)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,23 @@ def build_classifier(loaded: LoadedModel, labels: list[Label], templates: Templa
     return ZeroShotClassifier([label.name for label in labels], embeddings, loaded.logit_scale, loaded.logit_bias)
 
 
+def cached_classifier(scoring: dict, labels: list[Label], templates: TemplateSet, root) -> ZeroShotClassifier | None:
+    """A classifier built from the class-embedding cache alone, with no model loaded: for scoring stored image
+    embeddings (the store records the scale, bias and cache key of its model).  None unless every label is cached."""
+    if not scoring.get("text_cache_key"):
+        return None
+    cache = EmbeddingCache.for_model(root, scoring["text_cache_key"], {}, templates.templates)
+    keys = [label.texts for label in labels]
+    embeddings = cache.get_pack(keys) if len(labels) >= PACK_MIN_LABELS else None
+    if embeddings is None:
+        found = [cache.get(key) for key in keys]
+        if any(vector is None for vector in found):
+            return None
+        embeddings = torch.stack(found)
+    return ZeroShotClassifier([label.name for label in labels], embeddings, float(scoring["logit_scale"]),
+                              scoring.get("logit_bias"))
+
+
 def open_cache(loaded: LoadedModel, templates: TemplateSet, root) -> EmbeddingCache:
     info = {**loaded.identity, "alias": loaded.spec.alias}
     return EmbeddingCache.for_model(root, loaded.identity_key(), info, templates.templates)

@@ -45,7 +45,9 @@ def encode_batches(loaded: LoadedModel, paths: Sequence[str], options: RunOption
 def store_model(loaded: LoadedModel) -> StoreModel:
     """The store's record of a loaded model: how to load it again, and its identity."""
     return StoreModel(loaded.spec.alias or loaded.spec.name, loaded.spec.pretrained, model_key(loaded.identity),
-                      {k: v for k, v in loaded.identity.items() if k != "precision"})
+                      {k: v for k, v in loaded.identity.items() if k != "precision"},
+                      {"logit_scale": loaded.logit_scale, "logit_bias": loaded.logit_bias,
+                       "text_cache_key": loaded.identity_key()})
 
 
 def embedding_dim(loaded: LoadedModel) -> int:

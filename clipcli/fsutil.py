@@ -38,20 +38,23 @@ def temp_beside(target: Path, suffix: str = ".tmp") -> tuple[int, str]:
     return fd, name
 
 
-def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `target` through a temporary file, fsync, rename: readers see the old or the new file."""
+def atomic_write_bytes(target: str | os.PathLike, data: bytes, durable: bool = True) -> None:
+    """Write `data` to `target` through a temporary file and a rename: readers see the old or the new file.
+    durable: fsync the file and its folder too (skipped for caches, which can always be rebuilt)."""
     target = Path(target)
     fd, name = temp_beside(target)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(name, target)
     except BaseException:
         Path(name).unlink(missing_ok=True)
         raise
-    fsync_dir(target.parent if str(target.parent) else ".")
+    if durable:
+        fsync_dir(target.parent if str(target.parent) else ".")
 
 
 def check_output_file(path: str | os.PathLike, option: str) -> None:

@@ -84,6 +84,7 @@ class StoreModel:
     pretrained: str | None
     key: str  # identity hash without the precision (fp16 and fp32 of the same weights share a store)
     identity: dict = field(default_factory=dict)
+    scoring: dict = field(default_factory=dict)  # logit_scale, logit_bias, text_cache_key: score without the model
 
     def display(self) -> str:
         return f"{self.name}:{self.pretrained}" if self.pretrained else self.name
@@ -163,7 +164,7 @@ class ImageStore:
     @property
     def model(self) -> StoreModel:
         m = self.manifest["model"]
-        return StoreModel(m["name"], m.get("pretrained"), m["key"], m.get("identity", {}))
+        return StoreModel(m["name"], m.get("pretrained"), m["key"], m.get("identity", {}), m.get("scoring", {}))
 
     @property
     def dim(self) -> int:
@@ -494,7 +495,7 @@ def open_for_writing(directory: str | os.PathLike, model: StoreModel, dim: int, 
         if manifest is None:
             manifest = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "clipcli_version": version,
                         "model": {"name": model.name, "pretrained": model.pretrained, "key": model.key,
-                                  "identity": model.identity},
+                                  "identity": model.identity, "scoring": model.scoring},
                         "dim": int(dim), "dtype": dtype or "float16", "created": _now(), "updated": _now(),
                         "shards": []}
             atomic_write_bytes(directory / MANIFEST, json.dumps(manifest, indent=2).encode())

@@ -286,3 +286,30 @@ def test_atomic_outputs_get_the_umask_mode(tiny_model, folder, tmp_path):
         os.umask(old)
     assert result.exit_code == 0
     assert out.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.e2e
+def test_relabelling_a_store_with_cached_labels_loads_no_model(tiny_model, folder, tmp_path):
+    store = tmp_path / "store"
+    cli("embed", folder, "--store", store, "--model", tiny_model)
+    cache = tmp_path / "label-cache"
+    with_model = cli("classify", "--store", store, "-m", tiny_model, "-l", LABELS, "-f", "json", "-k", "0",
+                     "--cache-dir", cache)  # loads the model, encodes and caches the labels
+    probe = ("import sys, json\nfrom clipcli.cli import main\nsys.argv = ['clip', *sys.argv[1:]]\n"
+             "try:\n    main()\nexcept SystemExit as exit:\n    code = exit.code\n"
+             "print(json.dumps(sorted(m for m in ('open_clip', 'torchvision') if m in sys.modules)), file=sys.stderr)\n"
+             "sys.exit(code)\n")
+    cached = subprocess.run([sys.executable, "-c", probe, "classify", "--store", str(store), "-l", LABELS, "-f",
+                             "json", "-k", "0", "--cache-dir", str(cache)], capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+    assert cached.returncode == 1  # the stored unreadable file is reported as before
+    assert json.loads(cached.stderr.strip().splitlines()[-1]) == []  # neither open_clip nor torchvision imported
+    assert json.loads(cached.stdout) == json.loads(with_model.stdout)
+    # a label that is not cached yet: the model is loaded after all, and the result is the same as with -m
+    more = LABELS + ",purple ring"
+    fresh = cli("classify", "--store", store, "-l", more, "-f", "json", "--cache-dir", cache)
+    reference = cli("classify", "--store", store, "-m", tiny_model, "-l", more, "-f", "json", "--no-cache")
+    for got, want in zip(json.loads(fresh.stdout)["results"], json.loads(reference.stdout)["results"], strict=True):
+        assert got["path"] == want["path"] and ("error" in got) == ("error" in want)
+        for a, b in zip(got.get("predictions", []), want.get("predictions", []), strict=True):
+            assert a["label"] == b["label"] and a["score"] == pytest.approx(b["score"], abs=1e-5)

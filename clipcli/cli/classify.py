@@ -72,30 +72,41 @@ def classify(
     from ..templates import load_template_set
 
     template_set = load_template_set(templates or config.default_templates())
+    options = RunOptions(batch_size=batch_size, workers=workers, top_k=top_k, score=score,
+                         max_megapixels=max_megapixels, reduced_decode=reduced_decode)
+    show_progress = output.progress_enabled(quiet)
     with ExitStack() as stack:
-        reader = writer = None
+        reader = writer = classifier = None
         if whole_store:
             from ..store import open_store
 
             reader = open_store(store)
-        loaded = load_model_from_options(model, pretrained, device, precision, weights_dir, store)
-        if reader is not None:
-            from ..embeddings import store_model
-            from ..store import check_model
+            if model is None and pretrained is None and not no_cache:
+                # Labels already cached: score the stored embeddings without loading the model at all.
+                from ..api import as_labels
+                from ..classifier import cached_classifier
 
-            check_model(reader.directory, reader.manifest, store_model(loaded))
-        elif store is not None:
-            from ..embeddings import open_store_writer
+                classifier = cached_classifier(reader.model.scoring, as_labels(label_list), template_set,
+                                               config.cache_dir(cache_dir))
+        if classifier is None:
+            loaded = load_model_from_options(model, pretrained, device, precision, weights_dir, store)
+            if reader is not None:
+                from ..embeddings import store_model
+                from ..store import check_model
 
-            writer = stack.enter_context(open_store_writer(store, loaded))
-        show_progress = output.progress_enabled(quiet)
-        with output.progress_bar("encoding labels", show_progress) as progress:
-            classifier = prepare_classifier(loaded, label_list, template_set, cache_dir, not no_cache, progress)
-        options = RunOptions(batch_size=batch_size, workers=workers, top_k=top_k, score=score,
-                             max_megapixels=max_megapixels, reduced_decode=reduced_decode)
+                check_model(reader.directory, reader.manifest, store_model(loaded))
+            elif store is not None:
+                from ..embeddings import open_store_writer
+
+                writer = stack.enter_context(open_store_writer(store, loaded))
+            with output.progress_bar("encoding labels", show_progress) as progress:
+                classifier = prepare_classifier(loaded, label_list, template_set, cache_dir, not no_cache, progress)
+            described = loaded.describe()
+        else:
+            described = {"name": reader.model.name, "pretrained": reader.model.pretrained}
         classifier.check_score(score)
 
-        header = {"model": loaded.describe(),
+        header = {"model": described,
                   "templates": template_set.name, "labels": classifier.labels, "score": score}
         if store is not None:
             header["store"] = str(store)

@@ -20,7 +20,10 @@ from .images import display_path
 from .labels import Label, clean_labels, require_labels
 from .evaluate import Dataset, Metrics, compute_metrics
 from .models import LoadedModel, load_model
-from .embeddings import SyncReport, embedding_batches, encode_batches, whole_store_batches
+from .embeddings import SyncReport, embedding_batches, whole_store_batches
+from .errors import UsageError
+from .fewshot import DEFAULT_METHOD, FewShotHead, fit_head, sample_shots
+from .fewshot import accuracy as few_shot_accuracy
 from .pipeline import BatchItem, RunOptions
 from .results import error_record
 from .store import ImageStore, StoreWriter
@@ -92,16 +95,12 @@ class EvalResult:
     mistakes: list[dict]  # the most confident wrong predictions, most confident first
 
 
-def evaluate(loaded: LoadedModel, dataset: Dataset, template_sets: Sequence[TemplateSet],
-             options: RunOptions = RunOptions(), cache_dir: str | None = None, use_cache: bool = True,
-             progress: Progress | None = None, mistakes: int = 12,
-             store: StoreWriter | None = None) -> tuple[list[EvalResult], list[dict]]:
-    """Accuracy of each template set on the dataset; images are encoded once for all sets.
-
-    Returns the results and the error records of images that could not be read (left out of the metrics)."""
-    classifiers = [prepare_classifier(loaded, dataset.class_names, t, cache_dir, use_cache) for t in template_sets]
+def encode_dataset(loaded: LoadedModel, paths: Sequence[str], options: RunOptions = RunOptions(),
+                   store: StoreWriter | None = None,
+                   progress: Progress | None = None) -> tuple[list[int], torch.Tensor | None, list[dict]]:
+    """(indexes of the readable paths, their features stacked, error records of the others)."""
     kept, features, errors = [], [], []
-    for items, batch_features in embedding_batches(loaded, dataset.paths, options, store, progress):
+    for items, batch_features in embedding_batches(loaded, paths, options, store, progress):
         rows = iter(batch_features if batch_features is not None else [])
         for index, item in enumerate(items, start=len(kept) + len(errors)):
             if item.error:
@@ -109,22 +108,107 @@ def evaluate(loaded: LoadedModel, dataset: Dataset, template_sets: Sequence[Temp
             else:
                 kept.append(index)
                 features.append(next(rows))
-    if not features:
+    return kept, (torch.stack(features) if features else None), errors
+
+
+def evaluate(loaded: LoadedModel, dataset: Dataset, template_sets: Sequence[TemplateSet],
+             options: RunOptions = RunOptions(), cache_dir: str | None = None, use_cache: bool = True,
+             progress: Progress | None = None, mistakes: int = 12, store: StoreWriter | None = None,
+             head: FewShotHead | None = None) -> tuple[list[EvalResult], list[dict]]:
+    """Accuracy of each template set (or of a few-shot head) on the dataset; images are encoded once for all.
+
+    Returns the results and the error records of images that could not be read (left out of the metrics)."""
+    if head is not None:
+        scorers = [(TemplateSet(f"head:{head.method}", "few-shot head", "", head.meta.get("templates", [])), head)]
+        classes = head.labels
+        position = {label: i for i, label in enumerate(classes)}
+        unknown = [name for name in dataset.class_names if name not in position]
+        if unknown:
+            raise UsageError(f"the dataset has classes the head does not know: {', '.join(map(repr, unknown[:5]))}; "
+                             "fit the head on these classes, or map folder names to its labels with --mapping")
+        to_head = [position[name] for name in dataset.class_names]
+    else:
+        scorers = [(t, prepare_classifier(loaded, dataset.class_names, t, cache_dir, use_cache)) for t in template_sets]
+        classes, to_head = dataset.class_names, list(range(len(dataset.class_names)))
+    kept, stacked, errors = encode_dataset(loaded, dataset.paths, options, store, progress)
+    if stacked is None:
         return [], errors
-    stacked = torch.stack(features)
-    targets = [dataset.targets[i] for i in kept]
+    targets = [to_head[dataset.targets[i]] for i in kept]
     results = []
-    for template_set, classifier in zip(template_sets, classifiers):
-        probabilities = classifier.scores(stacked, "softmax")
-        ranked = probabilities.topk(min(5, len(dataset.class_names)), dim=1).indices.tolist()
-        metrics = compute_metrics(targets, ranked, dataset.class_names)
+    for template_set, scorer in scorers:
+        probabilities = scorer.scores(stacked, "softmax")
+        ranked = probabilities.topk(min(5, len(classes)), dim=1).indices.tolist()
+        metrics = compute_metrics(targets, ranked, classes)
         wrong = [(probabilities[row, order[0]].item(), row, order[0]) for row, order in enumerate(ranked)
                  if order[0] != targets[row]]
-        top_wrong = [{"path": display_path(dataset.paths[kept[row]]), "true": dataset.class_names[targets[row]],
-                      "predicted": dataset.class_names[predicted], "confidence": confidence}
+        top_wrong = [{"path": display_path(dataset.paths[kept[row]]), "true": classes[targets[row]],
+                      "predicted": classes[predicted], "confidence": confidence}
                      for confidence, row, predicted in sorted(wrong, reverse=True)[:mistakes]]
         results.append(EvalResult(template_set, metrics, top_wrong))
     return results, errors
+
+
+def head_metadata(loaded: LoadedModel, templates: TemplateSet, shots: int | None, train: str) -> dict:
+    from . import __version__
+    from .embeddings import store_model
+
+    model = store_model(loaded)
+    return {"model": model.display(), "model_key": model.key, "templates_name": templates.name,
+            "templates": list(templates.templates), "shots_per_class": shots, "train": train,
+            "clipcli_version": __version__}
+
+
+def fit(loaded: LoadedModel, dataset: Dataset, templates: TemplateSet, method: str = DEFAULT_METHOD,
+        shots: int | None = None, seed: int = 0, options: RunOptions = RunOptions(), cache_dir: str | None = None,
+        use_cache: bool = True, store: StoreWriter | None = None, progress: Progress | None = None,
+        train_name: str = "") -> tuple[FewShotHead, list[dict]]:
+    """Fit a few-shot head on `shots` images per class of the dataset (all when None); only those are encoded."""
+    classifier = prepare_classifier(loaded, dataset.class_names, templates, cache_dir, use_cache)
+    chosen = sample_shots(dataset.targets, shots, seed)
+    kept, features, errors = encode_dataset(loaded, [dataset.paths[i] for i in chosen], options, store, progress)
+    if features is None:
+        raise UsageError("no training image could be read")
+    targets = [dataset.targets[chosen[i]] for i in kept]
+    meta = head_metadata(loaded, templates, shots, train_name)
+    head = fit_head(features, targets, classifier.labels, classifier.class_embeddings, classifier.logit_scale,
+                    method, seed, meta)
+    return head, errors
+
+
+def few_shot_curve(loaded: LoadedModel, train: Dataset, test: Dataset, templates: TemplateSet,
+                   methods: Sequence[str], shots: Sequence[int], repeats: int = 3, seed: int = 0,
+                   options: RunOptions = RunOptions(), cache_dir: str | None = None, use_cache: bool = True,
+                   store: StoreWriter | None = None, progress: Progress | None = None) -> tuple[list[dict], list[dict]]:
+    """Test accuracy per method and shot count (0: zero-shot), mean and spread over `repeats` samples of the shots.
+    Every image is encoded once; each repeat samples other shots with seed + repeat."""
+    import statistics
+    import time
+
+    if train.class_names != test.class_names:
+        raise UsageError("the training and test sets must have the same classes (the same folder names)")
+    classifier = prepare_classifier(loaded, train.class_names, templates, cache_dir, use_cache)
+    kept, features, errors = encode_dataset(loaded, train.paths + test.paths, options, store, progress)
+    if features is None:
+        raise UsageError("no image could be read")
+    split = sum(1 for i in kept if i < len(train.paths))
+    train_x, test_x = features[:split], features[split:]
+    train_y = [train.targets[i] for i in kept[:split]]
+    test_y = [test.targets[i - len(train.paths)] for i in kept[split:]]
+    rows = []
+    for k in shots:
+        for method in (["zero-shot"] if k == 0 else methods):
+            runs, seconds = [], []
+            for repeat in range(1 if k == 0 else repeats):
+                chosen = sample_shots(train_y, k, seed + repeat) if k else []
+                start = time.perf_counter()
+                head = fit_head(train_x[chosen], [train_y[i] for i in chosen], classifier.labels,
+                                classifier.class_embeddings, classifier.logit_scale, method if k else "zero-shot",
+                                seed + repeat)
+                seconds.append(time.perf_counter() - start)
+                runs.append(few_shot_accuracy(head, test_x, test_y))
+            rows.append({"method": method if k else "zero-shot", "shots": k, "mean": statistics.fmean(runs),
+                         "std": statistics.pstdev(runs), "runs": runs, "fit_seconds": statistics.fmean(seconds)})
+    return rows, errors
 
 
 def classify(inputs: Sequence[str], labels: Sequence[str | Label], model: str | None = None,

@@ -3,6 +3,8 @@
     python tools/draw_shapes.py /tmp/shapes --per-label 10
     python tools/draw_shapes.py /tmp/shapes-shifted --style shifted
     python tools/draw_shapes.py /tmp/shapes-held-out --which held-out
+    python tools/draw_shapes.py /tmp/shapes-outline --style outline  # clean, but a style the demo model never saw
+    python tools/draw_shapes.py /tmp/shapes-noisy --style noisy      # tiny shapes under heavy noise
 
 Images are drawn fresh (seeded, but with other seeds than training uses).
 """
@@ -22,7 +24,8 @@ from clipcli.demo import shapes  # noqa: E402
 
 def draw_dataset(out: Path, per_label: int, style: str, which: str, size: int, seed: int) -> int:
     labels = {"seen": shapes.seen_labels, "held-out": shapes.held_out_labels, "all": shapes.all_labels}[which]()
-    chosen_style = {"training": shapes.TRAINING, "shifted": shapes.SHIFTED}[style]
+    chosen_style = {"training": shapes.TRAINING, "shifted": shapes.SHIFTED, "noisy": shapes.NOISY,
+                    "outline": shapes.OUTLINE}[style]
     generator = torch.Generator().manual_seed(seed)
     for name in labels:
         colour, shape = name.split(" ", 1)
@@ -41,7 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
     parser.add_argument("--per-label", type=int, default=10)
-    parser.add_argument("--style", choices=["training", "shifted"], default="training")
+    parser.add_argument("--style", choices=["training", "shifted", "noisy", "outline"], default="training")
     parser.add_argument("--which", choices=["seen", "held-out", "all"], default="seen")
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--seed", type=int, default=2024)

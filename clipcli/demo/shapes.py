@@ -63,11 +63,18 @@ class Style:
     background_level: tuple[float, float] = (0.05, 0.55)
     background_saturation: float = 0.25
     noise: float = 6.0
+    outline: float = 0.0  # > 0: only a band this fraction of the radius wide is drawn (outlined shapes)
 
 
 TRAINING = Style()
 SHIFTED = Style(radius=(0.12, 0.44), shade_jitter=34.0, gradient_prob=1.0, background_level=(0.0, 0.6),
                 background_saturation=0.8, noise=10.0)
+# Far from training: small shapes on saturated gradients under heavy noise (where zero-shot is weak, for few-shot)
+# Outlined shapes on plain light backgrounds: clean, but never seen in training (zero-shot weak, few shots informative)
+OUTLINE = Style(radius=(0.2, 0.4), gradient_prob=0.0, background_level=(0.75, 0.95), background_saturation=0.1,
+                outline=0.22)
+NOISY = Style(radius=(0.08, 0.2), shade_jitter=45.0, gradient_prob=1.0, background_level=(0.0, 0.75),
+              background_saturation=0.9, noise=55.0)
 
 
 def _shape_mask(shape: str, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -139,7 +146,11 @@ def draw(colours: Sequence[str], shapes: Sequence[str], size: int = 64, style: S
     for i in range(n):
         dx, dy = (gx - cx[i]) / radius[i], (cy[i] - gy) / radius[i]
         c, s = math.cos(tilt[i]), math.sin(tilt[i])
-        masks[i, 0] = _shape_mask(shapes[i], c * dx + s * dy, -s * dx + c * dy).float()
+        u, v = c * dx + s * dy, -s * dx + c * dy
+        mask = _shape_mask(shapes[i], u, v)
+        if style.outline:
+            mask = mask & ~_shape_mask(shapes[i], u / (1 - style.outline), v / (1 - style.outline))
+        masks[i, 0] = mask.float()
     coverage = F.avg_pool2d(masks, ss)
 
     rgb = torch.tensor([COLOURS[c] for c in colours], dtype=torch.float32).view(n, 3, 1, 1)

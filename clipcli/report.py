@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from typing import Sequence
 
 from .evaluate import percent
@@ -130,5 +131,74 @@ def render_sort_preview(title: str, header: dict, operations: Sequence[dict]) ->
 <ul>{meta}</ul>
 {"".join(sections) or "<p>nothing to sort</p>"}
 {f"<h2>Not sorted</h2><ul id='errors'>{errors}</ul>" if errors else ""}
+</body></html>
+"""
+
+
+CURVE_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+
+
+def render_curve(title: str, header: dict, rows: Sequence[dict], width: int = 640, height: int = 360) -> str:
+    """The few-shot figure of the CLIP paper for the user's data: accuracy against shots per class, one line per
+    method (the zero-shot point at 0 shots starts every line), error bars of one standard deviation; inline SVG."""
+    shots = sorted({row["shots"] for row in rows})
+    methods = list(dict.fromkeys(row["method"] for row in rows if row["shots"]))
+    by_key = {(row["method"], row["shots"]): row for row in rows}
+    zero = by_key.get(("zero-shot", 0))
+    left, right, top, bottom = 56, 130, 20, 40
+    plot_w, plot_h = width - left - right, height - top - bottom
+    high = max(min(1.0, row["mean"] + row["std"]) for row in rows)
+    top_value = min(1.0, math.ceil(high * 10 + 1e-9) / 10) or 0.1
+
+    def px(index: int) -> float:
+        return left + plot_w * (index / max(1, len(shots) - 1))
+
+    def py(value: float) -> float:
+        return top + plot_h * (1 - value / top_value)
+
+    parts = [f'<svg id="few-shot-curve" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'font-size="12" font-family="system-ui, sans-serif">']
+    for step in range(int(round(top_value * 10)) + 1):
+        value = step / 10
+        parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{py(value):.1f}" y2="{py(value):.1f}" '
+                     f'stroke="#eee"/><text x="{left - 6}" y="{py(value) + 4:.1f}" text-anchor="end">{value:.0%}</text>')
+    for i, k in enumerate(shots):
+        parts.append(f'<text x="{px(i):.1f}" y="{top + plot_h + 18}" text-anchor="middle">{k}</text>')
+    parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{height - 4}" text-anchor="middle">shots per class</text>')
+    for n, method in enumerate(methods):
+        colour = CURVE_COLOURS[n % len(CURVE_COLOURS)]
+        points = []
+        for i, k in enumerate(shots):
+            row = zero if k == 0 else by_key.get((method, k))
+            if row is None:
+                continue
+            x, y = px(i), py(row["mean"])
+            points.append(f"{x:.1f},{y:.1f}")
+            if row["std"]:
+                parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{py(max(0.0, row["mean"] - row["std"])):.1f}" '
+                             f'y2="{py(min(1.0, row["mean"] + row["std"])):.1f}" stroke="{colour}"/>')
+            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"><title>{html.escape(method)}, '
+                         f'{k} shots: {row["mean"]:.1%}</title></circle>')
+        parts.append(f'<polyline class="method" data-method="{html.escape(method)}" points="{" ".join(points)}" '
+                     f'fill="none" stroke="{colour}" stroke-width="2"/>')
+        parts.append(f'<text x="{left + plot_w + 10}" y="{top + 16 * n + 12}" fill="{colour}">{html.escape(method)}'
+                     f'</text>')
+    parts.append("</svg>")
+    head = "".join(f'<th>{k}</th>' for k in shots)
+    body = ""
+    for method in methods:
+        cells = ""
+        for k in shots:
+            row = zero if k == 0 else by_key.get((method, k))
+            cells += f"<td>{'' if row is None else percent(row['mean'])}</td>"
+        body += f'<tr><td class="name">{html.escape(method)}</td>{cells}</tr>'
+    meta = "".join(f"<li><b>{html.escape(str(k))}:</b> {html.escape(str(v))}</li>" for k, v in header.items())
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{STYLE}</style></head>
+<body>
+<h1>{html.escape(title)}</h1>
+<ul>{meta}</ul>
+{"".join(parts)}
+<table id="curve-table"><tr><th class="name">method</th>{head}</tr>{body}</table>
 </body></html>
 """

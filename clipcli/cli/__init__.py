@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import cache, classify, compare, embed, evaluate, models, sort, store, templates
+from . import cache, classify, compare, embed, evaluate, fit, models, sort, store, templates
 
 app = typer.Typer(
     name="clip",
@@ -17,6 +17,7 @@ app = typer.Typer(
 app.command("classify")(classify.classify)
 app.command("embed")(embed.embed)
 app.command("eval")(evaluate.evaluate)
+app.command("fit")(fit.fit)
 app.command("compare")(compare.compare)
 app.command("sort")(sort.sort)
 app.command("models")(models.models)

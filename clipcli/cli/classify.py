@@ -14,8 +14,8 @@ from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors, setup_reporting
 from .options import (LABELS, OUTPUT, BatchOpt, CacheDirOpt, DeviceOpt, FilesFromOpt, LabelsFileOpt, LabelsOpt,
                       MaxMegapixelsOpt, ModelOpt, NoCacheOpt, OutputOpt, PrecisionOpt, PretrainedOpt, QuietOpt,
                       RecursiveOpt, ReducedDecodeOpt, StoreOpt, TemplatesOpt, VerboseOpt, WeightsDirOpt, WorkersOpt,
-                      check_choice, check_format, check_outputs, gather_inputs, load_model_from_options, open_sink,
-                      read_labels)
+                      HeadOpt, check_choice, check_format, check_head, check_outputs, gather_inputs,
+                      load_model_from_options, open_sink, read_head, read_labels)
 
 
 def make_record_writer(fmt: str, stream, header: dict):
@@ -47,6 +47,7 @@ def classify(
         "--score", rich_help_panel=LABELS,
         help="softmax (probabilities over the labels) or sigmoid (independent, SigLIP models).")] = "softmax",
     store: StoreOpt = None,
+    head: HeadOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = "auto",
     batch_size: BatchOpt = 32,
@@ -63,7 +64,8 @@ def classify(
     setup_reporting(verbose)
     check_format(fmt)
     check_choice("--score", score, ("softmax", "sigmoid"))
-    label_list = read_labels(labels, labels_file)
+    head_model = read_head(head, labels, labels_file)
+    label_list = read_labels(labels, labels_file) if head_model is None else None
     whole_store = store is not None and not inputs and files_from is None
     paths = [] if whole_store else gather_inputs(inputs, files_from, recursive)
     check_outputs(files={"--output": output_path}, folders={"--store": store})
@@ -81,7 +83,10 @@ def classify(
             from ..store import open_store
 
             reader = open_store(store)
-            if model is None and pretrained is None and not no_cache:
+            if head_model is not None and model is None and pretrained is None:
+                check_head(head_model, head, reader.model.key, reader.model.display())
+                classifier = head_model  # the head holds its class embeddings: no model needed
+            elif model is None and pretrained is None and not no_cache:
                 # Labels already cached: score the stored embeddings without loading the model at all.
                 from ..api import as_labels
                 from ..classifier import cached_classifier
@@ -99,15 +104,25 @@ def classify(
                 from ..embeddings import open_store_writer
 
                 writer = stack.enter_context(open_store_writer(store, loaded))
-            with output.progress_bar("encoding labels", show_progress) as progress:
-                classifier = prepare_classifier(loaded, label_list, template_set, cache_dir, not no_cache, progress)
+            if head_model is not None:
+                from ..embeddings import store_model
+
+                check_head(head_model, head, store_model(loaded).key, loaded.spec.display_name)
+                classifier = head_model
+            else:
+                with output.progress_bar("encoding labels", show_progress) as progress:
+                    classifier = prepare_classifier(loaded, label_list, template_set, cache_dir, not no_cache,
+                                                    progress)
             described = loaded.describe()
         else:
             described = {"name": reader.model.name, "pretrained": reader.model.pretrained}
         classifier.check_score(score)
 
         header = {"model": described,
-                  "templates": template_set.name, "labels": classifier.labels, "score": score}
+                  "templates": template_set.name if head_model is None else head_model.meta.get("templates_name"),
+                  "labels": classifier.labels, "score": score}
+        if head_model is not None:
+            header["head"] = {"path": str(head), "method": head_model.method, **head_model.params}
         if store is not None:
             header["store"] = str(store)
         failures = 0

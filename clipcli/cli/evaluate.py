@@ -16,8 +16,8 @@ from .. import config
 from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors, setup_reporting
 from .options import (BatchOpt, CacheDirOpt, DeviceOpt, ModelOpt, NoCacheOpt, OutputOpt, PrecisionOpt, PretrainedOpt,
-                      QuietOpt, StoreOpt, VerboseOpt, WeightsDirOpt, WorkersOpt, check_choice, check_outputs,
-                      load_model_from_options, open_sink)
+                      QuietOpt, StoreOpt, VerboseOpt, WeightsDirOpt, WorkersOpt, HeadOpt, check_choice, check_head,
+                      check_outputs, load_model_from_options, open_sink, read_head)
 
 MappingOpt = Annotated[Optional[str], typer.Option(
     "--mapping", help="Folder or manifest name -> label text (.yaml/.json mapping, or .csv name,label).",
@@ -55,6 +55,7 @@ def evaluate(
     ] = None,
     output_path: OutputOpt = None,
     store: StoreOpt = None,
+    head: HeadOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = "auto",
     batch_size: BatchOpt = 32,
@@ -79,7 +80,12 @@ def evaluate(
     from ..api import RunOptions
     from ..api import evaluate as run_evaluation
 
+    head_model = read_head(head, None, None)
     loaded = load_model_from_options(model, pretrained, device, precision, weights_dir, store)
+    if head_model is not None:
+        from ..embeddings import store_model
+
+        check_head(head_model, head, store_model(loaded).key, loaded.spec.display_name)
     with ExitStack() as stack:
         writer = None
         if store is not None:
@@ -89,7 +95,7 @@ def evaluate(
         with output.progress_bar("encoding images", output.progress_enabled(quiet)) as progress:
             results, errors = run_evaluation(loaded, data, template_sets,
                                              RunOptions(batch_size=batch_size, workers=workers),
-                                             cache_dir, not no_cache, progress, store=writer)
+                                             cache_dir, not no_cache, progress, store=writer, head=head_model)
     for error in errors:
         output.error(f"{error['path']}: {error['error']['message']}")
     if not results:

@@ -75,6 +75,26 @@ ReducedDecodeOpt = Annotated[bool, typer.Option(
 StoreOpt = Annotated[Optional[Path], typer.Option(
     "--store", "-s", rich_help_panel=STORE, help="Image-embedding store folder: stored embeddings are reused, "
     "new and changed images are encoded and added (`clip embed`).", show_default=False)]
+HeadOpt = Annotated[Optional[Path], typer.Option(
+    "--head", rich_help_panel=LABELS, help="A few-shot head from `clip fit`: it brings its labels and scores "
+    "with what it learned (no --labels).", show_default=False)]
+
+
+def read_head(head: Path | None, labels: str | None, labels_file: Path | None):
+    """The head file, or None; a head and --labels together are refused (the head knows its labels)."""
+    if head is None:
+        return None
+    if labels is not None or labels_file is not None:
+        raise LabelError("--head brings its own labels; leave out --labels / --labels-file")
+    from ..fewshot import load_head
+
+    return load_head(head)
+
+
+def check_head(head, path: Path, model_key: str, model_name: str) -> None:
+    from ..fewshot import check_head_model
+
+    check_head_model(head, path, model_key, model_name)
 
 
 def load_model_from_options(model: str | None, pretrained: str | None, device: str | None, precision: str,

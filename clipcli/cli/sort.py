@@ -15,8 +15,9 @@ from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors, setup_reporting
 from .options import (INPUTS, LABELS, OUTPUT, BatchOpt, CacheDirOpt, DeviceOpt, FilesFromOpt, LabelsFileOpt,
                       LabelsOpt, MaxMegapixelsOpt, ModelOpt, NoCacheOpt, PrecisionOpt, PretrainedOpt, QuietOpt,
-                      RecursiveOpt, StoreOpt, TemplatesOpt, VerboseOpt, WeightsDirOpt, WorkersOpt, check_choice,
-                      check_outputs, gather_inputs, load_model_from_options, open_sink, read_labels)
+                      RecursiveOpt, StoreOpt, TemplatesOpt, VerboseOpt, WeightsDirOpt, WorkersOpt, HeadOpt, check_choice,
+                      check_head, check_outputs, gather_inputs, load_model_from_options, open_sink, read_head,
+                      read_labels)
 
 SORT = "Sorting"
 PLAN_COLUMNS = ("source", "destination", "label", "score", "operation", "folder", "unsure", "note")
@@ -60,6 +61,7 @@ def sort(
     files_from: FilesFromOpt = None,
     recursive: RecursiveOpt = True,
     store: StoreOpt = None,
+    head: HeadOpt = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     device: DeviceOpt = None,
@@ -86,8 +88,10 @@ def sort(
         raise UsageError("give --into FOLDER (where the label folders go), or --undo MANIFEST")
     rules = SortRules(into, mode, min_score, min_margin, unsure_dir)
     rules.check()
-    label_list = read_labels(labels, labels_file)
-    folder_names([label.name for label in label_list], unsure_dir)  # clashing folder names: refused now
+    head_model = read_head(head, labels, labels_file)
+    label_list = read_labels(labels, labels_file) if head_model is None else None
+    label_names = head_model.labels if head_model is not None else [label.name for label in label_list]
+    folder_names(label_names, unsure_dir)  # clashing folder names: refused now
     inside = os.path.realpath(into) + os.sep
     paths = [p for p in gather_inputs(inputs, files_from, recursive) if not os.path.realpath(p).startswith(inside)]
     check_outputs(files={"--output": output_path, "--report": report, "--manifest": manifest},
@@ -106,8 +110,14 @@ def sort(
             from ..embeddings import open_store_writer
 
             writer = stack.enter_context(open_store_writer(store, loaded))
-        with output.progress_bar("encoding labels", show_progress) as progress:
-            classifier = prepare_classifier(loaded, label_list, template_set, cache_dir, not no_cache, progress)
+        if head_model is not None:
+            from ..embeddings import store_model
+
+            check_head(head_model, head, store_model(loaded).key, loaded.spec.display_name)
+            classifier = head_model
+        else:
+            with output.progress_bar("encoding labels", show_progress) as progress:
+                classifier = prepare_classifier(loaded, label_list, template_set, cache_dir, not no_cache, progress)
         options = RunOptions(batch_size=batch_size, workers=workers, top_k=2, max_megapixels=max_megapixels)
         with output.progress_bar("classifying", show_progress) as progress:
             records = list(classify_paths(loaded, classifier, paths, options, progress, writer))

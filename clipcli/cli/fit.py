@@ -1,0 +1,165 @@
+"""`clip fit`: fit a few-shot head on labelled images, or print the few-shot curve for your own data."""
+
+from __future__ import annotations
+
+import json
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from typing_extensions import Annotated
+
+from .. import config
+from . import output
+from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors, setup_reporting
+from .evaluate import MappingOpt
+from .options import (OUTPUT, BatchOpt, CacheDirOpt, DeviceOpt, ModelOpt, NoCacheOpt, PrecisionOpt, PretrainedOpt,
+                      QuietOpt, StoreOpt, TemplatesOpt, VerboseOpt, WeightsDirOpt, WorkersOpt, check_choice,
+                      check_outputs, load_model_from_options)
+
+FEW_SHOT = "Few-shot"
+
+
+def parse_shots(text: str | None, curve: bool) -> list[int | None]:
+    from ..errors import UsageError
+
+    if text is None or text.strip().lower() == "all":
+        if curve:
+            return [0, 1, 2, 4, 8, 16]
+        return [None]
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"--shots {text!r}: give a whole number, or a comma-separated list with --eval") from None
+    if not values or any(v < 0 for v in values) or (not curve and (len(values) != 1 or values[0] == 0)):
+        raise UsageError(f"--shots {text!r}: one number >= 1 to fit a head (a list such as 0,1,2,4 goes with --eval)")
+    return values
+
+
+@handles_errors
+def fit(
+    train: Annotated[str, typer.Argument(help="Labelled images: a folder of class subfolders, or a .csv/.jsonl "
+                                         "manifest (path,label).")],
+    output_path: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", rich_help_panel=OUTPUT, help="Write the head here (.safetensors).", show_default=False)
+    ] = None,
+    method: Annotated[str, typer.Option(
+        "--method", rich_help_panel=FEW_SHOT, help="gda (default: zero-shot plus Gaussian discriminant analysis), "
+        "logistic (the CLIP paper's probe), tip-adapter; with --eval, a comma-separated list.")] = "gda",
+    shots: Annotated[Optional[str], typer.Option(
+        "--shots", "-k", rich_help_panel=FEW_SHOT, help="Images per class to fit on (sampled with --seed). "
+        "Default: all. With --eval: a list, default 0,1,2,4,8,16.", show_default=False)] = None,
+    seed: Annotated[int, typer.Option("--seed", rich_help_panel=FEW_SHOT, help="Seed for sampling shots.")] = 0,
+    eval_set: Annotated[Optional[str], typer.Option(
+        "--eval", rich_help_panel=FEW_SHOT, help="A test set (same classes): print accuracy per method and shot "
+        "count instead of writing a head.", show_default=False)] = None,
+    repeats: Annotated[int, typer.Option(
+        "--repeats", min=1, rich_help_panel=FEW_SHOT, help="With --eval: samples of the shots per point.")] = 3,
+    fmt: Annotated[str, typer.Option("--format", "-f", rich_help_panel=OUTPUT, help="table or json.")] = "table",
+    report: Annotated[Optional[Path], typer.Option(
+        "--report", rich_help_panel=OUTPUT, help="With --eval: an HTML page with the curve (inline SVG).",
+        show_default=False)] = None,
+    mapping: MappingOpt = None,
+    templates: TemplatesOpt = None,
+    store: StoreOpt = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = "auto",
+    batch_size: BatchOpt = 32,
+    workers: WorkersOpt = None,
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
+    weights_dir: WeightsDirOpt = None,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Learn from a few labelled images per class: a head that starts from zero-shot and never trains the model."""
+    setup_reporting(verbose)
+    from ..errors import UsageError
+    from ..fewshot import METHODS
+
+    check_choice("--format", fmt, ("table", "json"))
+    methods = [m.strip() for m in method.split(",") if m.strip()]
+    for name in methods:
+        check_choice("--method", name, tuple(m for m in METHODS if m != "zero-shot"))
+    curve = eval_set is not None
+    shot_list = parse_shots(shots, curve)
+    if not curve and output_path is None:
+        raise UsageError("give -o HEAD.safetensors to write the head (or --eval TEST to print the few-shot curve)")
+    if not curve and len(methods) != 1:
+        raise UsageError("fit one --method at a time (a list goes with --eval)")
+    check_outputs(files={"--output": output_path, "--report": report}, folders={"--store": store})
+
+    from ..evaluate import load_dataset
+    from ..pipeline import RunOptions
+    from ..templates import load_template_set
+
+    data = load_dataset(train, mapping)
+    test = load_dataset(eval_set, mapping) if curve else None
+    template_set = load_template_set(templates or config.default_templates())
+    options = RunOptions(batch_size=batch_size, workers=workers)
+    with ExitStack() as stack:
+        loaded = load_model_from_options(model, pretrained, device, precision, weights_dir, store)
+        writer = None
+        if store is not None:
+            from ..embeddings import open_store_writer
+
+            writer = stack.enter_context(open_store_writer(store, loaded))
+        with output.progress_bar("encoding images", output.progress_enabled(quiet)) as progress:
+            if curve:
+                from ..api import few_shot_curve
+
+                rows, errors = few_shot_curve(loaded, data, test, template_set, methods, shot_list, repeats, seed,
+                                              options, cache_dir, not no_cache, writer, progress)
+            else:
+                from ..api import fit as fit_head
+
+                head, errors = fit_head(loaded, data, template_set, methods[0], shot_list[0], seed, options,
+                                        cache_dir, not no_cache, writer, progress, train_name=train)
+    for error in errors:
+        output.error(f"{error['path']}: {error['error']['message']}")
+    if curve:
+        _print_curve(rows, fmt, {"model": loaded.spec.display_name, "train": train, "test": eval_set,
+                                 "templates": template_set.name, "repeats": repeats, "seed": seed})
+        if report is not None:
+            from ..report import render_curve
+            from ..results import atomic_output
+
+            with atomic_output(report) as handle:
+                handle.write(render_curve(f"clip fit: {train} -> {eval_set}",
+                                          {"model": loaded.spec.display_name, "templates": template_set.name,
+                                           "repeats": repeats}, rows))
+            output.info(f"report written to {report}")
+    else:
+        from ..fewshot import save_head
+
+        save_head(head, output_path)
+        cv = head.meta.get("cv_accuracy")
+        output.info(f"head written to {output_path}: {head.method}, {len(head.labels)} labels, "
+                    f"{head.meta['train_images']} images, "
+                    + (f"cross-validated accuracy {cv:.1%}, " if cv is not None else "")
+                    + ", ".join(f"{k} {v:.3g}" for k, v in head.params.items()))
+    raise typer.Exit(EXIT_SOME_FAILED if errors else EXIT_OK)
+
+
+def _print_curve(rows: list[dict], fmt: str, header: dict) -> None:
+    if fmt == "json":
+        print(json.dumps({**header, "results": rows}, indent=2))
+        return
+    shots = sorted({row["shots"] for row in rows})
+    methods = list(dict.fromkeys(row["method"] for row in rows if row["shots"]))
+    by_key = {(row["method"], row["shots"]): row for row in rows}
+    columns = [str(k) for k in shots]
+    table = output.plain_table("test accuracy by shots per class (mean ± std over repeats)", "method", *columns,
+                               right=tuple(columns))
+    zero = by_key.get(("zero-shot", 0))
+    for method in methods:
+        cells = []
+        for k in shots:
+            row = zero if k == 0 else by_key.get((method, k))
+            cells.append("" if row is None else f"{row['mean']:.1%}" + (f" ± {row['std']:.1%}" if k else ""))
+        table.add_row(output.escape(method), *cells)
+    Console(highlight=False).print(table)

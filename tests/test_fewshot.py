@@ -1,0 +1,257 @@
+"""Few-shot heads: each method against an independent computation (scikit-learn's LogisticRegressionCV, the
+GDA and Tip-Adapter formulas in numpy), never below zero-shot where zero-shot is strong, above it where it is
+weak, head files, and the CLI (fit, classify/eval/sort --head, the curve and its page in a browser)."""
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from clipcli import fewshot
+from clipcli.cli import app
+from clipcli.demo import shapes
+
+
+def cli(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """Real data: scikit-learn's digits, pixels as L2-normalised features, split in half per class."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = data.data / np.linalg.norm(data.data, axis=1, keepdims=True)
+    rng = np.random.default_rng(0)
+    train, test = [], []
+    for c in range(10):
+        members = rng.permutation(np.flatnonzero(data.target == c))
+        train += members[: len(members) // 2].tolist()
+        test += members[len(members) // 2:].tolist()
+    return (torch.tensor(x[train], dtype=torch.float32), data.target[train].tolist(),
+            torch.tensor(x[test], dtype=torch.float32), data.target[test].tolist())
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # scikit-learn's notices of its own API changes
+@pytest.mark.parametrize("shots", [4, 16])
+def test_logistic_matches_scikit_learn_logistic_regression_cv(digits, shots):
+    from sklearn.linear_model import LogisticRegressionCV
+
+    x, y, test_x, test_y = digits
+    chosen = fewshot.sample_shots(y, shots, seed=1)
+    xs, ys = x[chosen], [y[i] for i in chosen]
+    text = torch.nn.functional.normalize(torch.randn(10, x.shape[1]), dim=-1)  # unused by the logistic probe
+    head = fewshot.fit_head(xs, ys, [str(i) for i in range(10)], text, 100.0, "logistic", seed=1)
+    folds = [(np.array(kept), np.array(held)) for kept, held in fewshot.make_folds(ys, seed=1)]
+    reference = LogisticRegressionCV(Cs=list(fewshot.C_GRID), cv=folds, max_iter=1000, tol=1e-6)
+    reference.fit(xs.numpy(), ys)
+    ours = fewshot.accuracy(head, test_x, test_y)
+    theirs = reference.score(test_x.numpy(), test_y)
+    assert abs(ours - theirs) <= 0.01, (ours, theirs, head.params, reference.C_)
+    assert ours > 0.8
+
+
+def test_gda_equals_the_closed_form(digits):
+    x, y, test_x, _ = digits
+    chosen = fewshot.sample_shots(y, 8, seed=0)
+    xs, ys = x[chosen].double().numpy(), np.array([y[i] for i in chosen])
+    text = torch.nn.functional.normalize(torch.randn(10, x.shape[1]), dim=-1)
+    head = fewshot.fit_head(x[chosen], ys.tolist(), list("0123456789"), text, 50.0, "gda")
+    gamma, alpha = head.params["shrinkage"], head.params["alpha"]
+    means = np.stack([xs[ys == c].mean(axis=0) for c in range(10)])
+    centred = xs - means[ys]
+    cov = centred.T @ centred / len(xs)
+    cov = (1 - gamma) * cov + gamma * np.trace(cov) / cov.shape[0] * np.eye(cov.shape[0])
+    weight = means @ np.linalg.inv(cov)
+    bias = -0.5 * (weight * means).sum(axis=1)
+    t = test_x.double().numpy()
+    expected = 50.0 * t @ text.double().numpy().T + alpha * (t @ weight.T + bias)
+    got = head.logits(test_x).double().numpy()
+    assert np.abs(got - expected).max() / np.abs(expected).max() < 1e-4
+
+
+def test_tip_adapter_equals_its_formula(digits):
+    x, y, test_x, _ = digits
+    chosen = fewshot.sample_shots(y, 4, seed=0)
+    text = torch.nn.functional.normalize(torch.randn(10, x.shape[1]), dim=-1)
+    head = fewshot.fit_head(x[chosen], [y[i] for i in chosen], list("0123456789"), text, 30.0, "tip-adapter")
+    a, b = head.params["alpha"], head.params["beta"]
+    keys, labels = x[chosen].numpy(), np.eye(10)[[y[i] for i in chosen]]
+    t = test_x.numpy()
+    expected = 30.0 * t @ text.numpy().T + a * np.exp(-b * (1 - t @ keys.T)) @ labels
+    assert np.allclose(head.logits(test_x).numpy(), expected, atol=1e-3)
+
+
+def test_folds_are_stratified_and_cover_every_example():
+    targets = [0] * 7 + [1] * 5 + [2] * 9
+    folds = fewshot.make_folds(targets, seed=3)
+    assert len(folds) == 5
+    held = sorted(i for _, part in folds for i in part)
+    assert held == list(range(len(targets)))
+    for kept, part in folds:
+        assert set(kept).isdisjoint(part) and {targets[i] for i in kept} == {0, 1, 2}
+
+
+def demo_features(style, per_label, seed):
+    """Demo-model features of freshly drawn shapes of the 60 seen labels, and the zero-shot text embeddings."""
+    from clipcli.api import prepare_classifier
+    from clipcli.models import load_model
+
+    loaded = load_model("demo")
+    labels = shapes.seen_labels()
+    colours = [name.split()[0] for name in labels for _ in range(per_label)]
+    kinds = [name.split()[1] for name in labels for _ in range(per_label)]
+    images = shapes.draw(colours, kinds, size=64, style=style, generator=torch.Generator().manual_seed(seed))
+    from PIL import Image
+
+    pixels = torch.stack([loaded.preprocess(Image.fromarray(i.permute(1, 2, 0).numpy())) for i in images])
+    with torch.no_grad():
+        features = torch.nn.functional.normalize(loaded.model.encode_image(pixels), dim=-1)
+    classifier = prepare_classifier(loaded, labels, "simple")
+    targets = [i for i in range(len(labels)) for _ in range(per_label)]
+    return features, targets, classifier
+
+
+@pytest.mark.parametrize("style,strong", [(shapes.TRAINING, True), (shapes.OUTLINE, False)])
+def test_default_head_against_zero_shot(style, strong):
+    train_x, train_y, classifier = demo_features(style, 4, seed=11)
+    test_x, test_y, _ = demo_features(style, 4, seed=12)
+    zero = fewshot.fit_head(train_x[:0], [], classifier.labels, classifier.class_embeddings,
+                            classifier.logit_scale, "zero-shot")
+    zero_acc = fewshot.accuracy(zero, test_x, test_y)
+    for k in (1, 4):
+        chosen = fewshot.sample_shots(train_y, k, seed=0)
+        head = fewshot.fit_head(train_x[chosen], [train_y[i] for i in chosen], classifier.labels,
+                                classifier.class_embeddings, classifier.logit_scale)
+        acc = fewshot.accuracy(head, test_x, test_y)
+        if strong:  # at one shot never below a strong zero-shot; with more, cross-validation noise stays small
+            assert zero_acc > 0.95 and acc >= zero_acc - (0 if k == 1 else 0.01), (k, acc, zero_acc)
+        else:
+            assert zero_acc < 0.3 and acc > zero_acc + 0.05, (k, acc, zero_acc)  # learns where it is weak
+
+
+def test_head_file_round_trip(tmp_path, digits):
+    x, y, test_x, _ = digits
+    text = torch.nn.functional.normalize(torch.randn(10, x.shape[1]), dim=-1)
+    for method in ("gda", "logistic", "tip-adapter"):
+        head = fewshot.fit_head(x[:200], y[:200], list("abcdefghij"), text, 42.0, method, seed=5,
+                                meta={"model": "m", "model_key": "k", "templates": ["a {}."]})
+        path = tmp_path / f"{method}.safetensors"
+        fewshot.save_head(head, path)
+        loaded = fewshot.load_head(path)
+        assert loaded.labels == head.labels and loaded.method == method and loaded.params == head.params
+        assert loaded.meta["seed"] == 5 and loaded.meta["model_key"] == "k" and loaded.meta["train_images"] == 200
+        assert torch.allclose(loaded.logits(test_x), head.logits(test_x))
+    (tmp_path / "bad.safetensors").write_bytes(b"not a head")
+    with pytest.raises(fewshot.UsageError, match="not a head file"):
+        fewshot.load_head(tmp_path / "bad.safetensors")
+
+
+@pytest.fixture(scope="module")
+def shape_sets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sets")
+    labels = ["red circle", "blue square", "green star", "yellow triangle"]
+    for split, per_label, seed in (("train", 6, 1), ("test", 5, 2)):
+        for label in labels:
+            colour, kind = label.split()
+            folder = root / split / label.replace(" ", "_")
+            folder.mkdir(parents=True)
+            for i in range(per_label):
+                shapes.draw_pil(colour, kind, size=64, style=shapes.OUTLINE, seed=seed * 100 + i).save(folder / f"{i}.png")
+    return root
+
+
+def test_cli_fit_then_classify_eval_and_sort_with_the_head(shape_sets, tmp_path, tiny_model):
+    head = tmp_path / "head.safetensors"
+    fitted = cli("fit", shape_sets / "train", "-m", "demo", "-o", head, "--shots", "4", "--seed", "3")
+    assert fitted.exit_code == 0, fitted.output
+    assert "head written to" in fitted.stderr and "gda, 4 labels, 16 images" in fitted.stderr
+    meta = fewshot.load_head(head).meta
+    assert meta["shots_per_class"] == 4 and meta["seed"] == 3 and meta["model"] == "demo"
+    assert meta["templates_name"] == "imagenet" and len(meta["templates"]) == 80 and "clipcli_version" in meta
+
+    image = next((shape_sets / "test" / "green_star").iterdir())
+    result = cli("classify", image, "-m", "demo", "--head", head, "-f", "json", "-k", "0")
+    document = json.loads(result.stdout)
+    assert document["head"]["path"] == str(head) and document["head"]["method"] == "gda"
+    assert sorted(p["label"] for p in document["results"][0]["predictions"]) == sorted(document["labels"])
+    assert sum(p["score"] for p in document["results"][0]["predictions"]) == pytest.approx(1.0, abs=1e-5)
+
+    evaluation = json.loads(cli("eval", shape_sets / "test", "-m", "demo", "--head", head, "-f", "json").stdout)
+    assert evaluation["results"][0]["templates"] == "head:gda" and evaluation["results"][0]["count"] == 20
+    zero = json.loads(cli("eval", shape_sets / "test", "-m", "demo", "-f", "json").stdout)
+    assert evaluation["results"][0]["acc1"] > zero["results"][0]["acc1"]
+
+    sorted_out = cli("sort", shape_sets / "test", "-m", "demo", "--head", head, "--into", tmp_path / "o", "-n", "-f",
+                     "jsonl")
+    assert {json.loads(line)["folder"] for line in sorted_out.stdout.splitlines()} <= \
+        {"red circle", "blue square", "green star", "yellow triangle"}
+
+    both = cli("classify", image, "-m", "demo", "--head", head, "-l", "a,b")
+    assert both.exit_code == 2 and "--head brings its own labels" in both.stderr
+    other = cli("classify", image, "-m", tiny_model, "--head", head)
+    assert other.exit_code == 2 and other.stderr.count("\n") == 1
+    assert "fitted on model demo" in other.stderr and tiny_model in other.stderr
+
+
+def test_fit_from_the_store_encodes_nothing_the_second_time(shape_sets, tmp_path):
+    store = tmp_path / "store"
+    for attempt in range(2):
+        cli("fit", shape_sets / "train", "-m", "demo", "-o", tmp_path / "h.safetensors", "--store", store)
+    info = json.loads(cli("store", "info", store, "-f", "json").stdout)
+    assert info["images"] == 24
+
+    from clipcli import embeddings
+
+    calls = []
+    original = embeddings.encode_images
+    embeddings.encode_images = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+        result = cli("fit", shape_sets / "train", "-m", "demo", "-o", tmp_path / "h2.safetensors", "--store", store)
+    finally:
+        embeddings.encode_images = original
+    assert result.exit_code == 0 and calls == []
+
+
+def test_curve_table_json_and_report(shape_sets, tmp_path):
+    args = ["fit", shape_sets / "train", "--eval", shape_sets / "test", "-m", "demo", "--shots", "0,1,2",
+            "--method", "gda,logistic", "--repeats", "2"]
+    document = json.loads(cli(*args, "-f", "json").stdout)
+    rows = {(r["method"], r["shots"]): r for r in document["results"]}
+    assert set(rows) == {("zero-shot", 0), ("gda", 1), ("gda", 2), ("logistic", 1), ("logistic", 2)}
+    assert len(rows[("gda", 2)]["runs"]) == 2 and len(rows[("zero-shot", 0)]["runs"]) == 1
+    assert rows[("gda", 1)]["mean"] == pytest.approx(np.mean(rows[("gda", 1)]["runs"]))
+    table = cli(*args)
+    assert "gda" in table.stdout and "logistic" in table.stdout and "±" in table.stdout
+    report = tmp_path / "curve.html"
+    cli(*args, "--report", report)
+    text = report.read_text()
+    assert text.count('class="method"') == 2
+    if shutil.which("chromium"):
+        dom = subprocess.run(
+            ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run",
+             f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", report.as_uri()],
+            capture_output=True, text=True, timeout=120).stdout
+        assert dom.count("<polyline") == 2 and 'id="curve-table"' in dom
+
+
+def test_fit_option_errors(shape_sets, tmp_path):
+    cases = [
+        (["--shots", "0"], "one number >= 1"),
+        (["--shots", "x"], "whole number"),
+        (["--method", "magic"], "unknown --method"),
+        (["--method", "gda,logistic"], "one --method at a time"),
+        ([], "give -o HEAD.safetensors"),
+    ]
+    for extra, message in cases:
+        args = ["fit", shape_sets / "train", "-m", "demo", *extra]
+        if "-o" not in extra and message != "give -o HEAD.safetensors":
+            args += ["-o", tmp_path / "h.safetensors"]
+        result = cli(*args)
+        assert result.exit_code == 2 and message in result.stderr, (extra, result.output)

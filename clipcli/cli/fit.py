@@ -153,13 +153,13 @@ def _print_curve(rows: list[dict], fmt: str, header: dict) -> None:
     methods = list(dict.fromkeys(row["method"] for row in rows if row["shots"]))
     by_key = {(row["method"], row["shots"]): row for row in rows}
     columns = [str(k) for k in shots]
-    table = output.plain_table("test accuracy by shots per class (mean ± std over repeats)", "method", *columns,
+    table = output.plain_table("test accuracy, %, by shots per class (mean ±std over repeats)", "method", *columns,
                                right=tuple(columns))
     zero = by_key.get(("zero-shot", 0))
     for method in methods:
         cells = []
         for k in shots:
             row = zero if k == 0 else by_key.get((method, k))
-            cells.append("" if row is None else f"{row['mean']:.1%}" + (f" ± {row['std']:.1%}" if k else ""))
+            cells.append("" if row is None else f"{100 * row['mean']:.1f}" + (f" ±{100 * row['std']:.1f}" if k else ""))
         table.add_row(output.escape(method), *cells)
     Console(highlight=False).print(table)

@@ -10,24 +10,26 @@ Slow steps take an optional `progress(done, total)` callback; nothing here print
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
-import torch
+import numpy as np
 
 from . import config
-from .classifier import ZeroShotClassifier, build_classifier, open_cache
+from .batches import RunOptions
+from .classifier import build_classifier, open_cache
+from .embeddings import SyncReport, embedding_batches
+from .errors import UsageError
+from .evaluate import Dataset, Metrics, compute_metrics
 from .images import display_path
 from .labels import Label, clean_labels, require_labels
-from .evaluate import Dataset, Metrics, compute_metrics
 from .models import LoadedModel, load_model
-from .embeddings import SyncReport, embedding_batches, whole_store_batches
-from .errors import UsageError
-from .fewshot import DEFAULT_METHOD, FewShotHead, fit_head, sample_shots
-from .fewshot import accuracy as few_shot_accuracy
-from .pipeline import BatchItem, RunOptions
 from .results import error_record
-from .store import ImageStore, StoreWriter
+from .scoring import ZeroShotClassifier, as_array, classify_store, ranked, score_records  # noqa: F401 (API)
+from .store import StoreWriter
 from .templates import TemplateSet, load_template_set
+
+if TYPE_CHECKING:
+    from .fewshot import FewShotHead
 
 Progress = Callable[[int, int], None]
 
@@ -45,28 +47,6 @@ def prepare_classifier(loaded: LoadedModel, labels: Sequence[str | Label], templ
     return build_classifier(loaded, as_labels(labels), template_set, cache, progress)
 
 
-def score_records(classifier: ZeroShotClassifier, items: Sequence[BatchItem], features: torch.Tensor | None,
-                  options: RunOptions = RunOptions()) -> Iterator[dict]:
-    """One record per item, in order: ranked predictions, or the item's error."""
-    ranked = iter(())
-    if features is not None:
-        scores = classifier.scores(features, options.score)
-        k = len(classifier.labels) if options.top_k <= 0 else min(options.top_k, len(classifier.labels))
-        if k < len(classifier.labels):
-            values, indexes = scores.topk(k, dim=1)
-        else:
-            values, indexes = scores.sort(dim=1, descending=True, stable=True)
-        ranked = zip(values.tolist(), indexes.tolist())
-    labels = classifier.labels
-    for item in items:
-        path = display_path(item.path)
-        if item.error:
-            yield error_record(path, *item.error)
-        else:
-            values, indexes = next(ranked)
-            yield {"path": path, "predictions": [{"label": labels[i], "score": v} for v, i in zip(values, indexes)]}
-
-
 def classify_paths(loaded: LoadedModel, classifier: ZeroShotClassifier, paths: Sequence[str],
                    options: RunOptions = RunOptions(), progress: Progress | None = None,
                    store: StoreWriter | None = None, report: SyncReport | None = None) -> Iterator[dict]:
@@ -74,18 +54,6 @@ def classify_paths(loaded: LoadedModel, classifier: ZeroShotClassifier, paths: S
     classifier.check_score(options.score)
     for items, features in embedding_batches(loaded, paths, options, store, progress, report):
         yield from score_records(classifier, items, features, options)
-
-
-def classify_store(classifier: ZeroShotClassifier, store: ImageStore, options: RunOptions = RunOptions(),
-                   progress: Progress | None = None) -> Iterator[dict]:
-    """Every image in the store, scored from its stored embedding (no image is decoded or encoded)."""
-    classifier.check_score(options.score)
-    done, total = 0, store.rows
-    for items, features in whole_store_batches(store):
-        yield from score_records(classifier, items, features, options)
-        done += len(items)
-        if progress is not None:
-            progress(done, total)
 
 
 @dataclass
@@ -97,7 +65,7 @@ class EvalResult:
 
 def encode_dataset(loaded: LoadedModel, paths: Sequence[str], options: RunOptions = RunOptions(),
                    store: StoreWriter | None = None,
-                   progress: Progress | None = None) -> tuple[list[int], torch.Tensor | None, list[dict]]:
+                   progress: Progress | None = None) -> tuple[list[int], np.ndarray | None, list[dict]]:
     """(indexes of the readable paths, their features stacked, error records of the others)."""
     kept, features, errors = [], [], []
     for items, batch_features in embedding_batches(loaded, paths, options, store, progress):
@@ -108,13 +76,13 @@ def encode_dataset(loaded: LoadedModel, paths: Sequence[str], options: RunOption
             else:
                 kept.append(index)
                 features.append(next(rows))
-    return kept, (torch.stack(features) if features else None), errors
+    return kept, (np.stack(features) if features else None), errors
 
 
 def evaluate(loaded: LoadedModel, dataset: Dataset, template_sets: Sequence[TemplateSet],
              options: RunOptions = RunOptions(), cache_dir: str | None = None, use_cache: bool = True,
              progress: Progress | None = None, mistakes: int = 12, store: StoreWriter | None = None,
-             head: FewShotHead | None = None) -> tuple[list[EvalResult], list[dict]]:
+             head: "FewShotHead | None" = None) -> tuple[list[EvalResult], list[dict]]:
     """Accuracy of each template set (or of a few-shot head) on the dataset; images are encoded once for all.
 
     Returns the results and the error records of images that could not be read (left out of the metrics)."""
@@ -136,10 +104,10 @@ def evaluate(loaded: LoadedModel, dataset: Dataset, template_sets: Sequence[Temp
     targets = [to_head[dataset.targets[i]] for i in kept]
     results = []
     for template_set, scorer in scorers:
-        probabilities = scorer.scores(stacked, "softmax")
-        ranked = probabilities.topk(min(5, len(classes)), dim=1).indices.tolist()
-        metrics = compute_metrics(targets, ranked, classes)
-        wrong = [(probabilities[row, order[0]].item(), row, order[0]) for row, order in enumerate(ranked)
+        probabilities = as_array(scorer.scores(stacked, "softmax"))
+        top = ranked(probabilities, min(5, len(classes)))[1].tolist()
+        metrics = compute_metrics(targets, top, classes)
+        wrong = [(float(probabilities[row, order[0]]), row, order[0]) for row, order in enumerate(top)
                  if order[0] != targets[row]]
         top_wrong = [{"path": display_path(dataset.paths[kept[row]]), "true": classes[targets[row]],
                       "predicted": classes[predicted], "confidence": confidence}
@@ -158,11 +126,13 @@ def head_metadata(loaded: LoadedModel, templates: TemplateSet, shots: int | None
             "clipcli_version": __version__}
 
 
-def fit(loaded: LoadedModel, dataset: Dataset, templates: TemplateSet, method: str = DEFAULT_METHOD,
+def fit(loaded: LoadedModel, dataset: Dataset, templates: TemplateSet, method: str = "gda",
         shots: int | None = None, seed: int = 0, options: RunOptions = RunOptions(), cache_dir: str | None = None,
         use_cache: bool = True, store: StoreWriter | None = None, progress: Progress | None = None,
-        train_name: str = "") -> tuple[FewShotHead, list[dict]]:
+        train_name: str = "") -> tuple["FewShotHead", list[dict]]:
     """Fit a few-shot head on `shots` images per class of the dataset (all when None); only those are encoded."""
+    from .fewshot import fit_head, sample_shots
+
     classifier = prepare_classifier(loaded, dataset.class_names, templates, cache_dir, use_cache)
     chosen = sample_shots(dataset.targets, shots, seed)
     kept, features, errors = encode_dataset(loaded, [dataset.paths[i] for i in chosen], options, store, progress)
@@ -183,6 +153,9 @@ def few_shot_curve(loaded: LoadedModel, train: Dataset, test: Dataset, templates
     Every image is encoded once; each repeat samples other shots with seed + repeat."""
     import statistics
     import time
+
+    from .fewshot import accuracy as few_shot_accuracy
+    from .fewshot import fit_head, sample_shots
 
     if train.class_names != test.class_names:
         raise UsageError("the training and test sets must have the same classes (the same folder names)")

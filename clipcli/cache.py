@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # torch loads only when embeddings are read or written, so `c
     import torch
 
 MAGIC = b"CLIPEMB1"
+PACK_MIN_LABELS = 64  # from this many labels, a warm run reads one pack file instead of a file per label
 HEADER = struct.Struct("<8sII")
 
 
@@ -39,14 +40,19 @@ def _digest(texts) -> str:
     return hashlib.sha256("\x1f".join(texts).encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def encode_entry(vector: torch.Tensor) -> bytes:
-    data = vector.detach().float().contiguous().cpu().numpy().tobytes()
-    return HEADER.pack(MAGIC, vector.numel(), zlib.crc32(data)) + data
+def encode_entry(vector) -> bytes:
+    """numpy array or torch tensor -> the entry's bytes (float32)."""
+    import numpy as np
+
+    if not isinstance(vector, np.ndarray):
+        vector = vector.detach().float().cpu().numpy()
+    data = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+    return HEADER.pack(MAGIC, vector.size, zlib.crc32(data)) + data
 
 
-def decode_entry(blob: bytes) -> torch.Tensor | None:
-    """The vector, or None when the bytes are not a complete, intact entry."""
-    import torch
+def decode_array(blob: bytes):
+    """The vector as float32 numpy, or None when the bytes are not a complete, intact entry (no torch needed)."""
+    import numpy as np
 
     if len(blob) < HEADER.size:
         return None
@@ -54,7 +60,15 @@ def decode_entry(blob: bytes) -> torch.Tensor | None:
     data = blob[HEADER.size:]
     if magic != MAGIC or len(data) != dim * 4 or zlib.crc32(data) != crc:
         return None
-    return torch.frombuffer(bytearray(data), dtype=torch.float32)
+    return np.frombuffer(data, dtype=np.float32).copy()
+
+
+def decode_entry(blob: bytes) -> torch.Tensor | None:
+    """The vector as a torch tensor, or None when the bytes are not a complete, intact entry."""
+    import torch
+
+    vector = decode_array(blob)
+    return None if vector is None else torch.from_numpy(vector)
 
 
 @dataclass
@@ -77,6 +91,13 @@ class EmbeddingCache:
         return os.path.join(self.directory, _digest(texts) + ".emb")
 
     def get(self, texts: tuple[str, ...]) -> torch.Tensor | None:
+        import torch
+
+        vector = self.get_array(texts)
+        return None if vector is None else torch.from_numpy(vector)
+
+    def get_array(self, texts: tuple[str, ...]):
+        """The cached class embedding as float32 numpy, or None."""
         if not self.enabled:
             return None
         path = self._path(texts)
@@ -88,7 +109,7 @@ class EmbeddingCache:
         except OSError as exc:
             self._disable(f"cannot read {path} ({exc.strerror or exc})")
             return None
-        vector = decode_entry(blob)
+        vector = decode_array(blob)
         if vector is None and not self._warned_corrupt:
             self._warned_corrupt = True
             warnings.warn(f"embedding cache entry {path} was corrupt; rebuilding it", CacheWarning, stacklevel=2)
@@ -109,16 +130,23 @@ class EmbeddingCache:
 
     def get_pack(self, keys: list[tuple[str, ...]]) -> torch.Tensor | None:
         """All class embeddings of one label list from a single file: a warm run with many labels reads one file."""
+        import torch
+
+        matrix = self.get_pack_array(keys)
+        return None if matrix is None else torch.from_numpy(matrix)
+
+    def get_pack_array(self, keys: list[tuple[str, ...]]):
+        """The pack as float32 numpy [labels, dim], or None."""
         if not self.enabled:
             return None
         try:
             with open(self._pack_path(keys), "rb") as handle:
-                vector = decode_entry(handle.read())
+                vector = decode_array(handle.read())
         except OSError:
             return None
-        if vector is None or vector.numel() % len(keys):
+        if vector is None or vector.size % len(keys):
             return None  # damaged: the per-label entries are used, and the pack is written again
-        return vector.view(len(keys), -1)
+        return vector.reshape(len(keys), -1)
 
     def put_pack(self, keys: list[tuple[str, ...]], matrix: torch.Tensor) -> None:
         if not self.enabled:

@@ -10,32 +10,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
-import torch
 
 from . import __version__
+from .batches import BatchItem, DecodeOptions, RunOptions
 from .images import display_path
-from .models import LoadedModel
-from .pipeline import BatchItem, DecodeOptions, RunOptions, encode_images, iter_batches
+from .scoring import as_array
+
+if TYPE_CHECKING:  # either backend's model: models.LoadedModel (torch) or backends.onnx.OnnxModel
+    from .models import LoadedModel
 from .store import (DEFAULT_SHARD_ROWS, ImageStore, StoreModel, StoreWriter, file_state, model_key, open_for_writing,
                     resolve)
 
 Progress = Callable[[int, int], None]
-Batches = Iterator[tuple[list[BatchItem], "torch.Tensor | None"]]
+Batches = Iterator[tuple[list[BatchItem], "np.ndarray | None"]]
 
 
-def encode_batches(loaded: LoadedModel, paths: Sequence[str], options: RunOptions = RunOptions(),
+def encode_pixels(loaded, pixels) -> np.ndarray:
+    """L2-normalised float32 features of one batch of preprocessed pixels, on the model's backend."""
+    return as_array(loaded.encode_pixels(pixels))
+
+
+def encode_batches(loaded, paths: Sequence[str], options: RunOptions = RunOptions(),
                    progress: Progress | None = None) -> Batches:
-    """(items, L2-normalised features of the decoded items) per batch, in input order."""
+    """(items, L2-normalised float32 features of the decoded items) per batch, in input order."""
     decode = DecodeOptions(options.max_megapixels, loaded.image_size if options.reduced_decode else None)
     done = 0
-    for batch in iter_batches(paths, loaded.preprocess, options.batch_size, options.workers, decode,
-                              pin_memory=loaded.device.type == "cuda"):
-        features = None
-        if batch.pixels is not None:
-            features = encode_images(loaded.model, batch.pixels, loaded.device, loaded.cast_dtype)
+    for batch in loaded.image_batches(paths, options.batch_size, options.workers, decode):
+        features = None if batch.pixels is None else encode_pixels(loaded, batch.pixels)
         yield batch.items, features
         done += len(batch.items)
         if progress is not None:
@@ -50,19 +54,9 @@ def store_model(loaded: LoadedModel) -> StoreModel:
                        "text_cache_key": loaded.identity_key()})
 
 
-def embedding_dim(loaded: LoadedModel) -> int:
-    dim = getattr(loaded.model, "embed_dim", None) or getattr(loaded.model.visual, "output_dim", None)
-    if dim is None:
-        with torch.inference_mode():
-            size = loaded.image_size
-            dim = loaded.model.encode_image(torch.zeros(1, 3, size, size, device=loaded.device,
-                                                        dtype=loaded.cast_dtype)).shape[-1]
-    return int(dim)
-
-
 def open_store_writer(directory: str | Path, loaded: LoadedModel, dtype: str | None = None,
                       shard_rows: int = DEFAULT_SHARD_ROWS) -> StoreWriter:
-    return open_for_writing(directory, store_model(loaded), embedding_dim(loaded), dtype, shard_rows, __version__)
+    return open_for_writing(directory, store_model(loaded), loaded.embed_dim, dtype, shard_rows, __version__)
 
 
 @dataclass
@@ -95,7 +89,7 @@ def sync_store(loaded: LoadedModel, writer: StoreWriter, paths: Sequence[str], o
     keys = list(todo)
     done = 0
     for items, features in encode_batches(loaded, [todo[k][0] for k in keys], options):
-        vectors = iter(features.cpu().numpy() if features is not None else [])
+        vectors = iter(features if features is not None else [])
         for item, key in zip(items, keys[done:done + len(items)]):
             state = todo[key][1]
             vector = None if item.error else next(vectors)
@@ -156,13 +150,4 @@ def stored_batches(store: ImageStore, paths: Sequence[str], batch_size: int,
             else:
                 items.append(BatchItem(path))
                 rows.append(row.embedding)
-        yield items, (torch.from_numpy(np.stack(rows)) if rows else None)
-
-
-def whole_store_batches(store: ImageStore, rows: int = 8192) -> Batches:
-    """Every stored image (the store's paths), read row group by row group: memory does not grow with the store."""
-    for paths, vectors, errors in store.iter_embeddings(rows):
-        bad = {row: (kind, message) for row, kind, message in errors}
-        items = [BatchItem(path, bad.get(row)) for row, path in enumerate(paths)]
-        keep = np.array([row not in bad for row in range(len(paths))], dtype=bool)
-        yield items, (torch.from_numpy(vectors[keep] if bad else vectors) if keep.any() else None)
+        yield items, (np.stack(rows).astype(np.float32, copy=False) if rows else None)

@@ -38,6 +38,11 @@ TIP_BETA = (1.0, 3.0, 5.5, 8.0, 12.0)
 MAX_FOLDS = 5
 
 
+def as_tensor(values) -> torch.Tensor:
+    """float32 torch from numpy (stored or ONNX features) or torch."""
+    return torch.as_tensor(values).float()
+
+
 @dataclass
 class FewShotHead:
     """A fitted head: scores images into its labels.  Same interface as the zero-shot classifier."""
@@ -51,8 +56,8 @@ class FewShotHead:
     meta: dict = field(default_factory=dict)  # model identity, shots, seed, cv accuracy, ...
     logit_bias = None
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
-        x = features.float()
+    def logits(self, features) -> torch.Tensor:
+        x = as_tensor(features)
         zero_shot = self.logit_scale * x @ self.text.T.to(x)
         if self.method == "zero-shot":
             return zero_shot
@@ -269,9 +274,9 @@ def fit_head(features: torch.Tensor, targets: Sequence[int], labels: Sequence[st
     """Fit a head on L2-normalised features [n, d] with class indexes; hyper-parameters by cross-validation."""
     if method not in METHODS:
         raise UsageError(f"unknown --method {method!r}; use one of {', '.join(METHODS)}")
-    x = torch.nn.functional.normalize(features.float(), dim=-1)
+    x = torch.nn.functional.normalize(as_tensor(features), dim=-1)
     y = torch.as_tensor(list(targets), dtype=torch.long)
-    text = text.float()
+    text = as_tensor(text)
     if method == "zero-shot":
         params, tensors, cv = {}, {}, None
     else:
@@ -324,5 +329,5 @@ def check_head_model(head: FewShotHead, path, model_key: str, model_name: str) -
 def accuracy(head: FewShotHead, features: torch.Tensor, targets: Sequence[int]) -> float:
     if not len(targets):
         return math.nan
-    predicted = head.predict(torch.nn.functional.normalize(features.float(), dim=-1))
+    predicted = head.predict(torch.nn.functional.normalize(as_tensor(features), dim=-1))
     return float((predicted == torch.as_tensor(list(targets))).float().mean())

@@ -101,9 +101,41 @@ class LoadedModel:
         bias = getattr(self.model, "logit_bias", None)
         return None if bias is None else float(bias.detach().float().reshape(-1)[0])
 
+    backend = "torch"
+
     def describe(self) -> dict:
         """The model as result documents name it."""
         return {"name": self.spec.display_name, "pretrained": self.spec.pretrained}
+
+    def encode_texts(self, texts, progress: Callable[[int, int], None] | None = None):
+        """L2-normalised float32 numpy [len(texts), dim] (trimmed where exact: see textenc)."""
+        from .textenc import encode_texts
+
+        return encode_texts(self.model, self.tokenizer, texts, device=self.device, progress=progress).numpy()
+
+    def image_batches(self, paths, batch_size: int, workers: int | None, decode):
+        """Decoded, preprocessed batches in input order (torch DataLoader workers)."""
+        from .pipeline import iter_batches
+
+        return iter_batches(paths, self.preprocess, batch_size, workers, decode, pin_memory=self.device.type == "cuda")
+
+    def encode_pixels(self, pixels):
+        """L2-normalised float32 torch features of a batch of preprocessed pixels."""
+        from .pipeline import encode_images
+
+        return encode_images(self.model, pixels, self.device, self.cast_dtype)
+
+    @property
+    def embed_dim(self) -> int:
+        dim = getattr(self.model, "embed_dim", None) or getattr(getattr(self.model, "visual", None), "output_dim", None)
+        if dim is None:
+            import torch
+
+            size = self.image_size
+            with torch.inference_mode():
+                dim = self.model.encode_image(torch.zeros(1, 3, size, size, device=self.device,
+                                                          dtype=self.cast_dtype)).shape[-1]
+        return int(dim)
 
     def identity_key(self) -> str:
         """A short stable hash of everything that determines the text embeddings."""

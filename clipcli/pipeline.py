@@ -8,50 +8,13 @@ A file that fails to decode becomes an error item in its batch, in order.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from . import config
-from .errors import ImageReadError
-from .images import read_image
-
-
-@dataclass
-class BatchItem:
-    path: str
-    error: tuple[str, str] | None = None  # (kind, message)
-    size: tuple[int, int] | None = None  # (width, height) of the upright image, when decoded
-
-
-@dataclass
-class ImageBatch:
-    items: list[BatchItem]
-    pixels: torch.Tensor | None  # [decoded items, 3, H, W], in item order
-    decoded: list[int] = field(default_factory=list)  # indexes into items that have pixels
-
-
-@dataclass(frozen=True)
-class DecodeOptions:
-    max_megapixels: float | None = None
-    reduced_decode_size: int | None = None  # JPEG draft: decode at >= this shorter side
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    batch_size: int = 32
-    workers: int | None = None  # None: default_workers()
-    top_k: int = 5  # 0: every label
-    score: str = "softmax"
-    max_megapixels: float | None = config.DEFAULT_MAX_MEGAPIXELS
-    reduced_decode: bool = False  # JPEG draft decoding down to the model's input size (see bench/RESULTS.md)
-
-
-def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+from .batches import (BatchItem, DecodeOptions, ImageBatch, RunOptions, decode_one,  # noqa: F401 (re-exported)
+                      default_workers, make_batch)
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
@@ -66,21 +29,11 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        path = self.paths[index]
-        try:
-            image, size = read_image(path, self.options.max_megapixels, self.options.reduced_decode_size)
-            return path, self.preprocess(image), None, size
-        except ImageReadError as exc:
-            return path, None, (exc.kind, exc.reason), None
-        except Exception as exc:  # a preprocess failure is still this file's problem only
-            return path, None, ("decode_error", f"cannot preprocess image ({exc})"), None
+        return decode_one(self.paths[index], self.preprocess, self.options)
 
 
 def collate(samples) -> ImageBatch:
-    items = [BatchItem(path, error, size) for path, _, error, size in samples]
-    decoded = [i for i, sample in enumerate(samples) if sample[1] is not None]
-    pixels = torch.stack([samples[i][1] for i in decoded]) if decoded else None
-    return ImageBatch(items, pixels, decoded)
+    return make_batch(samples, torch.stack)
 
 
 def iter_batches(paths: Sequence[str], preprocess: Callable, batch_size: int = 32, workers: int | None = None,

@@ -209,12 +209,12 @@ def test_fit_from_the_store_encodes_nothing_the_second_time(shape_sets, tmp_path
     from clipcli import embeddings
 
     calls = []
-    original = embeddings.encode_images
-    embeddings.encode_images = lambda *a, **k: calls.append(1) or original(*a, **k)
+    original = embeddings.encode_pixels
+    embeddings.encode_pixels = lambda *a, **k: calls.append(1) or original(*a, **k)
     try:
         result = cli("fit", shape_sets / "train", "-m", "demo", "-o", tmp_path / "h2.safetensors", "--store", store)
     finally:
-        embeddings.encode_images = original
+        embeddings.encode_pixels = original
     assert result.exit_code == 0 and calls == []
 
 

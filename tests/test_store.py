@@ -164,7 +164,7 @@ def test_fully_stored_inputs_do_no_image_work(tiny_model, folder, tmp_path, monk
     def no_encoding(*args, **kwargs):
         raise AssertionError("the image tower ran")
 
-    monkeypatch.setattr(embeddings, "encode_images", no_encoding)
+    monkeypatch.setattr(embeddings, "encode_pixels", no_encoding)
     report = embeddings.SyncReport()
     with embeddings.open_store_writer(store, loaded) as writer:
         records = list(api.classify_paths(loaded, classifier, [str(p) for p in sorted(folder.iterdir())],

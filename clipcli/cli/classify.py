@@ -89,7 +89,7 @@ def classify(
             elif model is None and pretrained is None and not no_cache:
                 # Labels already cached: score the stored embeddings without loading the model at all.
                 from ..api import as_labels
-                from ..classifier import cached_classifier
+                from ..scoring import cached_classifier
 
                 classifier = cached_classifier(reader.model.scoring, as_labels(label_list), template_set,
                                                config.cache_dir(cache_dir))

@@ -1,0 +1,103 @@
+"""What flows between sources, encoders and scorers: run options, per-file items, and the one decode step
+(Pillow and numpy; no torch).
+
+`decode_one` is the only place a file becomes pixels: the torch DataLoader pipeline (`pipeline`), the
+threaded pipeline of the ONNX backend (`thread_batches`) and the Ray engine all call it, so a bad file
+becomes the same error item whichever engine runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+from . import config
+from .errors import ImageReadError
+from .images import read_image
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    batch_size: int = 32
+    workers: int | None = None  # None: default_workers()
+    top_k: int = 5  # 0: every label
+    score: str = "softmax"
+    max_megapixels: float | None = config.DEFAULT_MAX_MEGAPIXELS
+    reduced_decode: bool = False  # JPEG draft decoding down to the model's input size (see bench/RESULTS.md)
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    max_megapixels: float | None = None
+    reduced_decode_size: int | None = None  # JPEG draft: decode at >= this shorter side
+
+
+@dataclass
+class BatchItem:
+    path: str
+    error: tuple[str, str] | None = None  # (kind, message)
+    size: tuple[int, int] | None = None  # (width, height) of the upright image, when decoded
+
+
+@dataclass
+class ImageBatch:
+    items: list[BatchItem]
+    pixels: Any  # [decoded items, 3, H, W] (torch or numpy), in item order; None when nothing decoded
+    decoded: list[int] = field(default_factory=list)  # indexes into items that have pixels
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def decode_one(path: str, preprocess: Callable, options: DecodeOptions):
+    """(path, pixels or None, (kind, message) or None, (width, height) or None) for one file."""
+    try:
+        image, size = read_image(path, options.max_megapixels, options.reduced_decode_size)
+        return path, preprocess(image), None, size
+    except ImageReadError as exc:
+        return path, None, (exc.kind, exc.reason), None
+    except Exception as exc:  # a preprocess failure is still this file's problem only
+        return path, None, ("decode_error", f"cannot preprocess image ({exc})"), None
+
+
+def make_batch(samples: Sequence, stack: Callable) -> ImageBatch:
+    items = [BatchItem(path, error, size) for path, _, error, size in samples]
+    decoded = [i for i, sample in enumerate(samples) if sample[1] is not None]
+    pixels = stack([samples[i][1] for i in decoded]) if decoded else None
+    return ImageBatch(items, pixels, decoded)
+
+
+def thread_batches(paths: Sequence[str], preprocess: Callable, batch_size: int = 32, workers: int | None = None,
+                   options: DecodeOptions = DecodeOptions()) -> Iterator[ImageBatch]:
+    """Numpy batches in input order, decoded on a thread pool a few batches ahead (Pillow's decoding and
+    resampling release the GIL, so threads decode while the model runs)."""
+    import numpy as np
+
+    workers = default_workers() if workers is None else workers
+    if workers <= 0 or len(paths) <= batch_size:
+        for start in range(0, len(paths), batch_size):
+            yield make_batch([decode_one(p, preprocess, options) for p in paths[start:start + batch_size]], np.stack)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clipcli-decode") as pool:
+        pending: deque = deque()
+        feed = iter(paths)
+        ahead = batch_size * 4
+        for path in feed:
+            pending.append(pool.submit(decode_one, path, preprocess, options))
+            if len(pending) >= ahead:
+                break
+        samples = []
+        while pending:
+            samples.append(pending.popleft().result())
+            next_path = next(feed, None)
+            if next_path is not None:
+                pending.append(pool.submit(decode_one, next_path, preprocess, options))
+            if len(samples) == batch_size:
+                yield make_batch(samples, np.stack)
+                samples = []
+        if samples:
+            yield make_batch(samples, np.stack)

@@ -11,7 +11,7 @@ from typing_extensions import Annotated
 from .. import config
 from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors, setup_reporting
-from .options import (LABELS, OUTPUT, BatchOpt, CacheDirOpt, DeviceOpt, FilesFromOpt, LabelsFileOpt, LabelsOpt,
+from .options import (BackendOpt, LABELS, OUTPUT, BatchOpt, CacheDirOpt, DeviceOpt, FilesFromOpt, LabelsFileOpt, LabelsOpt,
                       MaxMegapixelsOpt, ModelOpt, NoCacheOpt, OutputOpt, PrecisionOpt, PretrainedOpt, QuietOpt,
                       RecursiveOpt, ReducedDecodeOpt, StoreOpt, TemplatesOpt, VerboseOpt, WeightsDirOpt, WorkersOpt,
                       HeadOpt, check_choice, check_format, check_head, check_outputs, gather_inputs,
@@ -50,6 +50,7 @@ def classify(
     head: HeadOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = "auto",
+    backend: BackendOpt = None,
     batch_size: BatchOpt = 32,
     workers: WorkersOpt = None,
     max_megapixels: MaxMegapixelsOpt = config.DEFAULT_MAX_MEGAPIXELS,
@@ -94,7 +95,7 @@ def classify(
                 classifier = cached_classifier(reader.model.scoring, as_labels(label_list), template_set,
                                                config.cache_dir(cache_dir))
         if classifier is None:
-            loaded = load_model_from_options(model, pretrained, device, precision, weights_dir, store)
+            loaded = load_model_from_options(model, pretrained, device, precision, weights_dir, store, backend, cache_dir)
             if reader is not None:
                 from ..embeddings import store_model
                 from ..store import check_model

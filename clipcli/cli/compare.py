@@ -17,7 +17,7 @@ from ..errors import UsageError
 from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors, setup_reporting
 from .evaluate import MappingOpt
-from .options import (BatchOpt, CacheDirOpt, DeviceOpt, LabelsFileOpt, LabelsOpt, NoCacheOpt, OutputOpt, PrecisionOpt,
+from .options import (BackendOpt, BatchOpt, CacheDirOpt, DeviceOpt, LabelsFileOpt, LabelsOpt, NoCacheOpt, OutputOpt, PrecisionOpt,
                       QuietOpt, TemplatesOpt, VerboseOpt, WeightsDirOpt, WorkersOpt, check_choice, gather_inputs,
                       load_model_from_options, open_sink, read_labels)
 
@@ -68,6 +68,7 @@ def compare(
     output_path: OutputOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = "auto",
+    backend: BackendOpt = None,
     batch_size: BatchOpt = 32,
     workers: WorkersOpt = None,
     cache_dir: CacheDirOpt = None,
@@ -89,7 +90,7 @@ def compare(
     options = RunOptions(batch_size=batch_size, workers=workers, top_k=0)
 
     def run_models(work: Callable) -> list:
-        load = lambda spec: load_model_from_options(spec, None, device, precision, weights_dir)  # noqa: E731
+        load = lambda spec: load_model_from_options(spec, None, device, precision, weights_dir, None, backend, cache_dir)  # noqa: E731
         return one_model_at_a_time(specs, load, quiet, work)
 
     with ExitStack() as stack:

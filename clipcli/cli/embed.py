@@ -12,7 +12,7 @@ from .. import config
 from . import output
 from .classify import store_summary
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors, setup_reporting
-from .options import (STORE, BatchOpt, DeviceOpt, FilesFromOpt, MaxMegapixelsOpt, ModelOpt, PrecisionOpt,
+from .options import (BackendOpt, STORE, BatchOpt, DeviceOpt, FilesFromOpt, MaxMegapixelsOpt, ModelOpt, PrecisionOpt,
                       PretrainedOpt, QuietOpt, RecursiveOpt, ReducedDecodeOpt, VerboseOpt, WeightsDirOpt, WorkersOpt,
                       check_choice, check_outputs, gather_inputs, load_model_from_options)
 
@@ -37,6 +37,7 @@ def embed(
     pretrained: PretrainedOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = "auto",
+    backend: BackendOpt = None,
     batch_size: BatchOpt = 32,
     workers: WorkersOpt = None,
     max_megapixels: MaxMegapixelsOpt = config.DEFAULT_MAX_MEGAPIXELS,
@@ -55,7 +56,7 @@ def embed(
     from ..embeddings import SyncReport, open_store_writer, prune_store, sync_store
     from ..pipeline import RunOptions
 
-    loaded = load_model_from_options(model, pretrained, device, precision, weights_dir, store)
+    loaded = load_model_from_options(model, pretrained, device, precision, weights_dir, store, backend, None)
     options = RunOptions(batch_size=batch_size, workers=workers, max_megapixels=max_megapixels,
                          reduced_decode=reduced_decode)
     report = SyncReport()

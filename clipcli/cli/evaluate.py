@@ -15,7 +15,7 @@ from typing_extensions import Annotated
 from .. import config
 from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors, setup_reporting
-from .options import (BatchOpt, CacheDirOpt, DeviceOpt, ModelOpt, NoCacheOpt, OutputOpt, PrecisionOpt, PretrainedOpt,
+from .options import (BackendOpt, BatchOpt, CacheDirOpt, DeviceOpt, ModelOpt, NoCacheOpt, OutputOpt, PrecisionOpt, PretrainedOpt,
                       QuietOpt, StoreOpt, VerboseOpt, WeightsDirOpt, WorkersOpt, HeadOpt, check_choice, check_head,
                       check_outputs, load_model_from_options, open_sink, read_head)
 
@@ -58,6 +58,7 @@ def evaluate(
     head: HeadOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = "auto",
+    backend: BackendOpt = None,
     batch_size: BatchOpt = 32,
     workers: WorkersOpt = None,
     cache_dir: CacheDirOpt = None,
@@ -81,7 +82,7 @@ def evaluate(
     from ..api import evaluate as run_evaluation
 
     head_model = read_head(head, None, None)
-    loaded = load_model_from_options(model, pretrained, device, precision, weights_dir, store)
+    loaded = load_model_from_options(model, pretrained, device, precision, weights_dir, store, backend, cache_dir)
     if head_model is not None:
         from ..embeddings import store_model
 

@@ -15,7 +15,7 @@ from .. import config
 from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors, setup_reporting
 from .evaluate import MappingOpt
-from .options import (OUTPUT, BatchOpt, CacheDirOpt, DeviceOpt, ModelOpt, NoCacheOpt, PrecisionOpt, PretrainedOpt,
+from .options import (BackendOpt, OUTPUT, BatchOpt, CacheDirOpt, DeviceOpt, ModelOpt, NoCacheOpt, PrecisionOpt, PretrainedOpt,
                       QuietOpt, StoreOpt, TemplatesOpt, VerboseOpt, WeightsDirOpt, WorkersOpt, check_choice,
                       check_outputs, load_model_from_options)
 
@@ -68,6 +68,7 @@ def fit(
     pretrained: PretrainedOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = "auto",
+    backend: BackendOpt = None,
     batch_size: BatchOpt = 32,
     workers: WorkersOpt = None,
     cache_dir: CacheDirOpt = None,
@@ -102,7 +103,7 @@ def fit(
     template_set = load_template_set(templates or config.default_templates())
     options = RunOptions(batch_size=batch_size, workers=workers)
     with ExitStack() as stack:
-        loaded = load_model_from_options(model, pretrained, device, precision, weights_dir, store)
+        loaded = load_model_from_options(model, pretrained, device, precision, weights_dir, store, backend, cache_dir)
         writer = None
         if store is not None:
             from ..embeddings import open_store_writer

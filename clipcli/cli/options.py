@@ -37,6 +37,9 @@ DeviceOpt = Annotated[Optional[str], typer.Option(
     "or auto.", show_default=False)]
 PrecisionOpt = Annotated[str, typer.Option(
     "--precision", rich_help_panel=MODEL, help="auto (fp16 on CUDA, else fp32), fp32, fp16 or bf16.")]
+BackendOpt = Annotated[Optional[str], typer.Option(
+    "--backend", rich_help_panel=MODEL, help="auto (ONNX Runtime on the CPU once the model is exported, else torch), "
+    "torch or onnx. Default: $CLIPCLI_BACKEND or auto.", show_default=False)]
 BatchOpt = Annotated[int, typer.Option(
     "--batch-size", "-b", rich_help_panel=PERF, min=1, help="Images per model call.")]
 WorkersOpt = Annotated[Optional[int], typer.Option(
@@ -98,9 +101,10 @@ def check_head(head, path: Path, model_key: str, model_name: str) -> None:
 
 
 def load_model_from_options(model: str | None, pretrained: str | None, device: str | None, precision: str,
-                            weights_dir: str | None, store: Path | None = None):
+                            weights_dir: str | None, store: Path | None = None, backend: str | None = None,
+                            cache_dir: Path | None = None):
     """The model the options name; with a store and no --model, the store's own model."""
-    from ..models import load_model
+    from ..backends import default_backend, load_backend_model
 
     if model is None and store is not None:
         from ..store import read_manifest
@@ -109,8 +113,9 @@ def load_model_from_options(model: str | None, pretrained: str | None, device: s
         if manifest is not None:
             model, pretrained = manifest["model"]["name"], pretrained or manifest["model"].get("pretrained")
     name = model or config.default_model()
-    return load_model(name, pretrained or config.default_pretrained(name), device=device or config.default_device(),
-                      precision=precision, weights_dir=weights_dir)
+    return load_backend_model(name, pretrained or config.default_pretrained(name), device=device or config.default_device(),
+                              precision=precision, weights_dir=weights_dir, backend=backend or default_backend(),
+                              cache_root=cache_dir)
 
 
 def check_outputs(files: dict[str, Path | None] = {}, folders: dict[str, Path | None] = {}) -> None:

@@ -13,7 +13,7 @@ from typing_extensions import Annotated
 from .. import config
 from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors, setup_reporting
-from .options import (INPUTS, LABELS, OUTPUT, BatchOpt, CacheDirOpt, DeviceOpt, FilesFromOpt, LabelsFileOpt,
+from .options import (BackendOpt, INPUTS, LABELS, OUTPUT, BatchOpt, CacheDirOpt, DeviceOpt, FilesFromOpt, LabelsFileOpt,
                       LabelsOpt, MaxMegapixelsOpt, ModelOpt, NoCacheOpt, PrecisionOpt, PretrainedOpt, QuietOpt,
                       RecursiveOpt, StoreOpt, TemplatesOpt, VerboseOpt, WeightsDirOpt, WorkersOpt, HeadOpt, check_choice,
                       check_head, check_outputs, gather_inputs, load_model_from_options, open_sink, read_head,
@@ -66,6 +66,7 @@ def sort(
     pretrained: PretrainedOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = "auto",
+    backend: BackendOpt = None,
     batch_size: BatchOpt = 32,
     workers: WorkersOpt = None,
     max_megapixels: MaxMegapixelsOpt = config.DEFAULT_MAX_MEGAPIXELS,
@@ -104,7 +105,7 @@ def sort(
     template_set = load_template_set(templates or config.default_templates())
     show_progress = output.progress_enabled(quiet)
     with ExitStack() as stack:
-        loaded = load_model_from_options(model, pretrained, device, precision, weights_dir, store)
+        loaded = load_model_from_options(model, pretrained, device, precision, weights_dir, store, backend, cache_dir)
         writer = None
         if store is not None:
             from ..embeddings import open_store_writer

@@ -1,0 +1,101 @@
+"""Backends: one model interface on torch (`models.LoadedModel`) or ONNX Runtime (`backends.onnx.OnnxModel`).
+
+`load_backend_model` picks one.  `auto` runs ONNX Runtime on the CPU when the model's towers export (the
+export happens once per model identity, into the cache), and torch otherwise: on CUDA or MPS, in fp16
+or bf16, or when the export failed (remembered, not retried).  A warm ONNX run imports neither torch,
+torchvision nor open_clip.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import platform
+from pathlib import Path
+
+from ..errors import UsageError
+
+BACKENDS = ("auto", "torch", "onnx")
+ENV_BACKEND = "CLIPCLI_BACKEND"
+log = logging.getLogger("clipcli")
+
+
+def default_backend() -> str:
+    return os.environ.get(ENV_BACKEND) or "auto"
+
+
+def accelerator_present() -> bool:
+    """An NVIDIA GPU or Apple silicon, judged without importing torch."""
+    gpus = Path("/proc/driver/nvidia/gpus")
+    if gpus.is_dir() and any(gpus.iterdir()):
+        return True
+    return platform.system() == "Darwin" and platform.machine() == "arm64"
+
+
+def wants_onnx(backend: str, device: str, precision: str) -> bool:
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown --backend {backend!r}; use auto, torch or onnx")
+    if backend == "torch":
+        return False
+    on_cpu = device == "cpu" or (device == "auto" and not accelerator_present())
+    if backend == "onnx":
+        if device not in ("auto", "cpu"):
+            raise UsageError(f"--backend onnx runs on the CPU; use --backend torch for --device {device}")
+        if precision not in ("auto", "fp32"):
+            raise UsageError(f"--backend onnx runs in fp32; use --backend torch for --precision {precision}")
+        if importlib.util.find_spec("onnxruntime") is None:
+            raise UsageError("--backend onnx needs ONNX Runtime: pip install onnxruntime onnx")
+        return True
+    return on_cpu and precision in ("auto", "fp32") and importlib.util.find_spec("onnxruntime") is not None \
+        and importlib.util.find_spec("onnx") is not None
+
+
+def model_files(loaded) -> list[str]:
+    """The files a loaded model came from (watched: an export is stale when one changes)."""
+    spec = loaded.spec
+    if spec.schema == "local-dir":
+        folder = Path(spec.name[len("local-dir:"):])
+        return sorted(str(p) for p in folder.iterdir() if p.is_file())
+    if spec.pretrained and os.path.isfile(spec.pretrained):
+        return [os.path.abspath(spec.pretrained)]
+    return []  # a hub tag names fixed weights
+
+
+def load_backend_model(model: str, pretrained: str | None = None, device: str = "auto", precision: str = "auto",
+                       weights_dir: str | None = None, backend: str = "auto", cache_root: Path | None = None):
+    """The model on the chosen backend (see the module doc)."""
+    from .. import config
+    from ..models import load_model, parse_model_spec
+
+    spec = parse_model_spec(model, pretrained)
+    use_onnx = wants_onnx(backend, device, precision)
+    root = config.cache_dir(cache_root)
+    torch_args = {"model": model, "pretrained": pretrained, "weights_dir": weights_dir}
+    if use_onnx:
+        from .onnx import OnnxModel, find_export
+
+        found = find_export(root, spec, weights_dir)
+        if found is not None and found.directory is not None:
+            return OnnxModel(found.directory, spec, torch_args)
+        if found is not None and found.failed:
+            log.info("%s runs on torch: its ONNX export failed before (%s)", spec.display_name, found.failed)
+            use_onnx = False
+    loaded = load_model(model, pretrained, device=device, precision=precision, weights_dir=weights_dir)
+    if not use_onnx:
+        return loaded
+    from .export import ExportError, export_model
+    from .onnx import OnnxModel, exports_root, remember
+
+    try:
+        directory = export_model(loaded, exports_root(root))
+    except ExportError as exc:
+        remember(root, spec, weights_dir, model_files(loaded), None, str(exc))
+        log.info("%s runs on torch: %s", spec.display_name, exc)
+        if backend == "onnx":
+            raise
+        return loaded
+    remember(root, spec, weights_dir, model_files(loaded), loaded.identity_key())
+    onnx_model = OnnxModel(directory, spec, torch_args)
+    onnx_model._torch = loaded  # already loaded: the text fallback (if any) needs no second load
+    return onnx_model

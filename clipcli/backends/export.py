@@ -1,0 +1,220 @@
+"""Export a loaded open_clip model's towers to ONNX (torch; runs once per model identity).
+
+    <cache>/onnx/<identity key>/image.onnx   pixels [B, 3, H, W] -> L2-normalised features [B, D]
+    <cache>/onnx/<identity key>/text.onnx    tokens [B, L] -> L2-normalised features [B, D]  (classic towers)
+    <cache>/onnx/<identity key>/model.json   identity, preprocessing, logit scale/bias, tokenizer, versions
+
+The text tower is exported with a dynamic sequence length and computes exactly what `textenc`'s
+trimmed encoder computes (causal mask and positions cut to the batch's length, end-of-text pooling),
+so the ONNX text path is as fast as the trimmed torch path.  torch's tracer bakes the shapes that
+`nn.MultiheadAttention` computes internally into the graph; while tracing, each self-attention is
+swapped for the same computation written without fixed shapes (same weights).  Every export is
+checked against the torch model at other batch sizes and lengths before it is used; one that does
+not match to 1e-4 is an export failure.  The folder is written under a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ClipCliError
+
+OPSET = 17
+TOLERANCE = 1e-4
+PROBE_TEXTS = ["a photo of a wonton.", "x", "a blurry photo of the big red Shanghai dumpling, steamed, on a plate!",
+               "小笼包", "it's a DOG's toy &amp; more"]
+
+
+class ExportError(ClipCliError):
+    exit_code = 3
+
+
+class _SelfAttention(torch.nn.Module):
+    """nn.MultiheadAttention's self-attention without shape constants: traces to a graph that runs at any
+    batch size and sequence length."""
+
+    def __init__(self, mha: torch.nn.MultiheadAttention) -> None:
+        super().__init__()
+        self.mha = mha
+
+    def forward(self, query, key=None, value=None, need_weights=False, attn_mask=None, key_padding_mask=None, **_):
+        mha = self.mha
+        if not (key is None or key is query) or not (value is None or value is query) or key_padding_mask is not None:
+            return mha(query, key, value, need_weights=need_weights, attn_mask=attn_mask,
+                       key_padding_mask=key_padding_mask)
+        x = query if mha.batch_first else query.transpose(0, 1)  # [B, L, D]
+        q, k, v = F.linear(x, mha.in_proj_weight, mha.in_proj_bias).chunk(3, dim=-1)
+        heads = mha.num_heads
+        q, k, v = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (q, k, v))  # [B, H, L, d]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        out = mha.out_proj(out.transpose(1, 2).flatten(-2))
+        return (out if mha.batch_first else out.transpose(0, 1)), None
+
+
+@contextlib.contextmanager
+def _shape_free_attention(model: torch.nn.Module):
+    swapped = []
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.MultiheadAttention) and child._qkv_same_embed_dim:
+                setattr(parent, name, _SelfAttention(child))
+                swapped.append((parent, name, child))
+    try:
+        yield
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
+
+
+class _ImageTower(torch.nn.Module):
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels):
+        return F.normalize(self.model.encode_image(pixels).float(), dim=-1)
+
+
+class _TextTower(torch.nn.Module):
+    def __init__(self, model, parts) -> None:
+        super().__init__()
+        self.model = model  # owns every parameter the parts use, so the tracer sees them as weights
+        self.parts = parts
+
+    def forward(self, tokens):
+        from ..textenc import _encode_trimmed
+
+        return F.normalize(_encode_trimmed(self.parts, tokens, tokens.shape[1]).float(), dim=-1)
+
+
+def _text_support(loaded) -> tuple[object | None, str]:
+    """(the causal tower's parts, "") when the text tower can run on ONNX with clipcli's tokenizer,
+    else (None, why not)."""
+    from ..textenc import _text_parts
+    from ..tokenizer import ClipTokenizer
+
+    parts = _text_parts(loaded.model)
+    if parts is None:
+        return None, "text tower is not a classic causal CLIP tower"
+    tokenizer = loaded.tokenizer
+    context = getattr(tokenizer, "context_length", None)
+    if type(tokenizer).__name__ != "SimpleTokenizer" or not context:
+        return None, f"tokenizer {type(tokenizer).__name__} has no torch-free twin"
+    try:
+        same = np.array_equal(ClipTokenizer(context)(PROBE_TEXTS), tokenizer(PROBE_TEXTS).numpy())
+    except Exception as exc:  # noqa: BLE001  (any mismatch in set-up means: keep the torch tokenizer)
+        return None, f"tokenizer check failed ({exc})"
+    return (parts, "") if same else (None, "tokenizer settings differ from CLIP's defaults")
+
+
+def _check(name: str, got: np.ndarray, want: np.ndarray) -> None:
+    worst = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
+    if not worst <= TOLERANCE:
+        raise ExportError(f"the exported {name} tower differs from torch by {worst:.2g} (limit {TOLERANCE})")
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _export_image(loaded, path: Path) -> None:
+    size = loaded.image_size
+    tower = _ImageTower(loaded.model).eval()
+    example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode(False), torch.no_grad(), _shape_free_attention(loaded.model):
+        torch.onnx.export(tower, (example,), str(path), input_names=["pixels"], output_names=["features"],
+                          dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}}, opset_version=OPSET,
+                          dynamo=False)
+    session = _session(path)
+    for batch in (1, 3):
+        pixels = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            want = tower(pixels).numpy()
+        _check("image", session.run(None, {"pixels": pixels.numpy()})[0], want)
+
+
+def _export_text(loaded, parts, path: Path) -> None:
+    from ..textenc import _end_positions
+
+    tower = _TextTower(loaded.model, parts).eval()
+    tokens = loaded.tokenizer(PROBE_TEXTS[:2])
+    length = int(_end_positions(tokens, parts).max()) + 1
+    with torch.inference_mode(False), torch.no_grad(), _shape_free_attention(loaded.model):
+        torch.onnx.export(tower, (tokens[:, :length],), str(path), input_names=["tokens"], output_names=["features"],
+                          dynamic_axes={"tokens": {0: "batch", 1: "length"}, "features": {0: "batch"}},
+                          opset_version=OPSET, dynamo=False)
+    session = _session(path)
+    want = loaded.encode_texts(PROBE_TEXTS)
+    tokens = loaded.tokenizer(PROBE_TEXTS)
+    ends = _end_positions(tokens, parts)
+    for rows in ([0], [1, 2], [0, 1, 2, 3, 4]):
+        length = int(ends[rows].max()) + 1
+        _check("text", session.run(None, {"tokens": tokens[rows, :length].numpy()})[0], want[rows])
+
+
+def preprocess_config(loaded) -> dict:
+    """The model's preprocessing as open_clip configures it, checked against its torchvision preprocess."""
+    from PIL import Image
+
+    from ..preprocess import ImageTransform
+
+    cfg = getattr(loaded.model.visual, "preprocess_cfg", None)
+    if not cfg:
+        raise ExportError("the model has no preprocess configuration")
+    transform = ImageTransform.from_config(cfg)
+    probe = Image.fromarray(np.random.default_rng(0).integers(0, 255, (37, 61, 3), dtype=np.uint8))
+    want = loaded.preprocess(probe).numpy()
+    got = transform(probe)
+    if got.shape != want.shape or float(np.abs(got - want).max()) > 1e-6:
+        raise ExportError("the model's preprocessing is not the standard open_clip one")
+    return transform.to_config()
+
+
+def export_model(loaded, root: Path) -> Path:
+    """Export both towers into root/<identity key>/ (atomically); returns that folder."""
+    from .. import __version__
+
+    if loaded.precision != "fp32" or loaded.device.type != "cpu":
+        raise ExportError("ONNX export needs the model in fp32 on the CPU")
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / loaded.identity_key()
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
+    try:
+        facts = {"identity": loaded.identity, "key": loaded.identity_key(),
+                 "spec": {"name": loaded.spec.name, "pretrained": loaded.spec.pretrained, "alias": loaded.spec.alias},
+                 "preprocess": preprocess_config(loaded), "image_size": loaded.image_size,
+                 "embed_dim": loaded.embed_dim, "logit_scale": loaded.logit_scale, "logit_bias": loaded.logit_bias,
+                 "opset": OPSET, "clipcli": __version__, "torch": torch.__version__}
+        _export_image(loaded, work / "image.onnx")
+        parts, why = _text_support(loaded)
+        if parts is not None:
+            _export_text(loaded, parts, work / "text.onnx")
+            facts["text"] = {"context_length": loaded.tokenizer.context_length, "pool": parts.pool_type,
+                             "eos_id": parts.eos_id}
+        else:
+            facts["text"] = None
+            facts["text_reason"] = why
+        (work / "model.json").write_text(json.dumps(facts, indent=2), encoding="utf-8")
+        os.chmod(work, 0o755)
+        if target.exists():
+            shutil.rmtree(target, ignore_errors=True)
+        os.replace(work, target)
+    except ExportError:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    except Exception as exc:  # noqa: BLE001  (the exporter fails in many ways; each means: stay on torch)
+        shutil.rmtree(work, ignore_errors=True)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ExportError(f"ONNX export failed: {first}") from None
+    return target

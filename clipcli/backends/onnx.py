@@ -1,0 +1,187 @@
+"""The ONNX Runtime backend: the model interface of `models.LoadedModel`, without torch.
+
+An export (see `export`) is found through a small record per model spec:
+    <cache>/onnx/specs/<spec digest>.json   {"key": identity key, "watch": [[file, size, mtime_ns]...],
+                                             "failed": null or why the export failed}
+The watched files are the model's own (local folder, checkpoint file, cached hub weights): when one
+changes, the record is stale and the model is loaded with torch and exported again.  A failed export
+is remembered the same way, so it is not retried on every run.  Nothing here imports torch,
+torchvision or open_clip; a model whose text tower was not exported encodes label text with torch
+(loaded only then).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..batches import DecodeOptions, thread_batches
+from ..fsutil import atomic_write_bytes
+from ..models import ModelSpec
+from ..preprocess import ImageTransform
+
+TEXT_BATCH = 256
+
+
+def exports_root(cache_root: Path) -> Path:
+    return Path(cache_root) / "onnx"
+
+
+def _spec_path(cache_root: Path, spec: ModelSpec, weights_dir: str | None) -> Path:
+    blob = json.dumps([spec.name, spec.pretrained, weights_dir or ""]).encode()
+    return exports_root(cache_root) / "specs" / (hashlib.sha256(blob).hexdigest()[:24] + ".json")
+
+
+def file_states(paths: Sequence[str]) -> list[list]:
+    states = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            states.append([path, st.st_size, st.st_mtime_ns])
+        except OSError:
+            states.append([path, None, None])
+    return states
+
+
+@dataclass
+class ExportRecord:
+    key: str | None
+    failed: str | None
+    directory: Path | None
+
+
+def find_export(cache_root: Path, spec: ModelSpec, weights_dir: str | None) -> ExportRecord | None:
+    """The export (or the remembered failure) for this spec, when its model files are unchanged; else None."""
+    try:
+        record = json.loads(_spec_path(cache_root, spec, weights_dir).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    watch = record.get("watch") or []
+    if file_states([w[0] for w in watch]) != watch:
+        return None  # the model's files changed (or went away): load it again
+    if record.get("failed"):
+        return ExportRecord(None, record["failed"], None)
+    directory = exports_root(cache_root) / str(record.get("key"))
+    if not (directory / "model.json").is_file() or not (directory / "image.onnx").is_file():
+        return None
+    return ExportRecord(record["key"], None, directory)
+
+
+def remember(cache_root: Path, spec: ModelSpec, weights_dir: str | None, watch: Sequence[str], key: str | None,
+             failed: str | None = None) -> None:
+    path = _spec_path(cache_root, spec, weights_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"spec": [spec.name, spec.pretrained, weights_dir], "key": key, "watch": file_states(watch),
+              "failed": failed}
+    atomic_write_bytes(path, json.dumps(record, indent=1).encode(), durable=False)
+
+
+def _session(path: Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxModel:
+    """A model on ONNX Runtime (CPU, fp32) with the interface the pipeline, classifier and store use."""
+
+    backend = "onnx"
+    precision = "fp32"
+    device = "cpu"
+
+    def __init__(self, directory: Path, spec: ModelSpec, torch_args: dict | None = None,
+                 threads: int | None = None) -> None:
+        self.directory = Path(directory)
+        self.facts = json.loads((self.directory / "model.json").read_text(encoding="utf-8"))
+        self.spec = spec
+        self.identity = self.facts["identity"]
+        self.preprocess = ImageTransform.from_config(self.facts["preprocess"])
+        self._torch_args = torch_args or {}
+        self._threads = threads
+        self._image = self._text = self._tokenizer = self._torch = None
+
+    # --- what the model is ---------------------------------------------------------------------------------
+    def identity_key(self) -> str:
+        return self.facts["key"]
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.facts["logit_scale"])
+
+    @property
+    def logit_bias(self) -> float | None:
+        bias = self.facts.get("logit_bias")
+        return None if bias is None else float(bias)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.facts["image_size"])
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.facts["embed_dim"])
+
+    def describe(self) -> dict:
+        return {"name": self.spec.display_name, "pretrained": self.spec.pretrained}
+
+    # --- images --------------------------------------------------------------------------------------------
+    def image_batches(self, paths: Sequence[str], batch_size: int, workers: int | None, decode: DecodeOptions):
+        return thread_batches(paths, self.preprocess, batch_size, workers, decode)
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        if self._image is None:
+            self._image = _session(self.directory / "image.onnx", self._threads)
+        return self._image.run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})[0]
+
+    # --- text ----------------------------------------------------------------------------------------------
+    @property
+    def text_on_onnx(self) -> bool:
+        return bool(self.facts.get("text")) and (self.directory / "text.onnx").is_file()
+
+    def _torch_model(self):
+        if self._torch is None:
+            from ..models import load_model
+
+            self._torch = load_model(**self._torch_args, device="cpu", precision="fp32")
+        return self._torch
+
+    @property
+    def tokenizer(self):
+        if not self.text_on_onnx:
+            return self._torch_model().tokenizer
+        if self._tokenizer is None:
+            from ..tokenizer import ClipTokenizer
+
+            self._tokenizer = ClipTokenizer(int(self.facts["text"]["context_length"]))
+        return self._tokenizer
+
+    def encode_texts(self, texts: Sequence[str], progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """L2-normalised float32 [len(texts), dim]: each batch runs at its own length (trimmed, exact)."""
+        if not self.text_on_onnx:
+            return self._torch_model().encode_texts(texts, progress)
+        if self._text is None:
+            self._text = _session(self.directory / "text.onnx", self._threads)
+        text = self.facts["text"]
+        tokens = self.tokenizer(list(texts))
+        if text["pool"] == "argmax":
+            ends = tokens.argmax(axis=1)
+        else:
+            ends = (tokens == text["eos_id"]).argmax(axis=1)
+        order = np.argsort(ends, kind="stable")
+        out = np.empty((len(texts), self.embed_dim), dtype=np.float32)
+        for start in range(0, len(texts), TEXT_BATCH):
+            rows = order[start:start + TEXT_BATCH]
+            length = int(ends[rows].max()) + 1
+            out[rows] = self._text.run(None, {"tokens": tokens[rows, :length]})[0]
+            if progress is not None:
+                progress(min(start + TEXT_BATCH, len(texts)), len(texts))
+        return out

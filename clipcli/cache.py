@@ -205,3 +205,37 @@ def clear_cache(root: Path, model: str | None = None) -> int:
             shutil.rmtree(Path(root) / "embeddings" / row.key, ignore_errors=True)
             removed += 1
     return removed
+
+
+def export_summary(root: Path) -> tuple[int, int]:
+    """(ONNX exports, their bytes) under the cache root (see backends.onnx)."""
+    base = Path(root) / "onnx"
+    if not base.is_dir():
+        return 0, 0
+    folders = [p for p in base.iterdir() if p.is_dir() and (p / "model.json").is_file()]
+    return len(folders), sum(f.stat().st_size for p in folders for f in p.iterdir() if f.is_file())
+
+
+def clear_exports(root: Path, model: str | None = None) -> int:
+    """Remove ONNX exports (of models whose name contains `model`, if given) and remembered export failures."""
+    base = Path(root) / "onnx"
+    if not base.is_dir():
+        return 0
+    removed = 0
+    for folder in [p for p in base.iterdir() if p.is_dir() and p.name != "specs"]:
+        try:
+            spec = json.loads((folder / "model.json").read_text(encoding="utf-8")).get("spec", {})
+        except (OSError, ValueError):
+            spec = {}
+        names = " ".join(str(v) for v in spec.values() if v)
+        if model is None or model.lower() in names.lower() or model == folder.name:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    for record in (base / "specs").glob("*.json") if (base / "specs").is_dir() else []:
+        try:
+            names = " ".join(str(v) for v in json.loads(record.read_text(encoding="utf-8")).get("spec", []) if v)
+        except (OSError, ValueError):
+            names = ""
+        if model is None or model.lower() in names.lower():
+            record.unlink(missing_ok=True)
+    return removed

@@ -297,14 +297,18 @@ def test_relabelling_a_store_with_cached_labels_loads_no_model(tiny_model, folde
                      "--cache-dir", cache)  # loads the model, encodes and caches the labels
     probe = ("import sys, json\nfrom clipcli.cli import main\nsys.argv = ['clip', *sys.argv[1:]]\n"
              "try:\n    main()\nexcept SystemExit as exit:\n    code = exit.code\n"
-             "print(json.dumps(sorted(m for m in ('open_clip', 'torchvision') if m in sys.modules)), file=sys.stderr)\n"
+             "print(json.dumps(sorted(m for m in ('open_clip', 'torch', 'torchvision') if m in sys.modules)), "
+             "file=sys.stderr)\n"
              "sys.exit(code)\n")
     cached = subprocess.run([sys.executable, "-c", probe, "classify", "--store", str(store), "-l", LABELS, "-f",
                              "json", "-k", "0", "--cache-dir", str(cache)], capture_output=True, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
     assert cached.returncode == 1  # the stored unreadable file is reported as before
-    assert json.loads(cached.stderr.strip().splitlines()[-1]) == []  # neither open_clip nor torchvision imported
-    assert json.loads(cached.stdout) == json.loads(with_model.stdout)
+    assert json.loads(cached.stderr.strip().splitlines()[-1]) == []  # neither torch nor open_clip imported
+    with_model_doc = json.loads(with_model.stdout)
+    assert with_model_doc.pop("model")["backend"] == "onnx"
+    assert json.loads(cached.stdout) == {**with_model_doc, "model": json.loads(cached.stdout)["model"]}
+    assert json.loads(cached.stdout)["model"]["backend"] is None  # no model was loaded
     # a label that is not cached yet: the model is loaded after all, and the result is the same as with -m
     more = LABELS + ",purple ring"
     fresh = cli("classify", "--store", store, "-l", more, "-f", "json", "--cache-dir", cache)

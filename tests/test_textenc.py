@@ -11,7 +11,8 @@ from clipcli.textenc import FULL, TRIMMED, encode_texts, text_path
 PROMPTS = ["a photo of a cat.", "a bad photo of the shanghai dumpling with a long tail of words in it.",
            "小笼包", "x", "a photo of a {}, a type of pet.".format("great pyrenees"), "itap of my wonton."]
 
-EXPECTED_PATH = {"clip": TRIMMED, "custom": TRIMMED, "siglip": FULL, "nocausal": FULL}
+EXPECTED_PATH = {"clip": TRIMMED, "custom": TRIMMED, "siglip": FULL, "nocausal": FULL, "quickgelu": TRIMMED,
+                 "resnet": TRIMMED, "convnext": TRIMMED}
 
 
 @pytest.mark.parametrize("family", sorted(tiny_models.FAMILIES))

@@ -22,6 +22,15 @@ FAMILIES = {
     "nocausal": {"embed_dim": 32, "vision_cfg": VISION, "text_cfg": {**TEXT, "no_causal_mask": True}},
     # CustomTextCLIP with open_clip's own causal text transformer
     "custom": {"embed_dim": 32, "vision_cfg": VISION, "custom_text": True, "text_cfg": TEXT},
+    # OpenAI's activation (the `openai` tags switch it on)
+    "quickgelu": {"embed_dim": 32, "quick_gelu": True, "vision_cfg": VISION, "text_cfg": TEXT},
+    # RN50-style ModifiedResNet image tower (attention pooling)
+    "resnet": {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 16},
+               "text_cfg": TEXT},
+    # a timm ConvNeXt image tower (built from timm's code, random weights)
+    "convnext": {"embed_dim": 32, "vision_cfg": {"timm_model_name": "convnext_atto", "timm_model_pretrained": False,
+                                                 "timm_pool": "", "timm_proj": "linear", "image_size": 32},
+                 "text_cfg": TEXT},
 }
 
 

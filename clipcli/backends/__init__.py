@@ -79,6 +79,11 @@ def load_backend_model(model: str, pretrained: str | None = None, device: str = 
         if found is not None and found.directory is not None:
             return OnnxModel(found.directory, spec, torch_args)
         if found is not None and found.failed:
+            if backend == "onnx":
+                from .export import ExportError
+
+                raise ExportError(f"{spec.display_name} cannot run on ONNX Runtime ({found.failed}); use --backend "
+                                  "torch (`clip cache clear` forgets the failure and tries again)")
             log.info("%s runs on torch: its ONNX export failed before (%s)", spec.display_name, found.failed)
             use_onnx = False
     loaded = load_model(model, pretrained, device=device, precision=precision, weights_dir=weights_dir)

@@ -93,27 +93,24 @@ class _TextTower(torch.nn.Module):
     def forward(self, tokens):
         from ..textenc import _encode_trimmed
 
+        if self.parts is None:  # not a classic causal tower: open_clip's own full-context encoding
+            return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
         return F.normalize(_encode_trimmed(self.parts, tokens, tokens.shape[1]).float(), dim=-1)
 
 
-def _text_support(loaded) -> tuple[object | None, str]:
-    """(the causal tower's parts, "") when the text tower can run on ONNX with clipcli's tokenizer,
-    else (None, why not)."""
-    from ..textenc import _text_parts
+def _tokenizer_support(loaded) -> str:
+    """"" when clipcli's torch-free tokenizer gives the model's own tokens, else why not."""
     from ..tokenizer import ClipTokenizer
 
-    parts = _text_parts(loaded.model)
-    if parts is None:
-        return None, "text tower is not a classic causal CLIP tower"
     tokenizer = loaded.tokenizer
     context = getattr(tokenizer, "context_length", None)
     if type(tokenizer).__name__ != "SimpleTokenizer" or not context:
-        return None, f"tokenizer {type(tokenizer).__name__} has no torch-free twin"
+        return f"tokenizer {type(tokenizer).__name__} has no torch-free twin"
     try:
         same = np.array_equal(ClipTokenizer(context)(PROBE_TEXTS), tokenizer(PROBE_TEXTS).numpy())
     except Exception as exc:  # noqa: BLE001  (any mismatch in set-up means: keep the torch tokenizer)
-        return None, f"tokenizer check failed ({exc})"
-    return (parts, "") if same else (None, "tokenizer settings differ from CLIP's defaults")
+        return f"tokenizer check failed ({exc})"
+    return "" if same else "tokenizer settings differ from CLIP's defaults"
 
 
 def _check(name: str, got: np.ndarray, want: np.ndarray) -> None:
@@ -144,12 +141,18 @@ def _export_image(loaded, path: Path) -> None:
         _check("image", session.run(None, {"pixels": pixels.numpy()})[0], want)
 
 
-def _export_text(loaded, parts, path: Path) -> None:
+def _ends(tokens, parts):
     from ..textenc import _end_positions
 
+    if parts is None:
+        return torch.full((tokens.shape[0],), tokens.shape[1] - 1)
+    return _end_positions(tokens, parts)
+
+
+def _export_text(loaded, parts, path: Path) -> None:
     tower = _TextTower(loaded.model, parts).eval()
     tokens = loaded.tokenizer(PROBE_TEXTS[:2])
-    length = int(_end_positions(tokens, parts).max()) + 1
+    length = int(_ends(tokens, parts).max()) + 1
     with torch.inference_mode(False), torch.no_grad(), _shape_free_attention(loaded.model):
         torch.onnx.export(tower, (tokens[:, :length],), str(path), input_names=["tokens"], output_names=["features"],
                           dynamic_axes={"tokens": {0: "batch", 1: "length"}, "features": {0: "batch"}},
@@ -157,7 +160,7 @@ def _export_text(loaded, parts, path: Path) -> None:
     session = _session(path)
     want = loaded.encode_texts(PROBE_TEXTS)
     tokens = loaded.tokenizer(PROBE_TEXTS)
-    ends = _end_positions(tokens, parts)
+    ends = _ends(tokens, parts)
     for rows in ([0], [1, 2], [0, 1, 2, 3, 4]):
         length = int(ends[rows].max()) + 1
         _check("text", session.run(None, {"tokens": tokens[rows, :length].numpy()})[0], want[rows])
@@ -183,6 +186,14 @@ def preprocess_config(loaded) -> dict:
 
 def export_model(loaded, root: Path) -> Path:
     """Export both towers into root/<identity key>/ (atomically); returns that folder."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes are not the user's concern
+        return _export_model(loaded, root)
+
+
+def _export_model(loaded, root: Path) -> Path:
     from .. import __version__
 
     if loaded.precision != "fp32" or loaded.device.type != "cpu":
@@ -197,11 +208,16 @@ def export_model(loaded, root: Path) -> Path:
                  "embed_dim": loaded.embed_dim, "logit_scale": loaded.logit_scale, "logit_bias": loaded.logit_bias,
                  "opset": OPSET, "clipcli": __version__, "torch": torch.__version__}
         _export_image(loaded, work / "image.onnx")
-        parts, why = _text_support(loaded)
-        if parts is not None:
+        from ..textenc import _text_parts
+
+        why = _tokenizer_support(loaded)
+        if not why:
+            parts = _text_parts(loaded.model)
             _export_text(loaded, parts, work / "text.onnx")
-            facts["text"] = {"context_length": loaded.tokenizer.context_length, "pool": parts.pool_type,
-                             "eos_id": parts.eos_id}
+            facts["text"] = {"context_length": loaded.tokenizer.context_length,
+                             "mode": "trimmed" if parts is not None else "full",
+                             "pool": parts.pool_type if parts is not None else None,
+                             "eos_id": parts.eos_id if parts is not None else None}
         else:
             facts["text"] = None
             facts["text_reason"] = why

@@ -172,7 +172,9 @@ class OnnxModel:
             self._text = _session(self.directory / "text.onnx", self._threads)
         text = self.facts["text"]
         tokens = self.tokenizer(list(texts))
-        if text["pool"] == "argmax":
+        if text.get("mode") == "full":  # a tower that is not classic CLIP runs at its full context, as in torch
+            ends = np.full(len(texts), tokens.shape[1] - 1)
+        elif text["pool"] == "argmax":
             ends = tokens.argmax(axis=1)
         else:
             ends = (tokens == text["eos_id"]).argmax(axis=1)

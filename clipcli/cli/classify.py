@@ -114,9 +114,9 @@ def classify(
                 with output.progress_bar("encoding labels", show_progress) as progress:
                     classifier = prepare_classifier(loaded, label_list, template_set, cache_dir, not no_cache,
                                                     progress)
-            described = loaded.describe()
+            described = {**loaded.describe(), "backend": loaded.backend}
         else:
-            described = {"name": reader.model.name, "pretrained": reader.model.pretrained}
+            described = {"name": reader.model.name, "pretrained": reader.model.pretrained, "backend": None}
         classifier.check_score(score)
 
         header = {"model": described,

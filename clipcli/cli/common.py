@@ -28,14 +28,31 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         output.warning(str(message))
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record comes (a test runner swaps it between commands)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_reporting(verbose: bool = False) -> None:
     """Our warnings as one line on stderr; third-party logging and warnings only with --verbose."""
     warnings.showwarning = _show_warning
     warnings.simplefilter("always", ClipCliWarning)
     warnings.simplefilter("always", CacheWarning)
     root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(handler)
     if verbose:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
     else:
         root.addHandler(logging.NullHandler())  # keeps open_clip's log lines off the terminal
         logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # it has a handler of its own

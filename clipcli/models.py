@@ -292,6 +292,24 @@ def _hub_offline(enabled: bool) -> Iterator[None]:
         constants.HF_HUB_OFFLINE = saved
 
 
+@contextmanager
+def _no_random_init() -> Iterator[None]:
+    """torch.nn.init's functions as no-ops while the model is built: open_clip then loads the whole checkpoint
+    with strict=True, which overwrites every parameter, so drawing random weights first is wasted time
+    (see bench/RESULTS.md).  Only used when a full checkpoint is loaded."""
+    import torch
+
+    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {name: getattr(torch.nn.init, name) for name in names}
+    for name in names:
+        setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(torch.nn.init, name, function)
+
+
 def _plan_download(spec: ModelSpec, tag_cfg: dict, weights_dir: str | None) -> bool:
     """True to load offline (weights cached); raises ModelLoadError when they are neither cached nor reachable."""
     from huggingface_hub import constants
@@ -333,7 +351,7 @@ def load_model(model: str, pretrained: str | None = None, device: str = "auto", 
     offline = _plan_download(spec, tag_cfg, weights_dir)
 
     try:
-        with _hub_offline(offline):
+        with _hub_offline(offline), _no_random_init():
             net, preprocess = open_clip.create_model_from_pretrained(
                 spec.name, spec.pretrained, precision=precision, device=torch_device, cache_dir=weights_dir, **kwargs)
             tokenizer = open_clip.get_tokenizer(spec.name, cache_dir=weights_dir)

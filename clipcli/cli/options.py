@@ -43,7 +43,8 @@ BackendOpt = Annotated[Optional[str], typer.Option(
 BatchOpt = Annotated[int, typer.Option(
     "--batch-size", "-b", rich_help_panel=PERF, min=1, help="Images per model call.")]
 WorkersOpt = Annotated[Optional[int], typer.Option(
-    "--workers", "-j", rich_help_panel=PERF, min=0, help="Decoding processes (0: decode in the main process). Default: cores - 1.",
+    "--workers", "-j", rich_help_panel=PERF, min=0, help="Decoding workers: threads on ONNX Runtime, processes on torch (0: decode in the main "
+    "thread). Default: cores - 1.",
     show_default=False)]
 CacheDirOpt = Annotated[Optional[Path], typer.Option(
     "--cache-dir", rich_help_panel=LABELS, help=f"Embedding cache folder. Default: ${config.ENV_CACHE_DIR} or the user cache dir.",

@@ -44,8 +44,8 @@ def vit_b32_dir() -> Path:
 
 def sample_photos():
     """The real photos that scikit-image and scikit-learn ship."""
-    from PIL import Image
     import skimage.data
+    from PIL import Image
     from sklearn.datasets import load_sample_images
 
     photos = [Image.fromarray(getattr(skimage.data, name)()).convert("RGB")

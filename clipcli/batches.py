@@ -27,6 +27,9 @@ class RunOptions:
     score: str = "softmax"
     max_megapixels: float | None = config.DEFAULT_MAX_MEGAPIXELS
     reduced_decode: bool = False  # JPEG draft decoding down to the model's input size (see bench/RESULTS.md)
+    engine: str = "local"  # "local" or "ray" (see engines)
+    ray_address: str | None = None  # None: a local Ray with this machine's cores; "auto": a running cluster
+    gpus_per_worker: float = 0.0  # Ray: GPUs per encoder actor (with --engine ray, `workers` counts actors)
 
 
 @dataclass(frozen=True)

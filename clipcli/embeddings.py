@@ -21,8 +21,16 @@ from .scoring import as_array
 
 if TYPE_CHECKING:  # either backend's model: models.LoadedModel (torch) or backends.onnx.OnnxModel
     from .models import LoadedModel
-from .store import (DEFAULT_SHARD_ROWS, ImageStore, StoreModel, StoreWriter, file_state, model_key, open_for_writing,
-                    resolve)
+from .store import (
+    DEFAULT_SHARD_ROWS,
+    ImageStore,
+    StoreModel,
+    StoreWriter,
+    file_state,
+    model_key,
+    open_for_writing,
+    resolve,
+)
 
 Progress = Callable[[int, int], None]
 Batches = Iterator[tuple[list[BatchItem], "np.ndarray | None"]]
@@ -37,6 +45,12 @@ def encode_batches(loaded, paths: Sequence[str], options: RunOptions = RunOption
                    progress: Progress | None = None) -> Batches:
     """(items, L2-normalised float32 features of the decoded items) per batch, in input order."""
     decode = DecodeOptions(options.max_megapixels, loaded.image_size if options.reduced_decode else None)
+    if options.engine == "ray":
+        from .engines.ray import RaySettings, ray_batches
+
+        settings = RaySettings(options.ray_address, options.workers, options.gpus_per_worker)
+        yield from ray_batches(loaded, paths, options.batch_size, decode, settings, progress)
+        return
     done = 0
     for batch in loaded.image_batches(paths, options.batch_size, options.workers, decode):
         features = None if batch.pixels is None else encode_pixels(loaded, batch.pixels)

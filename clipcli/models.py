@@ -80,6 +80,7 @@ class LoadedModel:
     device: Any
     precision: str
     identity: dict = field(default_factory=dict)
+    load_args: dict = field(default_factory=dict)  # how to load this model again elsewhere (a Ray worker)
 
     @property
     def cast_dtype(self):
@@ -120,10 +121,12 @@ class LoadedModel:
         return iter_batches(paths, self.preprocess, batch_size, workers, decode, pin_memory=self.device.type == "cuda")
 
     def encode_pixels(self, pixels):
-        """L2-normalised float32 torch features of a batch of preprocessed pixels."""
+        """L2-normalised float32 torch features of a batch of preprocessed pixels (torch or numpy)."""
+        import torch
+
         from .pipeline import encode_images
 
-        return encode_images(self.model, pixels, self.device, self.cast_dtype)
+        return encode_images(self.model, torch.as_tensor(pixels), self.device, self.cast_dtype)
 
     @property
     def embed_dim(self) -> int:
@@ -370,7 +373,10 @@ def load_model(model: str, pretrained: str | None = None, device: str = "auto", 
         identity["weights"] = _hf_weights_fingerprint(spec, weights_dir)
     identity["context_length"] = getattr(tokenizer, "context_length", None)
     identity["tokenizer"] = type(tokenizer).__name__
-    return LoadedModel(net, preprocess, tokenizer, spec, torch_device, precision, identity)
+    loaded = LoadedModel(net, preprocess, tokenizer, spec, torch_device, precision, identity)
+    loaded.load_args = {"model": model, "pretrained": pretrained, "device": device, "precision": precision,
+                        "weights_dir": weights_dir, "backend": "torch"}
+    return loaded
 
 
 def _hf_weights_fingerprint(spec: ModelSpec, weights_dir: str | None) -> str | None:

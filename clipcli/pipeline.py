@@ -13,8 +13,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from .batches import (BatchItem, DecodeOptions, ImageBatch, RunOptions, decode_one,  # noqa: F401 (re-exported)
-                      default_workers, make_batch)
+from .batches import BatchItem, DecodeOptions, ImageBatch, RunOptions, decode_one, default_workers, make_batch  # noqa: F401 (re-exported)
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):

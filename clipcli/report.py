@@ -28,6 +28,17 @@ table.heatmap th.col { writing-mode: vertical-rl; transform: rotate(180deg); }
 """
 
 
+
+def page_start(title: str, header: dict, style: str = "") -> str:
+    """The opening every report page shares: head, style, title and the list of facts."""
+    meta = "".join(f"<li><b>{html.escape(str(k))}:</b> {html.escape(str(v))}</li>" for k, v in header.items())
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{STYLE}{style}</style></head>
+<body>
+<h1>{html.escape(title)}</h1>
+<ul>{meta}</ul>
+"""
+
 def _thumbnail(path: str, size: int = 180) -> str:
     """A JPEG data URI, or "" when the image cannot be read."""
     from .errors import ImageReadError
@@ -74,13 +85,7 @@ def render_report(title: str, header: dict, results: Sequence[dict], class_names
         f'<br><b>predicted:</b> {html.escape(m["predicted"])} ({m["confidence"]:.0%})</div>'
         f'<div title="{html.escape(m["path"])}">{html.escape(m["path"].rsplit("/", 1)[-1])}</div></div>'
         for m in best["mistakes"])
-    meta = "".join(f"<li><b>{html.escape(str(k))}:</b> {html.escape(str(v))}</li>" for k, v in header.items())
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{STYLE}</style></head>
-<body>
-<h1>{html.escape(title)}</h1>
-<ul>{meta}</ul>
-<h2>Summary</h2>
+    return page_start(title, header) + f"""<h2>Summary</h2>
 <table id="summary"><tr><th class="name">templates</th><th>acc1</th><th>acc5</th><th>mean per-class recall</th>
 <th>images</th></tr>{summary}</table>
 <h2>Confusion matrix ({html.escape(best["templates"])})</h2>
@@ -122,14 +127,7 @@ def render_sort_preview(title: str, header: dict, operations: Sequence[dict]) ->
                         f'{" (unsure)" if not sure else ""}: {len(ops)}</h2><div class="cards">{cards}</div></section>')
     failed = [op for op in operations if op.get("operation") == "error"]
     errors = "".join(f"<li>{html.escape(op['source'])}: {html.escape(op['note'])}</li>" for op in failed)
-    meta = "".join(f"<li><b>{html.escape(str(k))}:</b> {html.escape(str(v))}</li>" for k, v in header.items())
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>{STYLE}{PREVIEW_STYLE}</style></head>
-<body>
-<h1>{html.escape(title)}</h1>
-<ul>{meta}</ul>
-{"".join(sections) or "<p>nothing to sort</p>"}
+    return page_start(title, header, PREVIEW_STYLE) + f"""{"".join(sections) or "<p>nothing to sort</p>"}
 {f"<h2>Not sorted</h2><ul id='errors'>{errors}</ul>" if errors else ""}
 </body></html>
 """
@@ -192,13 +190,7 @@ def render_curve(title: str, header: dict, rows: Sequence[dict], width: int = 64
             row = zero if k == 0 else by_key.get((method, k))
             cells += f"<td>{'' if row is None else percent(row['mean'])}</td>"
         body += f'<tr><td class="name">{html.escape(method)}</td>{cells}</tr>'
-    meta = "".join(f"<li><b>{html.escape(str(k))}:</b> {html.escape(str(v))}</li>" for k, v in header.items())
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{STYLE}</style></head>
-<body>
-<h1>{html.escape(title)}</h1>
-<ul>{meta}</ul>
-{"".join(parts)}
+    return page_start(title, header) + f"""{"".join(parts)}
 <table id="curve-table"><tr><th class="name">method</th>{head}</tr>{body}</table>
 </body></html>
 """

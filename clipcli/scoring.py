@@ -117,7 +117,7 @@ def cached_classifier(scoring: dict, labels, templates, root) -> ZeroShotClassif
     """A classifier from the class-embedding cache alone, with no model loaded: for scoring stored image
     embeddings (a store records the scale, bias and text-cache key of its model).  None unless every label
     is cached."""
-    from .cache import EmbeddingCache, PACK_MIN_LABELS
+    from .cache import PACK_MIN_LABELS, EmbeddingCache
 
     if not scoring.get("text_cache_key"):
         return None

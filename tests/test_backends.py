@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import open_clip
 import pytest
+import tiny_models
 import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import tiny_models
-from clipcli.backends import load_backend_model
 from clipcli.backends import export as export_module
+from clipcli.backends import load_backend_model
 from clipcli.backends.onnx import OnnxModel, exports_root
 from clipcli.cli import app
 from clipcli.models import LoadedModel

@@ -6,10 +6,10 @@ import warnings
 
 import numpy as np
 import pytest
+import tiny_models
 import torch
 from typer.testing import CliRunner
 
-import tiny_models
 from clipcli.cache import EmbeddingCache, decode_entry, encode_entry
 from clipcli.classifier import build_class_embeddings, open_cache
 from clipcli.cli import app

@@ -7,10 +7,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from test_e2e import REPO, clip
 
 from clipcli.demo import shapes
 from clipcli.models import load_model
-from test_e2e import REPO, clip
 
 sys.path.insert(0, str(REPO / "tools"))
 from draw_shapes import draw_dataset  # noqa: E402

@@ -5,9 +5,9 @@ import shutil
 import subprocess
 
 import pytest
+import tiny_models
 from typer.testing import CliRunner
 
-import tiny_models
 from clipcli.cli import app
 from clipcli.demo import shapes
 from clipcli.evaluate import compute_metrics, load_dataset

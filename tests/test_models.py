@@ -5,10 +5,10 @@ import time
 
 import huggingface_hub.constants as hub_constants
 import pytest
+import tiny_models
 from typer.testing import CliRunner
 
 import clipcli.models as models
-import tiny_models
 from clipcli.cli import app
 from clipcli.errors import ModelLoadError
 from clipcli.models import load_model, parse_model_spec

@@ -8,8 +8,8 @@ import warnings
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clipcli.results import CsvWriter, JsonLinesWriter, JsonWriter, error_record, prediction_record, read_csv_records
 from clipcli.labels import parse_labels
+from clipcli.results import CsvWriter, JsonLinesWriter, JsonWriter, error_record, prediction_record, read_csv_records
 from clipcli.templates import render_template
 
 # Any Unicode text except surrogates (not valid in UTF-8 files) and NUL (csv cannot carry it).

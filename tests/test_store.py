@@ -77,8 +77,8 @@ def test_embed_writes_documented_schema_read_with_pyarrow_alone(tiny_model, fold
 
 
 def test_stored_embeddings_equal_open_clip_encode_image(tiny_model, tiny_model_dir, folder, tmp_path):
-    import torch
     import open_clip
+    import torch
 
     store = tmp_path / "store"
     cli("embed", folder / "img_0000.png", "--store", store, "--model", tiny_model, "--dtype", "float32")

@@ -2,10 +2,10 @@
 
 import open_clip
 import pytest
+import tiny_models
 import torch
 import torch.nn.functional as F
 
-import tiny_models
 from clipcli.textenc import FULL, TRIMMED, encode_texts, text_path
 
 PROMPTS = ["a photo of a cat.", "a bad photo of the shanghai dumpling with a long tail of words in it.",

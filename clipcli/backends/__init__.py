@@ -66,12 +66,22 @@ def load_backend_model(model: str, pretrained: str | None = None, device: str = 
                        weights_dir: str | None = None, backend: str = "auto", cache_root: Path | None = None):
     """The model on the chosen backend (see the module doc)."""
     from .. import config
-    from ..models import load_model, parse_model_spec
+    from ..models import parse_model_spec
 
     spec = parse_model_spec(model, pretrained)
     use_onnx = wants_onnx(backend, device, precision)
     root = config.cache_dir(cache_root)
     torch_args = {"model": model, "pretrained": pretrained, "weights_dir": weights_dir}
+    load_args = {"model": model, "pretrained": pretrained, "device": device, "precision": precision,
+                 "weights_dir": weights_dir, "backend": backend, "cache_root": str(root)}
+    chosen = _load(spec, use_onnx, root, torch_args, model, pretrained, device, precision, weights_dir, backend)
+    chosen.load_args = load_args
+    return chosen
+
+
+def _load(spec, use_onnx, root, torch_args, model, pretrained, device, precision, weights_dir, backend):
+    from ..models import load_model
+
     if use_onnx:
         from .onnx import OnnxModel, find_export
 

@@ -10,8 +10,8 @@ from typing_extensions import Annotated
 
 from .. import config
 from . import output
-from .options import CacheDirOpt
 from .common import handles_errors
+from .options import CacheDirOpt
 
 app = typer.Typer(help="Inspect or clear the cache: class embeddings and ONNX exports of models.", no_args_is_help=True)
 

@@ -11,11 +11,46 @@ from typing_extensions import Annotated
 from .. import config
 from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors, setup_reporting
-from .options import (BackendOpt, LABELS, OUTPUT, BatchOpt, CacheDirOpt, DeviceOpt, FilesFromOpt, LabelsFileOpt, LabelsOpt,
-                      MaxMegapixelsOpt, ModelOpt, NoCacheOpt, OutputOpt, PrecisionOpt, PretrainedOpt, QuietOpt,
-                      RecursiveOpt, ReducedDecodeOpt, StoreOpt, TemplatesOpt, VerboseOpt, WeightsDirOpt, WorkersOpt,
-                      HeadOpt, check_choice, check_format, check_head, check_outputs, gather_inputs,
-                      load_model_from_options, open_sink, read_head, read_labels)
+from .options import (
+    LABELS,
+    OUTPUT,
+    BackendOpt,
+    BatchOpt,
+    CacheDirOpt,
+    DeviceOpt,
+    EngineOpt,
+    FilesFromOpt,
+    GpusPerWorkerOpt,
+    HeadOpt,
+    LabelsFileOpt,
+    LabelsOpt,
+    MaxMegapixelsOpt,
+    ModelOpt,
+    NoCacheOpt,
+    OutputOpt,
+    PrecisionOpt,
+    PretrainedOpt,
+    QuietOpt,
+    RayAddressOpt,
+    RecursiveOpt,
+    ReducedDecodeOpt,
+    StoreOpt,
+    TemplatesOpt,
+    VerboseOpt,
+    WeightsDirOpt,
+    WorkersOpt,
+    check_choice,
+    check_format,
+    check_head,
+    check_outputs,
+    engine_options,
+    gather_inputs,
+    load_model_from_options,
+    open_sink,
+    read_head,
+    read_labels,
+    scorer_for,
+)
 
 
 def make_record_writer(fmt: str, stream, header: dict):
@@ -55,6 +90,9 @@ def classify(
     workers: WorkersOpt = None,
     max_megapixels: MaxMegapixelsOpt = config.DEFAULT_MAX_MEGAPIXELS,
     reduced_decode: ReducedDecodeOpt = False,
+    engine: EngineOpt = None,
+    ray_address: RayAddressOpt = None,
+    gpus_per_worker: GpusPerWorkerOpt = 0.0,
     cache_dir: CacheDirOpt = None,
     no_cache: NoCacheOpt = False,
     weights_dir: WeightsDirOpt = None,
@@ -71,12 +109,13 @@ def classify(
     paths = [] if whole_store else gather_inputs(inputs, files_from, recursive)
     check_outputs(files={"--output": output_path}, folders={"--store": store})
 
-    from ..api import RunOptions, classify_paths, classify_store, prepare_classifier
+    from ..api import RunOptions, classify_paths, classify_store
     from ..templates import load_template_set
 
     template_set = load_template_set(templates or config.default_templates())
     options = RunOptions(batch_size=batch_size, workers=workers, top_k=top_k, score=score,
-                         max_megapixels=max_megapixels, reduced_decode=reduced_decode)
+                         max_megapixels=max_megapixels, reduced_decode=reduced_decode,
+                         **engine_options(engine, ray_address, gpus_per_worker))
     show_progress = output.progress_enabled(quiet)
     with ExitStack() as stack:
         reader = writer = classifier = None
@@ -105,15 +144,8 @@ def classify(
                 from ..embeddings import open_store_writer
 
                 writer = stack.enter_context(open_store_writer(store, loaded))
-            if head_model is not None:
-                from ..embeddings import store_model
-
-                check_head(head_model, head, store_model(loaded).key, loaded.spec.display_name)
-                classifier = head_model
-            else:
-                with output.progress_bar("encoding labels", show_progress) as progress:
-                    classifier = prepare_classifier(loaded, label_list, template_set, cache_dir, not no_cache,
-                                                    progress)
+            classifier = scorer_for(loaded, head_model, head, label_list, template_set, cache_dir, no_cache,
+                                    show_progress)
             described = {**loaded.describe(), "backend": loaded.backend}
         else:
             described = {"name": reader.model.name, "pretrained": reader.model.pretrained, "backend": None}

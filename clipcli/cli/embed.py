@@ -12,9 +12,31 @@ from .. import config
 from . import output
 from .classify import store_summary
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors, setup_reporting
-from .options import (BackendOpt, STORE, BatchOpt, DeviceOpt, FilesFromOpt, MaxMegapixelsOpt, ModelOpt, PrecisionOpt,
-                      PretrainedOpt, QuietOpt, RecursiveOpt, ReducedDecodeOpt, VerboseOpt, WeightsDirOpt, WorkersOpt,
-                      check_choice, check_outputs, gather_inputs, load_model_from_options)
+from .options import (
+    STORE,
+    BackendOpt,
+    BatchOpt,
+    DeviceOpt,
+    EngineOpt,
+    FilesFromOpt,
+    GpusPerWorkerOpt,
+    MaxMegapixelsOpt,
+    ModelOpt,
+    PrecisionOpt,
+    PretrainedOpt,
+    QuietOpt,
+    RayAddressOpt,
+    RecursiveOpt,
+    ReducedDecodeOpt,
+    VerboseOpt,
+    WeightsDirOpt,
+    WorkersOpt,
+    check_choice,
+    check_outputs,
+    engine_options,
+    gather_inputs,
+    load_model_from_options,
+)
 
 
 @handles_errors
@@ -42,6 +64,9 @@ def embed(
     workers: WorkersOpt = None,
     max_megapixels: MaxMegapixelsOpt = config.DEFAULT_MAX_MEGAPIXELS,
     reduced_decode: ReducedDecodeOpt = False,
+    engine: EngineOpt = None,
+    ray_address: RayAddressOpt = None,
+    gpus_per_worker: GpusPerWorkerOpt = 0.0,
     weights_dir: WeightsDirOpt = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -56,9 +81,10 @@ def embed(
     from ..embeddings import SyncReport, open_store_writer, prune_store, sync_store
     from ..pipeline import RunOptions
 
-    loaded = load_model_from_options(model, pretrained, device, precision, weights_dir, store, backend, None)
     options = RunOptions(batch_size=batch_size, workers=workers, max_megapixels=max_megapixels,
-                         reduced_decode=reduced_decode)
+                         reduced_decode=reduced_decode,
+                         **engine_options(engine, ray_address, gpus_per_worker))
+    loaded = load_model_from_options(model, pretrained, device, precision, weights_dir, store, backend, None)
     report = SyncReport()
     with open_store_writer(store, loaded, dtype, shard_size) as writer:
         if paths:

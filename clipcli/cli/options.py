@@ -40,6 +40,15 @@ PrecisionOpt = Annotated[str, typer.Option(
 BackendOpt = Annotated[Optional[str], typer.Option(
     "--backend", rich_help_panel=MODEL, help="auto (ONNX Runtime on the CPU once the model is exported, else torch), "
     "torch or onnx. Default: $CLIPCLI_BACKEND or auto.", show_default=False)]
+EngineOpt = Annotated[Optional[str], typer.Option(
+    "--engine", rich_help_panel=PERF, help="local, or ray (decode and encode on a Ray cluster; pip install "
+    "'clipcli[ray]'). Default: $CLIPCLI_ENGINE or local.", show_default=False)]
+RayAddressOpt = Annotated[Optional[str], typer.Option(
+    "--ray-address", rich_help_panel=PERF, help="With --engine ray: a cluster address, or 'auto' to join the running "
+    "one. Default: start a local Ray with this machine's cores.", show_default=False)]
+GpusPerWorkerOpt = Annotated[float, typer.Option(
+    "--gpus-per-worker", rich_help_panel=PERF, min=0.0, help="With --engine ray: GPUs per encoder actor "
+    "(--workers sets the number of actors).")]
 BatchOpt = Annotated[int, typer.Option(
     "--batch-size", "-b", rich_help_panel=PERF, min=1, help="Images per model call.")]
 WorkersOpt = Annotated[Optional[int], typer.Option(
@@ -173,3 +182,34 @@ def open_sink(stack: ExitStack, output_path: Path | None):
     return stack.enter_context(atomic_output(output_path))
 
 
+
+
+def engine_options(engine: str | None, ray_address: str | None, gpus_per_worker: float) -> dict:
+    """RunOptions fields for the engine options (checked)."""
+    from ..engines import ENGINES, default_engine
+
+    engine = engine or default_engine()
+    check_choice("--engine", engine, ENGINES)
+    if engine == "ray":
+        from ..engines.ray import require_ray
+
+        require_ray()
+    elif ray_address or gpus_per_worker:
+        raise UsageError("--ray-address and --gpus-per-worker go with --engine ray")
+    return {"engine": engine, "ray_address": ray_address, "gpus_per_worker": gpus_per_worker}
+
+
+def scorer_for(loaded, head_model, head: Path | None, label_list, template_set, cache_dir, no_cache: bool,
+               show_progress: bool):
+    """The run's scorer: the few-shot head (checked against the model), or the zero-shot classifier of the labels."""
+    from . import output
+
+    if head_model is not None:
+        from ..embeddings import store_model
+
+        check_head(head_model, head, store_model(loaded).key, loaded.spec.display_name)
+        return head_model
+    from ..api import prepare_classifier
+
+    with output.progress_bar("encoding labels", show_progress) as progress:
+        return prepare_classifier(loaded, label_list, template_set, cache_dir, not no_cache, progress)

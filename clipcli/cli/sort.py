@@ -13,11 +13,37 @@ from typing_extensions import Annotated
 from .. import config
 from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors, setup_reporting
-from .options import (BackendOpt, INPUTS, LABELS, OUTPUT, BatchOpt, CacheDirOpt, DeviceOpt, FilesFromOpt, LabelsFileOpt,
-                      LabelsOpt, MaxMegapixelsOpt, ModelOpt, NoCacheOpt, PrecisionOpt, PretrainedOpt, QuietOpt,
-                      RecursiveOpt, StoreOpt, TemplatesOpt, VerboseOpt, WeightsDirOpt, WorkersOpt, HeadOpt, check_choice,
-                      check_head, check_outputs, gather_inputs, load_model_from_options, open_sink, read_head,
-                      read_labels)
+from .options import (
+    OUTPUT,
+    BackendOpt,
+    BatchOpt,
+    CacheDirOpt,
+    DeviceOpt,
+    FilesFromOpt,
+    HeadOpt,
+    LabelsFileOpt,
+    LabelsOpt,
+    MaxMegapixelsOpt,
+    ModelOpt,
+    NoCacheOpt,
+    PrecisionOpt,
+    PretrainedOpt,
+    QuietOpt,
+    RecursiveOpt,
+    StoreOpt,
+    TemplatesOpt,
+    VerboseOpt,
+    WeightsDirOpt,
+    WorkersOpt,
+    check_choice,
+    check_outputs,
+    gather_inputs,
+    load_model_from_options,
+    open_sink,
+    read_head,
+    read_labels,
+    scorer_for,
+)
 
 SORT = "Sorting"
 PLAN_COLUMNS = ("source", "destination", "label", "score", "operation", "folder", "unsure", "note")
@@ -98,7 +124,7 @@ def sort(
     check_outputs(files={"--output": output_path, "--report": report, "--manifest": manifest},
                   folders={"--store": store, **({} if dry_run else {"--into": into})})
 
-    from ..api import RunOptions, classify_paths, prepare_classifier
+    from ..api import RunOptions, classify_paths
     from ..sorting import Manifest, default_manifest, execute, plan_sort, remove_temporaries
     from ..templates import load_template_set
 
@@ -111,14 +137,7 @@ def sort(
             from ..embeddings import open_store_writer
 
             writer = stack.enter_context(open_store_writer(store, loaded))
-        if head_model is not None:
-            from ..embeddings import store_model
-
-            check_head(head_model, head, store_model(loaded).key, loaded.spec.display_name)
-            classifier = head_model
-        else:
-            with output.progress_bar("encoding labels", show_progress) as progress:
-                classifier = prepare_classifier(loaded, label_list, template_set, cache_dir, not no_cache, progress)
+        classifier = scorer_for(loaded, head_model, head, label_list, template_set, cache_dir, no_cache, show_progress)
         options = RunOptions(batch_size=batch_size, workers=workers, top_k=2, max_megapixels=max_megapixels)
         with output.progress_bar("classifying", show_progress) as progress:
             records = list(classify_paths(loaded, classifier, paths, options, progress, writer))

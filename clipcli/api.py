@@ -22,7 +22,7 @@ from .errors import UsageError
 from .evaluate import Dataset, Metrics, compute_metrics
 from .images import display_path
 from .labels import Label, clean_labels, require_labels
-from .models import LoadedModel, load_model
+from .models import LoadedModel
 from .results import error_record
 from .scoring import ZeroShotClassifier, as_array, classify_store, ranked, score_records  # noqa: F401 (API)
 from .store import StoreWriter
@@ -186,11 +186,12 @@ def few_shot_curve(loaded: LoadedModel, train: Dataset, test: Dataset, templates
 
 def classify(inputs: Sequence[str], labels: Sequence[str | Label], model: str | None = None,
              pretrained: str | None = None, templates: str | None = None, device: str = "auto",
-             options: RunOptions = RunOptions()) -> list[dict]:
-    """Classify files, folders or globs in one call; returns the records."""
+             options: RunOptions = RunOptions(), backend: str = "auto") -> list[dict]:
+    """Classify files, folders or globs in one call; returns the records (backend: auto, torch or onnx)."""
+    from .backends import load_backend_model
     from .images import discover
 
     model = model or config.default_model()
-    loaded = load_model(model, pretrained or config.default_pretrained(model), device=device)
+    loaded = load_backend_model(model, pretrained or config.default_pretrained(model), device=device, backend=backend)
     classifier = prepare_classifier(loaded, labels, templates or config.default_templates())
     return list(classify_paths(loaded, classifier, discover(inputs), options))

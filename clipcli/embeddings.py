@@ -18,19 +18,11 @@ from . import __version__
 from .batches import BatchItem, DecodeOptions, RunOptions
 from .images import display_path
 from .scoring import as_array
+from .store import (DEFAULT_SHARD_ROWS, ImageStore, StoreModel, StoreWriter, file_state, model_key, open_for_writing,
+                    resolve)
 
 if TYPE_CHECKING:  # either backend's model: models.LoadedModel (torch) or backends.onnx.OnnxModel
     from .models import LoadedModel
-from .store import (
-    DEFAULT_SHARD_ROWS,
-    ImageStore,
-    StoreModel,
-    StoreWriter,
-    file_state,
-    model_key,
-    open_for_writing,
-    resolve,
-)
 
 Progress = Callable[[int, int], None]
 Batches = Iterator[tuple[list[BatchItem], "np.ndarray | None"]]

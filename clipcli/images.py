@@ -79,12 +79,17 @@ def read_path_list(source: str) -> list[str]:
 def discover(inputs: Iterable[str], recursive: bool = True) -> list[str]:
     """Expand files, directories and glob patterns into image paths, in the order given.
 
+    `file://` URIs are read as the local paths they name.
     A path named explicitly is kept even if it is missing or has no image
     extension (it is decoded by content, or reported when read).  Each path is
     listed once: the same file named twice is classified once.
     """
     found: list[str] = []
     for item in inputs:
+        if item.startswith("file://"):  # a local file URI names the same file or folder as its path
+            from urllib.parse import unquote, urlparse
+
+            item = unquote(urlparse(item).path)
         if os.path.isdir(item):
             found.extend(walk_images(item, recursive))
         elif not os.path.lexists(item) and GLOB_CHARS & set(item):

@@ -66,6 +66,14 @@ def test_classify_on_ray_equals_local(shapes_dir):
             assert abs(got[p["label"]] - p["score"]) <= 1e-5
 
 
+def test_file_uris_name_the_same_images_on_both_engines(shapes_dir):
+    plain = cli("classify", shapes_dir / "red_circle", "-m", "demo", "-l", LABELS, "-f", "jsonl")
+    for engine in ("local", "ray"):
+        uri = cli("classify", (shapes_dir / "red_circle").as_uri(), "-m", "demo", "-l", LABELS, "-f", "jsonl",
+                  "--engine", engine)
+        assert uri.exit_code == plain.exit_code == 1 and uri.stdout == plain.stdout  # broken.jpg: exit 1 on both
+
+
 def test_embed_on_ray_writes_the_same_store_and_either_engine_extends_it(shapes_dir, tmp_path):
     ray_store, local_store = tmp_path / "ray", tmp_path / "local"
     assert cli("embed", shapes_dir, "--store", ray_store, "-m", "demo", "--engine", "ray", "--dtype", "float32").exit_code == 1

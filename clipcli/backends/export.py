@@ -223,9 +223,17 @@ def _export_model(loaded, root: Path) -> Path:
             facts["text_reason"] = why
         (work / "model.json").write_text(json.dumps(facts, indent=2), encoding="utf-8")
         os.chmod(work, 0o755)
-        if target.exists():
+        if (target / "model.json").is_file():  # another run exported the same model meanwhile: use that one
+            shutil.rmtree(work, ignore_errors=True)
+            return target
+        if target.exists():  # an incomplete folder (a run killed mid-rename on an odd filesystem)
             shutil.rmtree(target, ignore_errors=True)
-        os.replace(work, target)
+        try:
+            os.replace(work, target)
+        except OSError:
+            if not (target / "model.json").is_file():
+                raise
+            shutil.rmtree(work, ignore_errors=True)  # lost the race to a concurrent export: equally good
     except ExportError:
         shutil.rmtree(work, ignore_errors=True)
         raise

@@ -9,8 +9,8 @@ same (items, features) batches as the local engine, so scoring, writing records 
 store are the local code paths unchanged.  Ray retries a task or restarts an actor whose worker
 died; every input index is checked to arrive exactly once.
 
-Inputs are local paths (or file:// URIs) readable from every node: on a cluster, put them on shared
-storage.  Object-storage URIs (s3://, gs://) would be read with pyarrow's filesystems in the decode
+Inputs are local paths (`file://` URIs are read as paths by `images.discover`) readable from every node:
+on a cluster, put them on shared storage.  Object-storage URIs (s3://, gs://) would be read with pyarrow's filesystems in the decode
 task; that is by design but not implemented yet.
 """
 
@@ -94,13 +94,9 @@ def start_ray(settings: RaySettings) -> None:
             os.close(saved)
 
 
-def local_path(path: str) -> str:
-    return path[len("file://"):] if path.startswith("file://") else path
-
-
 def decode_rows(batch: dict, preprocess, options: DecodeOptions, shape: tuple[int, ...]) -> dict:
     """Ray task: decode and preprocess one batch of paths (bad files become error rows)."""
-    rows = [decode_one(local_path(str(path)), preprocess, options) for path in batch["path"]]
+    rows = [decode_one(str(path), preprocess, options) for path in batch["path"]]
     pixels = np.zeros((len(rows), *shape), dtype=np.float32)
     for i, row in enumerate(rows):
         if row[1] is not None:

@@ -23,13 +23,9 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .errors import CacheWarning
 from .fsutil import atomic_write_bytes
-
-if TYPE_CHECKING:  # torch loads only when embeddings are read or written, so `clip cache info` starts fast
-    import torch
 
 MAGIC = b"CLIPEMB1"
 PACK_MIN_LABELS = 64  # from this many labels, a warm run reads one pack file instead of a file per label
@@ -41,17 +37,15 @@ def _digest(texts) -> str:
 
 
 def encode_entry(vector) -> bytes:
-    """numpy array or torch tensor -> the entry's bytes (float32)."""
+    """A float32 numpy vector -> the entry's bytes."""
     import numpy as np
 
-    if not isinstance(vector, np.ndarray):
-        vector = vector.detach().float().cpu().numpy()
     data = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
     return HEADER.pack(MAGIC, vector.size, zlib.crc32(data)) + data
 
 
-def decode_array(blob: bytes):
-    """The vector as float32 numpy, or None when the bytes are not a complete, intact entry (no torch needed)."""
+def decode_entry(blob: bytes):
+    """The vector as float32 numpy, or None when the bytes are not a complete, intact entry."""
     import numpy as np
 
     if len(blob) < HEADER.size:
@@ -61,14 +55,6 @@ def decode_array(blob: bytes):
     if magic != MAGIC or len(data) != dim * 4 or zlib.crc32(data) != crc:
         return None
     return np.frombuffer(data, dtype=np.float32).copy()
-
-
-def decode_entry(blob: bytes) -> torch.Tensor | None:
-    """The vector as a torch tensor, or None when the bytes are not a complete, intact entry."""
-    import torch
-
-    vector = decode_array(blob)
-    return None if vector is None else torch.from_numpy(vector)
 
 
 @dataclass
@@ -90,13 +76,7 @@ class EmbeddingCache:
         # plain strings, not pathlib: a warm run looks up every label, and this is its hot loop
         return os.path.join(self.directory, _digest(texts) + ".emb")
 
-    def get(self, texts: tuple[str, ...]) -> torch.Tensor | None:
-        import torch
-
-        vector = self.get_array(texts)
-        return None if vector is None else torch.from_numpy(vector)
-
-    def get_array(self, texts: tuple[str, ...]):
+    def get(self, texts: tuple[str, ...]):
         """The cached class embedding as float32 numpy, or None."""
         if not self.enabled:
             return None
@@ -109,13 +89,13 @@ class EmbeddingCache:
         except OSError as exc:
             self._disable(f"cannot read {path} ({exc.strerror or exc})")
             return None
-        vector = decode_array(blob)
+        vector = decode_entry(blob)
         if vector is None and not self._warned_corrupt:
             self._warned_corrupt = True
             warnings.warn(f"embedding cache entry {path} was corrupt; rebuilding it", CacheWarning, stacklevel=2)
         return vector
 
-    def put(self, texts: tuple[str, ...], vector: torch.Tensor) -> None:
+    def put(self, texts: tuple[str, ...], vector) -> None:
         if not self.enabled:
             return
         try:
@@ -128,27 +108,21 @@ class EmbeddingCache:
     def _pack_path(self, keys: list[tuple[str, ...]]) -> str:
         return os.path.join(self.directory, "labels-" + _digest([_digest(k) for k in keys]) + ".pack")
 
-    def get_pack(self, keys: list[tuple[str, ...]]) -> torch.Tensor | None:
-        """All class embeddings of one label list from a single file: a warm run with many labels reads one file."""
-        import torch
-
-        matrix = self.get_pack_array(keys)
-        return None if matrix is None else torch.from_numpy(matrix)
-
-    def get_pack_array(self, keys: list[tuple[str, ...]]):
-        """The pack as float32 numpy [labels, dim], or None."""
+    def get_pack(self, keys: list[tuple[str, ...]]):
+        """All class embeddings of one label list from a single file (a warm run with many labels reads one file):
+        float32 numpy [labels, dim], or None."""
         if not self.enabled:
             return None
         try:
             with open(self._pack_path(keys), "rb") as handle:
-                vector = decode_array(handle.read())
+                vector = decode_entry(handle.read())
         except OSError:
             return None
         if vector is None or vector.size % len(keys):
             return None  # damaged: the per-label entries are used, and the pack is written again
         return vector.reshape(len(keys), -1)
 
-    def put_pack(self, keys: list[tuple[str, ...]], matrix: torch.Tensor) -> None:
+    def put_pack(self, keys: list[tuple[str, ...]], matrix) -> None:
         if not self.enabled:
             return
         try:

@@ -17,7 +17,7 @@ from .cache import PACK_MIN_LABELS, EmbeddingCache
 from .errors import ClipCliWarning
 from .labels import Label
 from .models import is_text_truncated
-from .scoring import ZeroShotClassifier
+from .scoring import ZeroShotClassifier, l2_normalize
 from .templates import TemplateSet, render_template
 
 
@@ -37,18 +37,14 @@ def _warn_truncated(loaded, labels: list[Label], templates: TemplateSet) -> None
                       ClipCliWarning, stacklevel=3)
 
 
-def normalize(vectors: np.ndarray) -> np.ndarray:
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
-
-
 def build_class_embeddings(loaded, labels: list[Label], templates: TemplateSet, cache: EmbeddingCache | None = None,
                            progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """[labels, dim] float32 class embeddings; labels found in the cache are not encoded again."""
     keys = [label.texts for label in labels]
-    packed = cache.get_pack_array(keys) if cache and len(labels) >= PACK_MIN_LABELS else None
+    packed = cache.get_pack(keys) if cache and len(labels) >= PACK_MIN_LABELS else None
     if packed is not None:
         return packed
-    found = {i: cache.get_array(key) for i, key in enumerate(keys)} if cache else {}
+    found = {i: cache.get(key) for i, key in enumerate(keys)} if cache else {}
     missing = [i for i in range(len(labels)) if found.get(i) is None]
     if missing:
         _warn_truncated(loaded, [labels[i] for i in missing], templates)
@@ -57,7 +53,7 @@ def build_class_embeddings(loaded, labels: list[Label], templates: TemplateSet, 
         encoded = loaded.encode_texts(flat, progress)
         start = 0
         for i, group in zip(missing, prompts):
-            vector = normalize(encoded[start:start + len(group)].mean(axis=0)).astype(np.float32)
+            vector = l2_normalize(encoded[start:start + len(group)].mean(axis=0)).astype(np.float32)
             start += len(group)
             found[i] = vector
             if cache:

@@ -61,6 +61,18 @@ class DeviceError(ClipCliError):
     exit_code = 3
 
 
+class ExportError(ClipCliError):
+    """A model's towers cannot be exported to ONNX (or their export does not match torch)."""
+
+    exit_code = 3
+
+
+class EngineError(ClipCliError):
+    """The Ray engine cannot run: cluster unreachable, or inputs lost."""
+
+    exit_code = 3
+
+
 class ImageReadError(ClipCliError):
     """One image that cannot be read; in a batch it becomes an error record, not a failure."""
 

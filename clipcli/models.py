@@ -106,7 +106,7 @@ class LoadedModel:
 
     def describe(self) -> dict:
         """The model as result documents name it."""
-        return {"name": self.spec.display_name, "pretrained": self.spec.pretrained}
+        return {"name": self.spec.display_name, "pretrained": self.spec.pretrained, "backend": self.backend}
 
     def encode_texts(self, texts, progress: Callable[[int, int], None] | None = None):
         """L2-normalised float32 numpy [len(texts), dim] (trimmed where exact: see textenc)."""

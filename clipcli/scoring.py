@@ -28,6 +28,12 @@ def as_array(features) -> np.ndarray:
     return features.detach().float().cpu().numpy()
 
 
+def l2_normalize(vectors: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Rows (or one vector) scaled to unit length; all-zero rows stay zero.  `out=vectors` works in place."""
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return np.divide(vectors, norms, out=np.zeros_like(vectors) if out is None else out, where=norms > 0)
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     np.exp(shifted, out=shifted)
@@ -123,9 +129,9 @@ def cached_classifier(scoring: dict, labels, templates, root) -> ZeroShotClassif
         return None
     cache = EmbeddingCache.for_model(root, scoring["text_cache_key"], {}, templates.templates)
     keys = [label.texts for label in labels]
-    embeddings = cache.get_pack_array(keys) if len(labels) >= PACK_MIN_LABELS else None
+    embeddings = cache.get_pack(keys) if len(labels) >= PACK_MIN_LABELS else None
     if embeddings is None:
-        found = [cache.get_array(key) for key in keys]
+        found = [cache.get(key) for key in keys]
         if any(vector is None for vector in found):
             return None
         embeddings = np.stack(found)

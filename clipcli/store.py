@@ -33,6 +33,7 @@ import numpy as np
 
 from .errors import StoreBusyError, StoreError, StoreModelError, UsageError
 from .fsutil import atomic_write_bytes, fsync_dir, temp_beside
+from .scoring import l2_normalize
 
 MANIFEST = "clip-store.json"
 SHARD_DIR = "shards"
@@ -282,8 +283,7 @@ def batch_embeddings(batch, dim: int) -> tuple[list[str], np.ndarray, list[tuple
         for row in np.flatnonzero(~valid):
             vectors[row] = 0.0
             errors.append((int(row), kinds[row] or "unreadable", messages[row] or ""))
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    np.divide(vectors, norms, out=vectors, where=norms > 0)  # float16 storage rounds the norm; undo that
+    l2_normalize(vectors, out=vectors)  # float16 storage rounds the norm; undo that
     return paths, vectors, errors
 
 

@@ -68,38 +68,37 @@ def load_backend_model(model: str, pretrained: str | None = None, device: str = 
     from .. import config
     from ..models import parse_model_spec
 
-    spec = parse_model_spec(model, pretrained)
-    use_onnx = wants_onnx(backend, device, precision)
     root = config.cache_dir(cache_root)
-    torch_args = {"model": model, "pretrained": pretrained, "weights_dir": weights_dir}
-    load_args = {"model": model, "pretrained": pretrained, "device": device, "precision": precision,
-                 "weights_dir": weights_dir, "backend": backend, "cache_root": str(root)}
-    chosen = _load(spec, use_onnx, root, torch_args, model, pretrained, device, precision, weights_dir, backend)
-    chosen.load_args = load_args
+    args = {"model": model, "pretrained": pretrained, "device": device, "precision": precision,
+            "weights_dir": weights_dir, "backend": backend, "cache_root": str(root)}
+    chosen = _load(parse_model_spec(model, pretrained), root, args)
+    chosen.load_args = args  # how a Ray worker loads the same model
     return chosen
 
 
-def _load(spec, use_onnx, root, torch_args, model, pretrained, device, precision, weights_dir, backend):
+def _load(spec, root: Path, args: dict):
+    from ..errors import ExportError
     from ..models import load_model
 
+    backend, weights_dir = args["backend"], args["weights_dir"]
+    use_onnx = wants_onnx(backend, args["device"], args["precision"])
     if use_onnx:
         from .onnx import OnnxModel, find_export
 
         found = find_export(root, spec, weights_dir)
         if found is not None and found.directory is not None:
-            return OnnxModel(found.directory, spec, torch_args)
+            return OnnxModel(found.directory, spec, args)
         if found is not None and found.failed:
             if backend == "onnx":
-                from .export import ExportError
-
                 raise ExportError(f"{spec.display_name} cannot run on ONNX Runtime ({found.failed}); use --backend "
                                   "torch (`clip cache clear` forgets the failure and tries again)")
             log.info("%s runs on torch: its ONNX export failed before (%s)", spec.display_name, found.failed)
             use_onnx = False
-    loaded = load_model(model, pretrained, device=device, precision=precision, weights_dir=weights_dir)
+    loaded = load_model(args["model"], args["pretrained"], device=args["device"], precision=args["precision"],
+                        weights_dir=weights_dir)
     if not use_onnx:
         return loaded
-    from .export import ExportError, export_model
+    from .export import export_model
     from .onnx import OnnxModel, exports_root, remember
 
     try:
@@ -111,6 +110,4 @@ def _load(spec, use_onnx, root, torch_args, model, pretrained, device, precision
             raise
         return loaded
     remember(root, spec, weights_dir, model_files(loaded), loaded.identity_key())
-    onnx_model = OnnxModel(directory, spec, torch_args)
-    onnx_model._torch = loaded  # already loaded: the text fallback (if any) needs no second load
-    return onnx_model
+    return OnnxModel(directory, spec, args, torch_model=loaded)  # the text fallback (if any) needs no second load

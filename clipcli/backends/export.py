@@ -26,16 +26,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ClipCliError
+from ..errors import ExportError
 
 OPSET = 17
 TOLERANCE = 1e-4
 PROBE_TEXTS = ["a photo of a wonton.", "x", "a blurry photo of the big red Shanghai dumpling, steamed, on a plate!",
                "小笼包", "it's a DOG's toy &amp; more"]
-
-
-class ExportError(ClipCliError):
-    exit_code = 3
 
 
 class _SelfAttention(torch.nn.Module):

@@ -100,16 +100,17 @@ class OnnxModel:
     precision = "fp32"
     device = "cpu"
 
-    def __init__(self, directory: Path, spec: ModelSpec, torch_args: dict | None = None,
-                 threads: int | None = None) -> None:
+    def __init__(self, directory: Path, spec: ModelSpec, load_args: dict | None = None, threads: int | None = None,
+                 torch_model=None) -> None:
         self.directory = Path(directory)
         self.facts = json.loads((self.directory / "model.json").read_text(encoding="utf-8"))
         self.spec = spec
         self.identity = self.facts["identity"]
         self.preprocess = ImageTransform.from_config(self.facts["preprocess"])
-        self._torch_args = torch_args or {}
+        self.load_args = load_args or {}
         self._threads = threads
-        self._image = self._text = self._tokenizer = self._torch = None
+        self._image = self._text = self._tokenizer = None
+        self._torch = torch_model  # loaded only when label text needs the torch text tower
 
     # --- what the model is ---------------------------------------------------------------------------------
     def identity_key(self) -> str:
@@ -133,7 +134,7 @@ class OnnxModel:
         return int(self.facts["embed_dim"])
 
     def describe(self) -> dict:
-        return {"name": self.spec.display_name, "pretrained": self.spec.pretrained}
+        return {"name": self.spec.display_name, "pretrained": self.spec.pretrained, "backend": self.backend}
 
     # --- images --------------------------------------------------------------------------------------------
     def image_batches(self, paths: Sequence[str], batch_size: int, workers: int | None, decode: DecodeOptions):
@@ -153,7 +154,9 @@ class OnnxModel:
         if self._torch is None:
             from ..models import load_model
 
-            self._torch = load_model(**self._torch_args, device="cpu", precision="fp32")
+            args = self.load_args
+            self._torch = load_model(args.get("model", self.spec.name), args.get("pretrained", self.spec.pretrained),
+                                     device="cpu", precision="fp32", weights_dir=args.get("weights_dir"))
         return self._torch
 
     @property

@@ -11,46 +11,12 @@ from typing_extensions import Annotated
 from .. import config
 from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors, setup_reporting
-from .options import (
-    LABELS,
-    OUTPUT,
-    BackendOpt,
-    BatchOpt,
-    CacheDirOpt,
-    DeviceOpt,
-    EngineOpt,
-    FilesFromOpt,
-    GpusPerWorkerOpt,
-    HeadOpt,
-    LabelsFileOpt,
-    LabelsOpt,
-    MaxMegapixelsOpt,
-    ModelOpt,
-    NoCacheOpt,
-    OutputOpt,
-    PrecisionOpt,
-    PretrainedOpt,
-    QuietOpt,
-    RayAddressOpt,
-    RecursiveOpt,
-    ReducedDecodeOpt,
-    StoreOpt,
-    TemplatesOpt,
-    VerboseOpt,
-    WeightsDirOpt,
-    WorkersOpt,
-    check_choice,
-    check_format,
-    check_head,
-    check_outputs,
-    engine_options,
-    gather_inputs,
-    load_model_from_options,
-    open_sink,
-    read_head,
-    read_labels,
-    scorer_for,
-)
+from .options import (LABELS, OUTPUT, BackendOpt, BatchOpt, CacheDirOpt, DeviceOpt, EngineOpt, FilesFromOpt,
+                      GpusPerWorkerOpt, HeadOpt, LabelsFileOpt, LabelsOpt, MaxMegapixelsOpt, ModelOpt, NoCacheOpt,
+                      OutputOpt, PrecisionOpt, PretrainedOpt, QuietOpt, RayAddressOpt, RecursiveOpt, ReducedDecodeOpt,
+                      StoreOpt, TemplatesOpt, VerboseOpt, WeightsDirOpt, WorkersOpt, check_choice, check_format,
+                      check_head, check_outputs, engine_options, gather_inputs, load_model_from_options, open_sink,
+                      read_head, read_labels, scorer_for)
 
 
 def make_record_writer(fmt: str, stream, header: dict):
@@ -146,7 +112,7 @@ def classify(
                 writer = stack.enter_context(open_store_writer(store, loaded))
             classifier = scorer_for(loaded, head_model, head, label_list, template_set, cache_dir, no_cache,
                                     show_progress)
-            described = {**loaded.describe(), "backend": loaded.backend}
+            described = loaded.describe()
         else:
             described = {"name": reader.model.name, "pretrained": reader.model.pretrained, "backend": None}
         classifier.check_score(score)

@@ -17,27 +17,9 @@ from ..errors import UsageError
 from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors, setup_reporting
 from .evaluate import MappingOpt
-from .options import (
-    BackendOpt,
-    BatchOpt,
-    CacheDirOpt,
-    DeviceOpt,
-    LabelsFileOpt,
-    LabelsOpt,
-    NoCacheOpt,
-    OutputOpt,
-    PrecisionOpt,
-    QuietOpt,
-    TemplatesOpt,
-    VerboseOpt,
-    WeightsDirOpt,
-    WorkersOpt,
-    check_choice,
-    gather_inputs,
-    load_model_from_options,
-    open_sink,
-    read_labels,
-)
+from .options import (BackendOpt, BatchOpt, CacheDirOpt, DeviceOpt, LabelsFileOpt, LabelsOpt, NoCacheOpt, OutputOpt,
+                      PrecisionOpt, QuietOpt, TemplatesOpt, VerboseOpt, WeightsDirOpt, WorkersOpt, check_choice,
+                      gather_inputs, load_model_from_options, open_sink, read_labels)
 
 
 def image_table(path: str, labels: list[str], per_model: dict[str, list[dict]]) -> Table:

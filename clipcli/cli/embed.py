@@ -12,31 +12,10 @@ from .. import config
 from . import output
 from .classify import store_summary
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors, setup_reporting
-from .options import (
-    STORE,
-    BackendOpt,
-    BatchOpt,
-    DeviceOpt,
-    EngineOpt,
-    FilesFromOpt,
-    GpusPerWorkerOpt,
-    MaxMegapixelsOpt,
-    ModelOpt,
-    PrecisionOpt,
-    PretrainedOpt,
-    QuietOpt,
-    RayAddressOpt,
-    RecursiveOpt,
-    ReducedDecodeOpt,
-    VerboseOpt,
-    WeightsDirOpt,
-    WorkersOpt,
-    check_choice,
-    check_outputs,
-    engine_options,
-    gather_inputs,
-    load_model_from_options,
-)
+from .options import (STORE, BackendOpt, BatchOpt, DeviceOpt, EngineOpt, FilesFromOpt, GpusPerWorkerOpt,
+                      MaxMegapixelsOpt, ModelOpt, PrecisionOpt, PretrainedOpt, QuietOpt, RayAddressOpt, RecursiveOpt,
+                      ReducedDecodeOpt, VerboseOpt, WeightsDirOpt, WorkersOpt, check_choice, check_outputs,
+                      engine_options, gather_inputs, load_model_from_options)
 
 
 @handles_errors

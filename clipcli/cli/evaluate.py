@@ -15,33 +15,10 @@ from typing_extensions import Annotated
 from .. import config
 from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors, setup_reporting
-from .options import (
-    BackendOpt,
-    BatchOpt,
-    CacheDirOpt,
-    DeviceOpt,
-    EngineOpt,
-    GpusPerWorkerOpt,
-    HeadOpt,
-    ModelOpt,
-    NoCacheOpt,
-    OutputOpt,
-    PrecisionOpt,
-    PretrainedOpt,
-    QuietOpt,
-    RayAddressOpt,
-    StoreOpt,
-    VerboseOpt,
-    WeightsDirOpt,
-    WorkersOpt,
-    check_choice,
-    check_head,
-    check_outputs,
-    engine_options,
-    load_model_from_options,
-    open_sink,
-    read_head,
-)
+from .options import (BackendOpt, BatchOpt, CacheDirOpt, DeviceOpt, EngineOpt, GpusPerWorkerOpt, HeadOpt, ModelOpt,
+                      NoCacheOpt, OutputOpt, PrecisionOpt, PretrainedOpt, QuietOpt, RayAddressOpt, StoreOpt, VerboseOpt,
+                      WeightsDirOpt, WorkersOpt, check_choice, check_head_against, check_outputs, engine_options,
+                      load_model_from_options, open_sink, read_head)
 
 MappingOpt = Annotated[Optional[str], typer.Option(
     "--mapping", help="Folder or manifest name -> label text (.yaml/.json mapping, or .csv name,label).",
@@ -108,13 +85,12 @@ def evaluate(
     from ..api import RunOptions
     from ..api import evaluate as run_evaluation
 
-    options = RunOptions(batch_size=batch_size, workers=workers, **engine_options(engine, ray_address, gpus_per_worker))
+    options = RunOptions(batch_size=batch_size, workers=workers,
+                         **engine_options(engine, ray_address, gpus_per_worker))
     head_model = read_head(head, None, None)
     loaded = load_model_from_options(model, pretrained, device, precision, weights_dir, store, backend, cache_dir)
     if head_model is not None:
-        from ..embeddings import store_model
-
-        check_head(head_model, head, store_model(loaded).key, loaded.spec.display_name)
+        check_head_against(head_model, head, loaded)
     with ExitStack() as stack:
         writer = None
         if store is not None:
@@ -122,7 +98,8 @@ def evaluate(
 
             writer = stack.enter_context(open_store_writer(store, loaded))
         with output.progress_bar("encoding images", output.progress_enabled(quiet)) as progress:
-            results, errors = run_evaluation(loaded, data, template_sets, options, cache_dir, not no_cache, progress, store=writer, head=head_model)
+            results, errors = run_evaluation(loaded, data, template_sets, options, cache_dir, not no_cache, progress,
+                                             store=writer, head=head_model)
     for error in errors:
         output.error(f"{error['path']}: {error['error']['message']}")
     if not results:

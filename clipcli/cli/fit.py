@@ -15,26 +15,9 @@ from .. import config
 from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors, setup_reporting
 from .evaluate import MappingOpt
-from .options import (
-    OUTPUT,
-    BackendOpt,
-    BatchOpt,
-    CacheDirOpt,
-    DeviceOpt,
-    ModelOpt,
-    NoCacheOpt,
-    PrecisionOpt,
-    PretrainedOpt,
-    QuietOpt,
-    StoreOpt,
-    TemplatesOpt,
-    VerboseOpt,
-    WeightsDirOpt,
-    WorkersOpt,
-    check_choice,
-    check_outputs,
-    load_model_from_options,
-)
+from .options import (OUTPUT, BackendOpt, BatchOpt, CacheDirOpt, DeviceOpt, ModelOpt, NoCacheOpt, PrecisionOpt,
+                      PretrainedOpt, QuietOpt, StoreOpt, TemplatesOpt, VerboseOpt, WeightsDirOpt, WorkersOpt,
+                      check_choice, check_outputs, load_model_from_options)
 
 FEW_SHOT = "Few-shot"
 

@@ -110,6 +110,13 @@ def check_head(head, path: Path, model_key: str, model_name: str) -> None:
     check_head_model(head, path, model_key, model_name)
 
 
+def check_head_against(head, path: Path, loaded) -> None:
+    """A head runs only with the model it was fitted with."""
+    from ..embeddings import store_model
+
+    check_head(head, path, store_model(loaded).key, loaded.spec.display_name)
+
+
 def load_model_from_options(model: str | None, pretrained: str | None, device: str | None, precision: str,
                             weights_dir: str | None, store: Path | None = None, backend: str | None = None,
                             cache_dir: Path | None = None):
@@ -182,8 +189,6 @@ def open_sink(stack: ExitStack, output_path: Path | None):
     return stack.enter_context(atomic_output(output_path))
 
 
-
-
 def engine_options(engine: str | None, ray_address: str | None, gpus_per_worker: float) -> dict:
     """RunOptions fields for the engine options (checked)."""
     from ..engines import ENGINES, default_engine
@@ -205,9 +210,7 @@ def scorer_for(loaded, head_model, head: Path | None, label_list, template_set, 
     from . import output
 
     if head_model is not None:
-        from ..embeddings import store_model
-
-        check_head(head_model, head, store_model(loaded).key, loaded.spec.display_name)
+        check_head_against(head_model, head, loaded)
         return head_model
     from ..api import prepare_classifier
 

@@ -13,37 +13,11 @@ from typing_extensions import Annotated
 from .. import config
 from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors, setup_reporting
-from .options import (
-    OUTPUT,
-    BackendOpt,
-    BatchOpt,
-    CacheDirOpt,
-    DeviceOpt,
-    FilesFromOpt,
-    HeadOpt,
-    LabelsFileOpt,
-    LabelsOpt,
-    MaxMegapixelsOpt,
-    ModelOpt,
-    NoCacheOpt,
-    PrecisionOpt,
-    PretrainedOpt,
-    QuietOpt,
-    RecursiveOpt,
-    StoreOpt,
-    TemplatesOpt,
-    VerboseOpt,
-    WeightsDirOpt,
-    WorkersOpt,
-    check_choice,
-    check_outputs,
-    gather_inputs,
-    load_model_from_options,
-    open_sink,
-    read_head,
-    read_labels,
-    scorer_for,
-)
+from .options import (OUTPUT, BackendOpt, BatchOpt, CacheDirOpt, DeviceOpt, FilesFromOpt, HeadOpt, LabelsFileOpt,
+                      LabelsOpt, MaxMegapixelsOpt, ModelOpt, NoCacheOpt, PrecisionOpt, PretrainedOpt, QuietOpt,
+                      RecursiveOpt, StoreOpt, TemplatesOpt, VerboseOpt, WeightsDirOpt, WorkersOpt, check_choice,
+                      check_outputs, gather_inputs, load_model_from_options, open_sink, read_head, read_labels,
+                      scorer_for)
 
 SORT = "Sorting"
 PLAN_COLUMNS = ("source", "destination", "label", "score", "operation", "folder", "unsure", "note")

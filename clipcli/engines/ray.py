@@ -25,11 +25,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from ..batches import BatchItem, DecodeOptions, decode_one
-from ..errors import ClipCliError, UsageError
-
-
-class EngineError(ClipCliError):
-    exit_code = 3
+from ..errors import EngineError, UsageError
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,14 @@
 1. Start-up: `clip classify one.jpg` wall time from process start, weights in the page cache, labels
    cached, ONNX export made: ONNX Runtime backend vs torch backend, for the demo model (target <= 1.0 s)
    and a ViT-B-32 (random weights, target <= 2.0 s), each also as a ratio to `python -c "import torch"`.
-2. Throughput: `clip classify DIR` on real 1-4 MP JPEGs with defaults, marginal images/s
-   ((large - small) / (T(large) - T(small))), ONNX and torch backends, against the PyTorch eager fp32
-   model-only bound (encode_image on preprocessed tensors, batch 32) measured in the same run (target >= 1.0x).
+2. Throughput: `clip classify DIR` on real 1-4 MP JPEGs, marginal images/s
+   ((large - small) / (T(large) - T(small))), ONNX fp32 (the default), torch, and ONNX `--precision int8`,
+   against the PyTorch eager fp32 model-only bound (encode_image on preprocessed tensors, batch 32)
+   measured in the same run (target >= 1.0x with defaults).
+3. The fp32 ceiling on this machine: the image tower's multiply-adds at the machine's own matmul speed,
+   plus full decoding's CPU time per image, shared by all cores: the best any fp32 backend could reach.
+4. int8 against fp32: top-1 agreement and the largest probability change (demo model on drawn shapes,
+   ViT-B-32 with random weights on the photos), and model-only speed.
 
     pip install '.[bench]' && python bench/bench_backend.py [--small 96] [--large 288] [--repeats 5]
 """
@@ -25,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, clip_command, machine, photo_folder, timed_run, vit_b32_dir  # noqa: E402
 
 LABELS = "a photo of a cat,a photo of a dog"
+PHOTO_LABELS = ["wonton", "shanghai dumpling", "steamed bun", "cat", "dog", "rocket", "coffee", "astronaut", "horse",
+                "flower"]
 
 
 def wall(args: list[str], env: dict) -> float:
@@ -53,6 +60,83 @@ def model_only_bound(model_dir: Path, photos: list[Path], batch_size: int = 32, 
     return batch_size * batches / (time.perf_counter() - start)
 
 
+def image_tower_flops(model_dir: Path) -> float:
+    """Floating-point operations of one image through the tower (torch's counter; MHA's fast path off so that
+    its projections are counted)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from clipcli.models import load_model
+
+    loaded = load_model(f"local-dir:{model_dir}")
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            loaded.model.encode_image(torch.zeros(1, 3, loaded.image_size, loaded.image_size))
+    finally:
+        torch.backends.mha.set_fastpath_enabled(True)
+    return float(counter.get_total_flops())
+
+
+def matmul_peak(width: int) -> float:
+    """FLOP/s of torch's fp32 matmul on the tower's largest shape (batch 32 x 50 tokens), all torch threads."""
+    import torch
+
+    a, b = torch.randn(1600, width), torch.randn(width, 4 * width)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(20):
+        a @ b
+    return 20 * 2 * 1600 * width * 4 * width / (time.perf_counter() - start)
+
+
+def decode_seconds(photos: list[Path], preprocess) -> float:
+    """CPU seconds per image of the default decoding (one thread): read, full JPEG decode, resize, crop, normalise."""
+    from clipcli.batches import DecodeOptions, decode_one
+
+    start = time.process_time()
+    for path in photos:
+        decode_one(str(path), preprocess, DecodeOptions(max_megapixels=178.0))
+    return (time.process_time() - start) / len(photos)
+
+
+def int8_agreement(cache: Path, vit: Path, photos: list[Path]) -> None:
+    import numpy as np
+
+    from clipcli.api import prepare_classifier
+    from clipcli.backends import load_backend_model
+    from clipcli.batches import DecodeOptions, decode_one
+    from clipcli.demo import shapes
+
+    drawn = sorted((DATA / "big-shapes").glob("*.jpg"))
+    if not drawn:
+        (DATA / "big-shapes").mkdir(parents=True, exist_ok=True)
+        for i, name in enumerate(shapes.seen_labels() * 4):
+            colour, shape = name.split(" ", 1)
+            shapes.draw_pil(colour, shape, size=1024, seed=5000 + i).save(DATA / "big-shapes" / f"{i:03d}.jpg", quality=90)
+        drawn = sorted((DATA / "big-shapes").glob("*.jpg"))
+    for name, model, files, labels, templates in (
+            ("demo", "demo", drawn, shapes.seen_labels(), "imagenet"),
+            ("ViT-B-32 (random weights)", f"local-dir:{vit}", photos[:96], PHOTO_LABELS, "simple")):
+        fp32 = load_backend_model(model, backend="onnx", cache_root=cache)
+        int8 = load_backend_model(model, precision="int8", cache_root=cache)
+        classifier = prepare_classifier(fp32, labels, templates, use_cache=False)
+        pixels = np.stack([decode_one(str(f), fp32.preprocess, DecodeOptions(178.0))[1] for f in files])
+        full, quantised = classifier.scores(fp32.encode_pixels(pixels)), classifier.scores(int8.encode_pixels(pixels))
+        speeds = []
+        for loaded in (fp32, int8):
+            batch = np.ascontiguousarray(pixels[:32])
+            loaded.encode_pixels(batch)
+            start = time.perf_counter()
+            for _ in range(3):
+                loaded.encode_pixels(batch)
+            speeds.append(96 / (time.perf_counter() - start))
+        print(f"   {name}, {len(files)} images, {len(labels)} labels: top-1 agreement "
+              f"{(full.argmax(1) == quantised.argmax(1)).mean():.1%}, largest probability change "
+              f"{np.abs(full - quantised).max():.4f}; model-only {speeds[1]:.1f} vs {speeds[0]:.1f} images/s "
+              f"({speeds[1] / speeds[0]:.2f}x fp32)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--small", type=int, default=96)
@@ -61,7 +145,8 @@ def main() -> None:
     args = parser.parse_args()
     DATA.mkdir(exist_ok=True)
     print(machine())
-    env = {**os.environ, "CLIPCLI_CACHE_DIR": str(DATA / "backend-cache"), "HF_HUB_OFFLINE": "1"}
+    cache = DATA / "backend-cache"
+    env = {**os.environ, "CLIPCLI_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
     clip = clip_command()
     vit = vit_b32_dir()
     photos = photo_folder(args.large)
@@ -79,7 +164,7 @@ def main() -> None:
         print(f"   {name}: onnx {onnx:.2f} s ({onnx / torch_import:.2f}x import torch), "
               f"torch {torch_:.2f} s ({torch_ / torch_import:.2f}x import torch); onnx is {torch_ / onnx:.1f}x faster")
 
-    print(f"\n2. clip classify DIR, real 1-4 MP JPEGs, defaults ({args.small} and {args.large} photos)")
+    print(f"\n2. clip classify DIR, real 1-4 MP JPEGs ({args.small} and {args.large} photos, full decoding)")
     paths = sorted(photos.glob("*.jpg"))
     bound = model_only_bound(vit, paths)
     print(f"   model-only bound (torch eager fp32 encode_image, batch 32): {bound:.2f} images/s")
@@ -88,14 +173,37 @@ def main() -> None:
     for path in paths[:args.small]:
         if not (small / path.name).exists():
             os.link(path, small / path.name)
-    for backend in ("onnx", "torch"):
+    for variant, extra in (("onnx fp32 (default)", ["--backend", "onnx"]), ("torch", ["--backend", "torch"]),
+                           ("onnx --precision int8", ["--precision", "int8"])):
         command = [*clip, "classify", "--model", f"local-dir:{vit}", "--labels", LABELS, "--templates", "simple",
-                   "--format", "jsonl", "--quiet", "--backend", backend]
-        t_small, _ = timed_run([*command, str(small)])
-        t_large, _ = timed_run([*command, str(photos)])
+                   "--format", "jsonl", "--quiet", *extra]
+        timed_run([*command, str(one)], env=env)  # export, quantisation and labels done before timing
+        t_small, _ = timed_run([*command, str(small)], env=env)
+        t_large, _ = timed_run([*command, str(photos)], env=env)
         rate = (args.large - args.small) / (t_large - t_small)
-        print(f"   {backend}: {args.small} photos {t_small:.1f} s, {args.large} photos {t_large:.1f} s, marginal "
+        print(f"   {variant}: {args.small} photos {t_small:.1f} s, {args.large} photos {t_large:.1f} s, marginal "
               f"{rate:.2f} images/s = {rate / bound:.2f}x the model-only bound")
+
+    print("\n3. the fp32 ceiling with full decoding on this machine")
+    import torch
+
+    from clipcli.backends import load_backend_model
+
+    cores = torch.get_num_threads()
+    flops = image_tower_flops(vit)
+    peak = matmul_peak(768)
+    decode = decode_seconds(paths[:96], load_backend_model(f"local-dir:{vit}", backend="onnx", cache_root=cache).preprocess)
+    model_seconds = flops / peak  # wall seconds per image with every core on it, at matmul speed, nothing else
+    ceiling = 1 / (model_seconds + decode / cores)
+    print(f"   image tower {flops / 1e9:.2f} GFLOP per image; fp32 matmul at {cores} threads {peak / 1e9:.0f} GFLOP/s "
+          f"-> at best {1 / model_seconds:.1f} images/s for the model alone\n"
+          f"   eager torch reaches {bound * flops / peak:.0%} of that matmul speed\n"
+          f"   full decoding: {decode * 1000:.1f} ms of one core per image\n"
+          f"   ceiling = 1 / (model at matmul speed + decoding / {cores} cores) = {ceiling:.1f} images/s = "
+          f"{ceiling / bound:.2f}x the model-only bound")
+
+    print("\n4. --precision int8 against fp32 (ONNX Runtime)")
+    int8_agreement(cache, vit, paths)
 
 
 if __name__ == "__main__":

@@ -80,10 +80,10 @@ def clip_command() -> list[str]:
     return [str(Path(sys.executable).parent / "clip")]
 
 
-def timed_run(args: list[str], first_line: bool = False) -> tuple[float, float | None]:
+def timed_run(args: list[str], first_line: bool = False, env: dict | None = None) -> tuple[float, float | None]:
     """Wall time of a whole command, and (optionally) the time until its first line of output."""
     start = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     first = None
     if first_line:
         proc.stdout.readline()

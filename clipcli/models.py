@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 from .errors import DeviceError, ModelLoadError, UsageError
 
 DEMO_ALIAS = "demo"
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")  # int8: ONNX Runtime only (see backends)
 
 
 def demo_model_dir() -> Path:
@@ -106,7 +106,8 @@ class LoadedModel:
 
     def describe(self) -> dict:
         """The model as result documents name it."""
-        return {"name": self.spec.display_name, "pretrained": self.spec.pretrained, "backend": self.backend}
+        return {"name": self.spec.display_name, "pretrained": self.spec.pretrained, "backend": self.backend,
+                "precision": self.precision}
 
     def encode_texts(self, texts, progress: Callable[[int, int], None] | None = None):
         """L2-normalised float32 numpy [len(texts), dim] (trimmed where exact: see textenc)."""
@@ -168,6 +169,8 @@ def resolve_device(device: str = "auto"):
 def resolve_precision(precision: str, device) -> str:
     if precision not in PRECISIONS:
         raise UsageError(f"unknown --precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision == "int8":
+        raise UsageError("--precision int8 runs on ONNX Runtime only; use --backend onnx (or auto) on the CPU")
     if precision == "auto":
         return "fp16" if device.type == "cuda" else "fp32"
     return precision

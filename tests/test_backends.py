@@ -90,9 +90,9 @@ def family_dirs(tmp_path_factory):
     return {name: tiny_models.save_local_dir(name, root / name) for name in tiny_models.FAMILIES}
 
 
-def classify_json(model, files, backend, score="softmax", cache=None):
+def classify_json(model, files, backend, score="softmax", cache=None, extra=()):
     result = cli("classify", *files, "-m", model, "-l", ",".join(LABELS), "-t", TEMPLATE_FILE, "-f", "json", "-k", "0",
-                 "--score", score, "--backend", backend, "-j", "0", *(["--cache-dir", cache] if cache else []))
+                 "--score", score, "--backend", backend, "-j", "0", *(["--cache-dir", cache] if cache else []), *extra)
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
 
@@ -172,6 +172,11 @@ def test_backend_choice(tiny_model, images, monkeypatch):
     (["--backend", "tpu"], "unknown --backend 'tpu'; use auto, torch or onnx"),
     (["--backend", "onnx", "--device", "cuda"], "--backend onnx runs on the CPU; use --backend torch for --device cuda"),
     (["--backend", "onnx", "--precision", "fp16"], "--backend onnx runs in fp32; use --backend torch for --precision fp16"),
+    (["--backend", "torch", "--precision", "int8"], "--precision int8 runs on ONNX Runtime on the CPU; use --backend "
+                                                    "onnx (or auto) and --device cpu, or another --precision"),
+    (["--device", "cuda", "--precision", "int8"], "--precision int8 runs on ONNX Runtime on the CPU; use --backend "
+                                                  "onnx (or auto) and --device cpu, or another --precision"),
+    (["--precision", "fp8"], "unknown --precision 'fp8'; use one of auto, fp32, fp16, bf16, int8"),
 ])
 def test_backend_option_errors(tiny_model, images, args, message):
     result = cli("classify", images / "red_circle.png", "-m", tiny_model, "-l", "a,b", *args)
@@ -214,6 +219,62 @@ def test_failed_export_falls_back_to_torch_and_is_not_retried(tiny_model, images
     assert len(calls) == 2
 
 
+# --- --precision int8 --------------------------------------------------------------------------------------
+
+def test_int8_quantises_the_image_tower_once_and_keeps_the_answers(tmp_path, images, monkeypatch):
+    import onnxruntime as ort
+    import onnxruntime.quantization as quantization
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from clipcli.embeddings import store_model
+
+    files = [images / "red_circle.png", images / "blue_square.jpg", images / "sub" / "green_star.webp"]
+    fp32 = classify_json("demo", files, "onnx")
+    calls = []
+    monkeypatch.setattr(quantization, "quantize_dynamic", lambda *a, **k: calls.append(1) or quantize_dynamic(*a, **k))
+    int8 = classify_json("demo", files, "onnx", extra=["--precision", "int8"])
+    again = classify_json("demo", files, "auto", extra=["--precision", "int8"])
+    assert len(calls) == 1 and again == int8  # made once, then reused
+    assert int8["model"] == {**fp32["model"], "precision": "int8"} and fp32["model"]["precision"] == "fp32"
+    # the trained demo model keeps its answers; probabilities move, but by less than 0.02
+    for document in (fp32, int8):
+        assert [r["predictions"][0]["label"] for r in document["results"]] == ["red circle", "blue square", "green star"]
+    assert 0 < np.abs(as_matrix(int8) - as_matrix(fp32)).max() <= 0.02
+    loaded = load_backend_model("demo", precision="int8")
+    assert sorted(p.name for p in loaded.directory.iterdir()) == ["image.int8.onnx", "image.onnx", "model.json",
+                                                                   "text.onnx"]
+    # the same quantisation done here independently gives the same features
+    quantize_dynamic(loaded.directory / "image.onnx", tmp_path / "q.onnx", weight_type=QuantType.QInt8)
+    pixels = np.stack([loaded.preprocess(Image.open(f).convert("RGB")) for f in files])
+    session = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
+    assert np.abs(loaded.encode_pixels(pixels) - session.run(None, {"pixels": pixels})[0]).max() <= 1e-5
+    # one model for the store and few-shot heads (as fp16 and fp32 are); label text is fp32, cached once
+    fp32_model = load_backend_model("demo", backend="onnx")
+    assert store_model(loaded).key == store_model(fp32_model).key
+    assert loaded.identity_key() == fp32_model.identity_key()
+
+
+@pytest.mark.parametrize("failure,message", [
+    ("quantiser", "int8 quantisation failed: no MatMul to quantise"),
+    ("too far", "int8 quantisation moves this model's image features too far (cosine"),
+])
+def test_int8_failures_are_one_line_and_leave_no_file(tiny_model, images, monkeypatch, failure, message):
+    import onnxruntime.quantization as quantization
+
+    from clipcli.backends import onnx as onnx_module
+
+    if failure == "quantiser":
+        def broken(*args, **kwargs):
+            raise ValueError("no MatMul to quantise")
+        monkeypatch.setattr(quantization, "quantize_dynamic", broken)
+    else:
+        monkeypatch.setattr(onnx_module, "INT8_MIN_COSINE", 1.5)
+    result = cli("classify", images / "red_circle.png", "-m", tiny_model, "-l", "a,b", "--precision", "int8")
+    assert result.exit_code == 3 and result.output.startswith(f"error: {message}") and len(result.output.splitlines()) == 1
+    directory = load_backend_model(tiny_model, backend="onnx").directory
+    assert sorted(p.name for p in directory.iterdir()) == ["image.onnx", "model.json", "text.onnx"]
+
+
 def test_cache_info_and_clear_cover_exports(tiny_model, images):
     cli("classify", images / "red_circle.png", "-m", tiny_model, "-l", "a,b")
     root = Path(os.environ["CLIPCLI_CACHE_DIR"])
@@ -247,3 +308,8 @@ def test_warm_classify_imports_neither_torch_torchvision_nor_open_clip(images, t
     relabel = subprocess.run([sys.executable, "-c", PROBE, *new_labels], capture_output=True, text=True, env=env,
                              timeout=300)
     assert relabel.returncode == 0 and json.loads(relabel.stderr.strip().splitlines()[-1]) == []
+    int8 = subprocess.run([sys.executable, "-c", PROBE, *args, "--precision", "int8"], capture_output=True, text=True,
+                          env=env, timeout=300)  # quantised from the export: still no torch
+    assert int8.returncode == 0 and json.loads(int8.stderr.strip().splitlines()[-1]) == []
+    assert [r["predictions"][0]["label"] for r in json.loads(int8.stdout)["results"]] == \
+        [r["predictions"][0]["label"] for r in json.loads(warm.stdout)["results"]]

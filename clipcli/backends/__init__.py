@@ -3,7 +3,8 @@
 `load_backend_model` picks one.  `auto` runs ONNX Runtime on the CPU when the model's towers export (the
 export happens once per model identity, into the cache), and torch otherwise: on CUDA or MPS, in fp16
 or bf16, or when the export failed (remembered, not retried).  A warm ONNX run imports neither torch,
-torchvision nor open_clip.
+torchvision nor open_clip.  `--precision int8` always runs ONNX Runtime (its image tower quantised), with
+no torch fallback.
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ def accelerator_present() -> bool:
 def wants_onnx(backend: str, device: str, precision: str) -> bool:
     if backend not in BACKENDS:
         raise UsageError(f"unknown --backend {backend!r}; use auto, torch or onnx")
+    if precision == "int8":  # quantised image tower: ONNX Runtime on the CPU, whatever the accelerator
+        if backend == "torch" or device not in ("auto", "cpu"):
+            raise UsageError("--precision int8 runs on ONNX Runtime on the CPU; use --backend onnx (or auto) and "
+                             "--device cpu, or another --precision")
+        if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
+            raise UsageError("--precision int8 needs ONNX Runtime: pip install onnxruntime onnx")
+        return True
     if backend == "torch":
         return False
     on_cpu = device == "cpu" or (device == "auto" and not accelerator_present())
@@ -82,6 +90,7 @@ def _load(spec, root: Path, args: dict):
 
     backend, weights_dir = args["backend"], args["weights_dir"]
     use_onnx = wants_onnx(backend, args["device"], args["precision"])
+    required = backend == "onnx" or args["precision"] == "int8"  # no torch fallback then
     if use_onnx:
         from .onnx import OnnxModel, find_export
 
@@ -89,13 +98,15 @@ def _load(spec, root: Path, args: dict):
         if found is not None and found.directory is not None:
             return OnnxModel(found.directory, spec, args)
         if found is not None and found.failed:
-            if backend == "onnx":
-                raise ExportError(f"{spec.display_name} cannot run on ONNX Runtime ({found.failed}); use --backend "
-                                  "torch (`clip cache clear` forgets the failure and tries again)")
+            if required:
+                instead = "--backend torch" if args["precision"] != "int8" else "--precision fp32"
+                raise ExportError(f"{spec.display_name} cannot run on ONNX Runtime ({found.failed}); use {instead} "
+                                  "(`clip cache clear` forgets the failure and tries again)")
             log.info("%s runs on torch: its ONNX export failed before (%s)", spec.display_name, found.failed)
             use_onnx = False
-    loaded = load_model(args["model"], args["pretrained"], device=args["device"], precision=args["precision"],
-                        weights_dir=weights_dir)
+    int8 = args["precision"] == "int8"  # exported from the fp32 model on the CPU, then quantised
+    loaded = load_model(args["model"], args["pretrained"], device="cpu" if int8 else args["device"],
+                        precision="fp32" if int8 else args["precision"], weights_dir=weights_dir)
     if not use_onnx:
         return loaded
     from .export import export_model
@@ -106,7 +117,7 @@ def _load(spec, root: Path, args: dict):
     except ExportError as exc:
         remember(root, spec, weights_dir, model_files(loaded), None, str(exc))
         log.info("%s runs on torch: %s", spec.display_name, exc)
-        if backend == "onnx":
+        if required:
             raise
         return loaded
     remember(root, spec, weights_dir, model_files(loaded), loaded.identity_key())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +23,13 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..batches import DecodeOptions, thread_batches
-from ..fsutil import atomic_write_bytes
+from ..errors import ExportError
+from ..fsutil import atomic_write_bytes, temp_beside
 from ..models import ModelSpec
 from ..preprocess import ImageTransform
 
 TEXT_BATCH = 256
+INT8_MIN_COSINE = 0.99  # a quantised image tower must keep every probe's features at least this close
 
 
 def exports_root(cache_root: Path) -> Path:
@@ -93,11 +96,51 @@ def _session(path: Path, threads: int | None = None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def quantized_image(directory: Path) -> Path:
+    """The image tower with int8 weights (ONNX Runtime's dynamic quantisation), made once beside the fp32
+    one, atomically, and checked on probe inputs; ExportError when it fails or strays too far."""
+    target = Path(directory) / "image.int8.onnx"
+    if target.is_file():
+        return target
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fd, temporary = temp_beside(target, ".onnx")
+    os.close(fd)
+    try:
+        quiet = logging.NullHandler()  # the quantiser's advice goes to the root logger, and would otherwise
+        logging.getLogger().addHandler(quiet)  # make logging print it (or configure the root logger for good)
+        try:
+            quantize_dynamic(Path(directory) / "image.onnx", temporary, weight_type=QuantType.QInt8)
+        except Exception as exc:  # noqa: BLE001  (the quantiser fails in many ways; each means: no int8 here)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise ExportError(f"int8 quantisation failed: {first}") from None
+        finally:
+            logging.getLogger().removeHandler(quiet)
+        size = int(json.loads((Path(directory) / "model.json").read_text(encoding="utf-8"))["image_size"])
+        probe = np.random.default_rng(0).standard_normal((4, 3, size, size)).astype(np.float32)
+        fp32 = _session(Path(directory) / "image.onnx").run(None, {"pixels": probe})[0]
+        int8 = _session(Path(temporary)).run(None, {"pixels": probe})[0]
+        cosine = float(np.min(np.sum(_unit(fp32) * _unit(int8), axis=1)))
+        if not cosine >= INT8_MIN_COSINE:
+            raise ExportError(f"int8 quantisation moves this model's image features too far (cosine {cosine:.3f} "
+                              f"< {INT8_MIN_COSINE})")
+        os.replace(temporary, target)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+    return target
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
 class OnnxModel:
-    """A model on ONNX Runtime (CPU, fp32) with the interface the pipeline, classifier and store use."""
+    """A model on ONNX Runtime (CPU) with the interface the pipeline, classifier and store use.
+
+    precision "int8" (load_args) runs the image tower quantised (made on first use, see quantized_image);
+    label text always runs in fp32, so the class-embedding cache is shared with fp32 runs."""
 
     backend = "onnx"
-    precision = "fp32"
     device = "cpu"
 
     def __init__(self, directory: Path, spec: ModelSpec, load_args: dict | None = None, threads: int | None = None,
@@ -105,9 +148,11 @@ class OnnxModel:
         self.directory = Path(directory)
         self.facts = json.loads((self.directory / "model.json").read_text(encoding="utf-8"))
         self.spec = spec
-        self.identity = self.facts["identity"]
-        self.preprocess = ImageTransform.from_config(self.facts["preprocess"])
         self.load_args = load_args or {}
+        self.precision = "int8" if self.load_args.get("precision") == "int8" else "fp32"
+        self.identity = {**self.facts["identity"], "precision": self.precision}
+        self.preprocess = ImageTransform.from_config(self.facts["preprocess"])
+        self._image_path = quantized_image(self.directory) if self.precision == "int8" else self.directory / "image.onnx"
         self._threads = threads
         self._image = self._text = self._tokenizer = None
         self._torch = torch_model  # loaded only when label text needs the torch text tower
@@ -134,7 +179,8 @@ class OnnxModel:
         return int(self.facts["embed_dim"])
 
     def describe(self) -> dict:
-        return {"name": self.spec.display_name, "pretrained": self.spec.pretrained, "backend": self.backend}
+        return {"name": self.spec.display_name, "pretrained": self.spec.pretrained, "backend": self.backend,
+                "precision": self.precision}
 
     # --- images --------------------------------------------------------------------------------------------
     def image_batches(self, paths: Sequence[str], batch_size: int, workers: int | None, decode: DecodeOptions):
@@ -142,7 +188,7 @@ class OnnxModel:
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         if self._image is None:
-            self._image = _session(self.directory / "image.onnx", self._threads)
+            self._image = _session(self._image_path, self._threads)
         return self._image.run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})[0]
 
     # --- text ----------------------------------------------------------------------------------------------

@@ -36,7 +36,8 @@ DeviceOpt = Annotated[Optional[str], typer.Option(
     "--device", rich_help_panel=MODEL, help=f"auto, cpu, cuda, cuda:N or mps (auto: cuda, then mps, then cpu). Default: ${config.ENV_DEVICE} "
     "or auto.", show_default=False)]
 PrecisionOpt = Annotated[str, typer.Option(
-    "--precision", rich_help_panel=MODEL, help="auto (fp16 on CUDA, else fp32), fp32, fp16 or bf16.")]
+    "--precision", rich_help_panel=MODEL, help="auto (fp16 on CUDA, else fp32), fp32, fp16, bf16, or int8 (ONNX Runtime on the CPU, "
+    "image tower quantised: faster, probabilities move slightly; see README).")]
 BackendOpt = Annotated[Optional[str], typer.Option(
     "--backend", rich_help_panel=MODEL, help="auto (ONNX Runtime on the CPU once the model is exported, else torch), "
     "torch or onnx. Default: $CLIPCLI_BACKEND or auto.", show_default=False)]
@@ -53,7 +54,7 @@ BatchOpt = Annotated[int, typer.Option(
     "--batch-size", "-b", rich_help_panel=PERF, min=1, help="Images per model call.")]
 WorkersOpt = Annotated[Optional[int], typer.Option(
     "--workers", "-j", rich_help_panel=PERF, min=0, help="Decoding workers: threads on ONNX Runtime, processes on torch (0: decode in the main "
-    "thread). Default: cores - 1.",
+    "thread). Default: one thread per core, or cores - 1 processes (at most 8).",
     show_default=False)]
 CacheDirOpt = Annotated[Optional[Path], typer.Option(
     "--cache-dir", rich_help_panel=LABELS, help=f"Embedding cache folder. Default: ${config.ENV_CACHE_DIR} or the user cache dir.",

@@ -27,6 +27,7 @@ from ..errors import ExportError
 from ..fsutil import atomic_write_bytes, temp_beside
 from ..models import ModelSpec
 from ..preprocess import ImageTransform
+from ..scoring import l2_normalize
 
 TEXT_BATCH = 256
 INT8_MIN_COSINE = 0.99  # a quantised image tower must keep every probe's features at least this close
@@ -116,11 +117,12 @@ def quantized_image(directory: Path) -> Path:
             raise ExportError(f"int8 quantisation failed: {first}") from None
         finally:
             logging.getLogger().removeHandler(quiet)
-        size = int(json.loads((Path(directory) / "model.json").read_text(encoding="utf-8"))["image_size"])
-        probe = np.random.default_rng(0).standard_normal((4, 3, size, size)).astype(np.float32)
+        facts = json.loads((Path(directory) / "model.json").read_text(encoding="utf-8"))
+        height, width = ImageTransform.from_config(facts["preprocess"]).size
+        probe = np.random.default_rng(0).standard_normal((4, 3, height, width)).astype(np.float32)
         fp32 = _session(Path(directory) / "image.onnx").run(None, {"pixels": probe})[0]
         int8 = _session(Path(temporary)).run(None, {"pixels": probe})[0]
-        cosine = float(np.min(np.sum(_unit(fp32) * _unit(int8), axis=1)))
+        cosine = float(np.min(np.sum(l2_normalize(fp32) * l2_normalize(int8), axis=1)))
         if not cosine >= INT8_MIN_COSINE:
             raise ExportError(f"int8 quantisation moves this model's image features too far (cosine {cosine:.3f} "
                               f"< {INT8_MIN_COSINE})")
@@ -128,10 +130,6 @@ def quantized_image(directory: Path) -> Path:
     finally:
         Path(temporary).unlink(missing_ok=True)
     return target
-
-
-def _unit(rows: np.ndarray) -> np.ndarray:
-    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
 
 
 class OnnxModel:

@@ -117,10 +117,13 @@ def sync_store(loaded: LoadedModel, writer: StoreWriter, paths: Sequence[str], o
 
 
 def prune_store(writer: StoreWriter) -> int:
-    """Remove rows whose files no longer exist; returns how many."""
+    """Remove rows whose files (or objects) no longer exist; returns how many."""
     import os
 
-    gone = [key for key in writer.stored_index() if not os.path.exists(key)]
+    from . import remote
+
+    gone = [key for key in writer.stored_index()
+            if not (remote.file_state(key, listed=False) is not None if remote.is_remote(key) else os.path.exists(key))]
     count = writer.remove(gone)
     writer.commit()
     return count

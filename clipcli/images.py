@@ -1,4 +1,4 @@
-"""Finding images on disk and opening them safely.
+"""Finding images on disk (or on object storage, see `remote`) and opening them safely.
 
 Every per-file problem becomes an ImageReadError naming the file and what went
 wrong; callers turn those into error records and go on with the batch.
@@ -7,6 +7,7 @@ wrong; callers turn those into error records and go on with the batch.
 from __future__ import annotations
 
 import glob
+import io
 import os
 import sys
 from typing import Iterable, Iterator
@@ -79,13 +80,18 @@ def read_path_list(source: str) -> list[str]:
 def discover(inputs: Iterable[str], recursive: bool = True) -> list[str]:
     """Expand files, directories and glob patterns into image paths, in the order given.
 
-    `file://` URIs are read as the local paths they name.
-    A path named explicitly is kept even if it is missing or has no image
+    `file://` URIs are read as the local paths they name; `s3://` and `gs://` URIs are listed on object
+    storage (see `remote`).  A path named explicitly is kept even if it is missing or has no image
     extension (it is decoded by content, or reported when read).  Each path is
     listed once: the same file named twice is classified once.
     """
+    from . import remote
+
     found: list[str] = []
     for item in inputs:
+        if remote.is_remote(item):
+            found.extend(remote.list_images(item, recursive, is_image_name))
+            continue
         if item.startswith("file://"):  # a local file URI names the same file or folder as its path
             from urllib.parse import unquote, urlparse
 
@@ -136,10 +142,12 @@ def read_image(path: str, max_megapixels: float | None = None, min_size: int | N
     """
     from PIL import Image
 
+    from . import remote
+
     if max_megapixels is not None:
         Image.MAX_IMAGE_PIXELS = None  # our own limit (below) replaces Pillow's fixed one
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(remote.read_bytes(path)) if remote.is_remote(path) else path) as image:
             _check_pixels(path, image, max_megapixels)
             width, height = image.size
             orientation = image.getexif().get(EXIF_ORIENTATION)
@@ -155,7 +163,7 @@ def read_image(path: str, max_megapixels: float | None = None, min_size: int | N
     except ImageReadError:
         raise
     except FileNotFoundError:
-        if os.path.islink(path):
+        if not remote.is_remote(path) and os.path.islink(path):
             raise ImageReadError(path, f"broken symlink (points to {os.readlink(path)})", "broken_symlink") from None
         raise ImageReadError(path, "file not found", "not_found") from None
     except Exception as exc:  # Pillow raises many types for bad data; all of them mean "this file"

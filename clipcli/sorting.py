@@ -127,6 +127,17 @@ class SortRules:
             raise UsageError("--min-score and --min-margin take a number from 0 to 1")
 
 
+def refuse_remote(paths: Sequence[str]) -> list[str]:
+    """The paths, when all are local files: sorting moves, copies and links files on this machine only."""
+    from .remote import is_remote
+
+    remote = next((p for p in paths if is_remote(p)), None)
+    if remote is not None:
+        raise UsageError(f"clip sort works on local files; {remote} is on object storage (copy it here first, or "
+                         "use clip classify to get its labels)")
+    return list(paths)
+
+
 def plan_sort(paths: Sequence[str], records: Iterable[dict], labels: Sequence[str], rules: SortRules,
               exists: Callable[[Path], bool] = os.path.lexists,
               identical: Callable[[str, Path], bool] = same_bytes) -> list[Operation]:

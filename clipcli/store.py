@@ -31,6 +31,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from . import remote
 from .errors import StoreBusyError, StoreError, StoreModelError, UsageError
 from .fsutil import atomic_write_bytes, fsync_dir, temp_beside
 from .scoring import l2_normalize
@@ -47,8 +48,8 @@ READ_ROWS = 65536
 
 
 def resolve(path: str) -> str:
-    """The store's key for a file: its absolute path with symlinks resolved."""
-    return os.path.realpath(path)
+    """The store's key for a file: its absolute path with symlinks resolved (an object-storage URI as is)."""
+    return path if remote.is_remote(path) else os.path.realpath(path)
 
 
 def key_text(path: str) -> str:
@@ -58,6 +59,8 @@ def key_text(path: str) -> str:
 
 def file_state(path: str) -> tuple[int, int] | None:
     """(size, mtime_ns), or None for a file that cannot be stat-ed (missing, broken link)."""
+    if remote.is_remote(path):
+        return remote.file_state(path)
     try:
         st = os.stat(path)
     except OSError:

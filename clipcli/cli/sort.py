@@ -83,7 +83,7 @@ def sort(
         _undo(undo, quiet)
         return
     from ..errors import UsageError
-    from ..sorting import SortRules, folder_names
+    from ..sorting import SortRules, folder_names, refuse_remote
 
     if into is None:
         raise UsageError("give --into FOLDER (where the label folders go), or --undo MANIFEST")
@@ -94,7 +94,9 @@ def sort(
     label_names = head_model.labels if head_model is not None else [label.name for label in label_list]
     folder_names(label_names, unsure_dir)  # clashing folder names: refused now
     inside = os.path.realpath(into) + os.sep
-    paths = [p for p in gather_inputs(inputs, files_from, recursive) if not os.path.realpath(p).startswith(inside)]
+    refuse_remote(inputs or [])
+    paths = refuse_remote([p for p in gather_inputs(inputs, files_from, recursive)
+                           if not os.path.realpath(p).startswith(inside)])
     check_outputs(files={"--output": output_path, "--report": report, "--manifest": manifest},
                   folders={"--store": store, **({} if dry_run else {"--into": into})})
 

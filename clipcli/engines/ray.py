@@ -9,9 +9,9 @@ same (items, features) batches as the local engine, so scoring, writing records 
 store are the local code paths unchanged.  Ray retries a task or restarts an actor whose worker
 died; every input index is checked to arrive exactly once.
 
-Inputs are local paths (`file://` URIs are read as paths by `images.discover`) readable from every node:
-on a cluster, put them on shared storage.  Object-storage URIs (s3://, gs://) would be read with pyarrow's filesystems in the decode
-task; that is by design but not implemented yet.
+Inputs are local paths readable from every node (shared storage; `file://` URIs are read as paths by
+`images.discover`), or object-storage URIs (s3://, gs://): the driver lists them and each decode task
+reads its objects through pyarrow's filesystems (`remote`), with the credentials of its node.
 """
 
 from __future__ import annotations

@@ -56,12 +56,13 @@ def _reachable(address: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def start_ray(settings: RaySettings) -> None:
+def start_ray(settings: RaySettings) -> bool:
+    """Connect to (or start) Ray; False when this process was connected already (nothing started here)."""
     import logging
 
     ray = require_ray()
     if ray.is_initialized():
-        return
+        return False
     address = settings.address
     if address and address != "auto" and not address.startswith("ray://") and not _reachable(address):
         raise EngineError(f"cannot reach a Ray cluster at --ray-address {address}; start one with `ray start --head`, "
@@ -88,6 +89,7 @@ def start_ray(settings: RaySettings) -> None:
         if saved is not None:
             os.dup2(saved, 2)
             os.close(saved)
+    return True
 
 
 def decode_rows(batch: dict, preprocess, options: DecodeOptions, shape: tuple[int, ...]) -> dict:
@@ -148,7 +150,8 @@ def worker_load_args(loaded) -> dict:
 def _ray_notices_to_stderr():
     """Ray's driver prints its notices (a task retried after a worker died, ...) to sys.stdout, where the
     records go: while a run is in flight, sys.stdout points at stderr.  Callers that write records hold
-    the real stdout object already (the CLI opens its sink before the run)."""
+    the real stdout object already (the CLI opens its sink before the run).  A notice can arrive after the
+    last batch, so a Ray that the run started is shut down before sys.stdout is given back."""
     saved = sys.stdout
     sys.stdout = sys.stderr
     try:
@@ -168,7 +171,15 @@ def ray_batches(loaded, paths: Sequence[str], batch_size: int, decode: DecodeOpt
 
 def _ray_batches(loaded, paths, batch_size, decode, settings, progress):
     ray = require_ray()
-    start_ray(settings)
+    started = start_ray(settings)
+    try:
+        yield from _run(ray, loaded, paths, batch_size, decode, settings, progress)
+    finally:
+        if started:  # its notices (a retried task, ...) stop here, while they still go to stderr
+            ray.shutdown()
+
+
+def _run(ray, loaded, paths, batch_size, decode, settings, progress):
     from PIL import Image
 
     shape = tuple(np.asarray(loaded.preprocess(Image.new("RGB", (8, 8)))).shape)

@@ -114,7 +114,8 @@ def classify(
                                     show_progress)
             described = loaded.describe()
         else:
-            described = {"name": reader.model.name, "pretrained": reader.model.pretrained, "backend": None}
+            described = {"name": reader.model.name, "pretrained": reader.model.pretrained, "backend": None,
+                         "precision": None}
         classifier.check_score(score)
 
         header = {"model": described,

@@ -79,6 +79,13 @@ def test_classify_reads_objects_like_local_files(bucket, local_set):
         assert a.get("predictions") == b.get("predictions")  # the same bytes decode to the same numbers
         assert (a.get("error") or {}).get("type") == (b.get("error") or {}).get("type")
     assert [r.get("error", {}).get("type") for r in got] == [None, "not_an_image", None, None, "not_found"]
+    # torch's decoding worker processes (forked after the listing made an S3 client) read objects too
+    forked = cli("classify", "s3://photos/a", "-m", "demo", "-l", LABELS, "-f", "jsonl", "-k", "0", "--backend", "torch",
+                 "-j", "2", "-b", "1")  # several batches: decoded in worker processes
+    for a, b in zip(records(forked), got[:4], strict=True):
+        assert a["path"] == b["path"] and a.get("error") == b.get("error")
+        for p, q in zip(a.get("predictions", []), b.get("predictions", []), strict=True):
+            assert p["label"] == q["label"] and abs(p["score"] - q["score"]) <= 1e-4
 
 
 def test_store_keys_objects_by_uri_and_sees_them_change(bucket, local_set, tmp_path):

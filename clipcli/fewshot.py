@@ -164,10 +164,9 @@ def _spread_ratio(zero_shot: torch.Tensor, other: torch.Tensor) -> float:
 
 
 def _smallest_fitting_alpha(x, y, text, zero_shot, shrinkage) -> float:
-    """With one or two shots per class, folds cannot judge (a held-out shot's class has one example or none
-    left), so: the smallest alpha (the closest to zero-shot) that classifies the shots themselves as well as
-    any alpha does.  Where zero-shot already gets them right, that is zero-shot; where it does not, the head
-    moves just far enough to.  Measured in bench/RESULTS.md against cross-validation at these shot counts."""
+    """The smallest alpha (the closest to zero-shot) that classifies the shots themselves as well as any
+    alpha does.  Where zero-shot already gets them right, that is zero-shot; where it does not, the head
+    moves just far enough to.  For one or two shots per class (see fit_gda)."""
     weight, bias = _gda_parts(x, y, text, shrinkage)
     part = x @ weight.T + bias
     ratio = _spread_ratio(zero_shot, part)
@@ -177,30 +176,32 @@ def _smallest_fitting_alpha(x, y, text, zero_shot, shrinkage) -> float:
 
 def fit_gda(x, y, text, scale, folds) -> tuple[dict, dict, float | None]:
     zero_shot = scale * x @ text.T
-    best, best_key = None, None
-    if int(torch.bincount(y).min()) <= 2:
+    shots = int(torch.bincount(y).min())
+    if shots < 2:
         folds = []
+    held_out: dict[tuple[float, float], int] = {}  # (shrinkage, alpha) -> held-out shots classified right
     for shrinkage in GDA_SHRINKAGE if folds else ():
-        correct = [0] * len(GDA_ALPHA)
         for kept, held in folds:
             weight, bias = _gda_parts(x[kept], y[kept], text, shrinkage)
             part = x[held] @ weight.T + bias
             ratio = _spread_ratio(zero_shot[kept], x[kept] @ weight.T + bias)
-            for i, alpha in enumerate(GDA_ALPHA):
+            for alpha in GDA_ALPHA:
                 predicted = (zero_shot[held] + alpha * ratio * part).argmax(dim=1)
-                correct[i] += int((predicted == y[held]).sum())
-        for i, alpha in enumerate(GDA_ALPHA):
-            key = (correct[i], -alpha, shrinkage)  # ties: closer to zero-shot
-            if best_key is None or key > best_key:
-                best_key, best = key, (shrinkage, alpha)
-    shots = int(torch.bincount(y).min())
-    if shots <= 2:  # folds of one shot per class cannot judge: fit the shots, as little as possible
+                held_out[(shrinkage, alpha)] = held_out.get((shrinkage, alpha), 0) + int((predicted == y[held]).sum())
+    cv = None
+    if shots <= 2:
+        # Folds that leave one shot per class (or none) measure a head unlike the final one, so they cannot
+        # choose the weight: the head fits the shots, as little as it must.  At two shots they can still veto
+        # it: when the held-out shots fare worse than with zero-shot, the shots are not telling the classes
+        # apart (noisy images), and the head stays zero-shot (bench/RESULTS.md, issue 11).
         shrinkage, alpha = 0.5, _smallest_fitting_alpha(x, y, text, zero_shot, 0.5)
+        if held_out and held_out[(shrinkage, alpha)] < held_out[(shrinkage, 0.0)]:
+            alpha = 0.0
     else:
-        shrinkage, alpha = best
+        shrinkage, alpha = max(held_out, key=lambda k: (held_out[k], -k[1], k[0]))  # ties: closer to zero-shot
+        cv = held_out[(shrinkage, alpha)] / len(y)
     weight, bias = _gda_parts(x, y, text, shrinkage)
     ratio = _spread_ratio(zero_shot, x @ weight.T + bias)
-    cv = best_key[0] / len(y) if folds and shots > 2 else None
     return ({"alpha": alpha * ratio, "alpha_relative": alpha, "shrinkage": shrinkage},
             {"weight": weight, "bias": bias}, cv)
 

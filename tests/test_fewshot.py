@@ -135,6 +135,36 @@ def test_default_head_against_zero_shot(style, strong):
             assert zero_acc < 0.3 and acc > zero_acc + 0.05, (k, acc, zero_acc)  # learns where it is weak
 
 
+def test_two_shots_that_do_not_tell_the_classes_apart_leave_the_head_at_zero_shot():
+    """At two shots per class the held-out folds veto a head that fits the shots but does worse on the other
+    shot than zero-shot; shots that do tell the classes apart keep their head."""
+    classes, d = 8, 64
+    text = torch.nn.functional.normalize(torch.randn(classes, d, generator=torch.Generator().manual_seed(0)), dim=-1)
+    labels = [str(c) for c in range(classes)]
+
+    def draw(per_class, centres, signal, seed):
+        y = torch.arange(classes).repeat(per_class)
+        noise = torch.nn.functional.normalize(torch.randn(len(y), d, generator=torch.Generator().manual_seed(seed)), dim=-1)
+        return signal * centres[y] + noise, y.tolist()
+
+    # noisy shots: a weak text-aligned signal under noise; zero-shot is the better guess
+    x, y = draw(2, text, 0.2, 1)
+    unit = torch.nn.functional.normalize(x, dim=-1)
+    fitting = fewshot._smallest_fitting_alpha(unit, torch.tensor(y), text, 10.0 * unit @ text.T, 0.5)
+    head = fewshot.fit_head(x, y, labels, text, 10.0)
+    assert fitting > 0 and head.params["alpha_relative"] == 0.0  # vetoed
+    test_x, test_y = draw(50, text, 0.2, 101)
+    zero_shot = fewshot.fit_head(x, y, labels, text, 10.0, method="zero-shot")
+    assert fewshot.accuracy(head, test_x, test_y) == fewshot.accuracy(zero_shot, test_x, test_y)
+    # informative shots: tight clusters the text knows nothing about; the head learns them
+    centres = torch.nn.functional.normalize(torch.randn(classes, d, generator=torch.Generator().manual_seed(5)), dim=-1)
+    x, y = draw(2, centres, 3.0, 2)
+    head = fewshot.fit_head(x, y, labels, text, 10.0)
+    test_x, test_y = draw(50, centres, 3.0, 102)
+    assert head.params["alpha_relative"] > 0
+    assert fewshot.accuracy(head, test_x, test_y) > fewshot.accuracy(zero_shot, test_x, test_y) + 0.5
+
+
 def test_head_file_round_trip(tmp_path, digits):
     x, y, test_x, _ = digits
     text = torch.nn.functional.normalize(torch.randn(10, x.shape[1]), dim=-1)

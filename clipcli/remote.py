@@ -3,7 +3,8 @@
 Listing a prefix, a file's state (size, modification time) for the store, and a file's bytes for decoding.
 Credentials, regions and endpoints come from where pyarrow (the AWS and Google SDKs) looks for them: the
 environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, GOOGLE_APPLICATION_CREDENTIALS, ...), config files,
-instance roles; options can also ride on the URI as pyarrow allows (`s3://bucket/prefix?region=...`).
+instance roles; options can also ride on the URI as pyarrow allows (`s3://bucket/prefix?region=...`), and
+then go with every object listed under it.
 A URI names an object as `scheme://bucket/key`; records, stores and errors keep that text as the path.
 """
 
@@ -47,6 +48,7 @@ def list_images(uri: str, recursive: bool, is_image_name) -> list[str]:
 
     from .errors import InputError
 
+    query = urlsplit(uri).query
     try:
         filesystem, path, scheme = _split(uri)
         info = filesystem.get_file_info(path)
@@ -62,7 +64,7 @@ def list_images(uri: str, recursive: bool, is_image_name) -> list[str]:
         if entry.type != pafs.FileType.File or any(p.startswith(".") for p in relative.split("/")) \
                 or not is_image_name(entry.base_name):
             continue
-        name = f"{scheme}://{entry.path}"
+        name = f"{scheme}://{entry.path}" + (f"?{query}" if query else "")  # the URI's options go with each object
         _remember(name, entry)
         images.append(name)
     return images

@@ -3,6 +3,7 @@ pyarrow's S3 filesystem exactly as a bucket would be; records equal local files'
 URI and sees them change, Ray workers read them too, and sort refuses them."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -139,3 +140,16 @@ def test_an_unreachable_endpoint_is_one_line(monkeypatch, tmp_path):
     result = cli("classify", "s3://photos/x", "-m", "demo", "-l", LABELS)
     assert result.exit_code == 2 and result.output.startswith("error: cannot list s3://photos/x: ")
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_options_on_the_uri_go_with_every_listed_object(bucket, local_set, monkeypatch):
+    upload(bucket, local_set, "d")
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # the endpoint comes from the URI alone now
+    monkeypatch.setattr(remote, "_filesystems", {})
+    options = f"?endpoint_override={endpoint}&scheme=http&region=us-east-1"
+    result = cli("classify", f"s3://photos/d/sub{options}", "-m", "demo", "-l", LABELS, "-f", "jsonl")
+    assert result.exit_code == 0, result.output
+    [record] = records(result)
+    assert record["path"] == f"s3://photos/d/sub/green_star.webp{options}"
+    assert record["predictions"][0]["label"] == "green star"

@@ -27,11 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import DATA, clip_command, machine, photo_folder, timed_run, vit_b32_dir  # noqa: E402
+from common import (DATA, PHOTO_LABELS, clip_command, drawn_shapes, machine, photo_folder, timed_run,  # noqa: E402
+                    vit_b32_dir)
 
 LABELS = "a photo of a cat,a photo of a dog"
-PHOTO_LABELS = ["wonton", "shanghai dumpling", "steamed bun", "cat", "dog", "rocket", "coffee", "astronaut", "horse",
-                "flower"]
 
 
 def wall(args: list[str], env: dict) -> float:
@@ -108,13 +107,7 @@ def int8_agreement(cache: Path, vit: Path, photos: list[Path]) -> None:
     from clipcli.batches import DecodeOptions, decode_one
     from clipcli.demo import shapes
 
-    drawn = sorted((DATA / "big-shapes").glob("*.jpg"))
-    if not drawn:
-        (DATA / "big-shapes").mkdir(parents=True, exist_ok=True)
-        for i, name in enumerate(shapes.seen_labels() * 4):
-            colour, shape = name.split(" ", 1)
-            shapes.draw_pil(colour, shape, size=1024, seed=5000 + i).save(DATA / "big-shapes" / f"{i:03d}.jpg", quality=90)
-        drawn = sorted((DATA / "big-shapes").glob("*.jpg"))
+    drawn = drawn_shapes()
     for name, model, files, labels, templates in (
             ("demo", "demo", drawn, shapes.seen_labels(), "imagenet"),
             ("ViT-B-32 (random weights)", f"local-dir:{vit}", photos[:96], PHOTO_LABELS, "simple")):

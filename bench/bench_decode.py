@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
-from common import DATA, machine, photo_folder, vit_b32_dir  # noqa: E402
+from common import PHOTO_LABELS, drawn_shapes, machine, photo_folder, vit_b32_dir  # noqa: E402
 
 from clipcli.api import RunOptions, classify_paths, prepare_classifier  # noqa: E402
 from clipcli.demo import shapes  # noqa: E402
@@ -61,24 +61,14 @@ def main() -> None:
     print(f"1. ViT-B-32 input (224 px) from 48 real 1-4 MP photos: mean |difference| {mean:.2f} / 255, "
           f"max {worst:.0f} / 255")
 
-    folder = DATA / "big-shapes"
-    folder.mkdir(parents=True, exist_ok=True)
     labels = shapes.seen_labels()
-    paths = []
-    for i, name in enumerate(labels * 4):
-        colour, shape = name.split(" ", 1)
-        path = folder / f"{i:03d}.jpg"
-        if not path.exists():
-            shapes.draw_pil(colour, shape, size=1024, seed=5000 + i).save(path, quality=90)
-        paths.append(str(path))
+    paths = [str(p) for p in drawn_shapes()]
     demo = load_model("demo")
     agree, diff, t_full, t_reduced = compare(demo, paths, labels, "imagenet")
     print(f"2. demo model, {len(paths)} drawn shapes as 1024 px JPEGs, 60 labels: top-1 agreement {agree:.1%}, "
           f"max probability change {diff:.4f}; decode+classify {t_full:.1f} s full vs {t_reduced:.1f} s reduced")
 
-    food = ["wonton", "shanghai dumpling", "steamed bun", "cat", "dog", "rocket", "coffee", "astronaut",
-            "horse", "flower"]
-    agree, diff, t_full, t_reduced = compare(vit, [str(p) for p in photos[:48]], food, "simple")
+    agree, diff, t_full, t_reduced = compare(vit, [str(p) for p in photos[:48]], PHOTO_LABELS, "simple")
     print(f"3. ViT-B-32 (random weights), 48 real photos, 10 labels: top-1 agreement {agree:.1%}, max probability "
           f"change {diff:.4f}; {t_full:.1f} s full vs {t_reduced:.1f} s reduced")
 

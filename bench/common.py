@@ -76,6 +76,26 @@ def photo_folder(count: int, seed: int = 0) -> Path:
     return folder
 
 
+PHOTO_LABELS = ["wonton", "shanghai dumpling", "steamed bun", "cat", "dog", "rocket", "coffee", "astronaut", "horse",
+                "flower"]
+
+
+def drawn_shapes() -> list[Path]:
+    """240 drawn shapes (the demo model's 60 seen labels, 4 each) as 1024 px JPEGs."""
+    from clipcli.demo import shapes
+
+    folder = DATA / "big-shapes"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, name in enumerate(shapes.seen_labels() * 4):
+        colour, shape = name.split(" ", 1)
+        path = folder / f"{i:03d}.jpg"
+        if not path.exists():
+            shapes.draw_pil(colour, shape, size=1024, seed=5000 + i).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
 def clip_command() -> list[str]:
     return [str(Path(sys.executable).parent / "clip")]
 

@@ -19,7 +19,7 @@ from .batches import BatchItem, DecodeOptions, RunOptions
 from .images import display_path
 from .scoring import as_array
 from .store import (DEFAULT_SHARD_ROWS, ImageStore, StoreModel, StoreWriter, file_state, model_key, open_for_writing,
-                    resolve)
+                    resolve, still_exists)
 
 if TYPE_CHECKING:  # either backend's model: models.LoadedModel (torch) or backends.onnx.OnnxModel
     from .models import LoadedModel
@@ -118,12 +118,7 @@ def sync_store(loaded: LoadedModel, writer: StoreWriter, paths: Sequence[str], o
 
 def prune_store(writer: StoreWriter) -> int:
     """Remove rows whose files (or objects) no longer exist; returns how many."""
-    import os
-
-    from . import remote
-
-    gone = [key for key in writer.stored_index()
-            if not (remote.file_state(key, listed=False) is not None if remote.is_remote(key) else os.path.exists(key))]
+    gone = [key for key in writer.stored_index() if not still_exists(key)]
     count = writer.remove(gone)
     writer.commit()
     return count

@@ -85,6 +85,11 @@ class ImageReadError(ClipCliError):
         self.kind = kind
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's first line of text (its type's name when it has none), for a one-line error."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]
+
+
 def yaml_error_message(path, exc: Exception) -> str:
     """`FILE:LINE: malformed YAML (problem)` for a yaml.YAMLError, without importing yaml here."""
     mark = getattr(exc, "problem_mark", None)

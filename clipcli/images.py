@@ -90,7 +90,7 @@ def discover(inputs: Iterable[str], recursive: bool = True) -> list[str]:
     found: list[str] = []
     for item in inputs:
         if remote.is_remote(item):
-            found.extend(remote.list_images(item, recursive, is_image_name))
+            found.extend(remote.list_images(item, recursive))
             continue
         if item.startswith("file://"):  # a local file URI names the same file or folder as its path
             from urllib.parse import unquote, urlparse

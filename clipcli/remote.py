@@ -41,12 +41,13 @@ def _split(uri: str):
     return filesystem, parts.netloc + parts.path.rstrip("/"), scheme
 
 
-def list_images(uri: str, recursive: bool, is_image_name) -> list[str]:
+def list_images(uri: str, recursive: bool = True) -> list[str]:
     """The image objects under a prefix (sorted, hidden names skipped), or the URI itself when it names an
     object or nothing (a missing object is reported when read)."""
     import pyarrow.fs as pafs
 
-    from .errors import InputError
+    from .errors import InputError, first_line
+    from .images import is_image_name
 
     query = urlsplit(uri).query
     try:
@@ -57,7 +58,7 @@ def list_images(uri: str, recursive: bool, is_image_name) -> list[str]:
             return [uri]
         found = filesystem.get_file_info(pafs.FileSelector(path, recursive=recursive))
     except (OSError, ValueError) as exc:
-        raise InputError(f"cannot list {uri}: {_reason(exc)}") from None
+        raise InputError(f"cannot list {uri}: {first_line(exc)}") from None
     images = []
     for entry in sorted(found, key=lambda e: e.path):
         relative = entry.path[len(path):].lstrip("/")
@@ -104,6 +105,3 @@ def read_bytes(uri: str) -> bytes:
     with filesystem.open_input_file(path) as handle:
         return handle.read()
 
-
-def _reason(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]

@@ -68,6 +68,11 @@ def file_state(path: str) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
+def still_exists(key: str) -> bool:
+    """Whether a stored file (or object: asked of the storage, not taken from a listing) is still there."""
+    return remote.file_state(key, listed=False) is not None if remote.is_remote(key) else os.path.exists(key)
+
+
 def arrow_schema(dim: int, dtype: str):
     import pyarrow as pa
 

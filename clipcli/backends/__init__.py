@@ -90,7 +90,8 @@ def _load(spec, root: Path, args: dict):
 
     backend, weights_dir = args["backend"], args["weights_dir"]
     use_onnx = wants_onnx(backend, args["device"], args["precision"])
-    required = backend == "onnx" or args["precision"] == "int8"  # no torch fallback then
+    int8 = args["precision"] == "int8"  # exported from the fp32 model on the CPU, then quantised
+    required = backend == "onnx" or int8  # no torch fallback then
     if use_onnx:
         from .onnx import OnnxModel, find_export
 
@@ -99,12 +100,11 @@ def _load(spec, root: Path, args: dict):
             return OnnxModel(found.directory, spec, args)
         if found is not None and found.failed:
             if required:
-                instead = "--backend torch" if args["precision"] != "int8" else "--precision fp32"
+                instead = "--precision fp32" if int8 else "--backend torch"
                 raise ExportError(f"{spec.display_name} cannot run on ONNX Runtime ({found.failed}); use {instead} "
                                   "(`clip cache clear` forgets the failure and tries again)")
             log.info("%s runs on torch: its ONNX export failed before (%s)", spec.display_name, found.failed)
             use_onnx = False
-    int8 = args["precision"] == "int8"  # exported from the fp32 model on the CPU, then quantised
     loaded = load_model(args["model"], args["pretrained"], device="cpu" if int8 else args["device"],
                         precision="fp32" if int8 else args["precision"], weights_dir=weights_dir)
     if not use_onnx:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ExportError
+from ..errors import ExportError, first_line
 
 OPSET = 17
 TOLERANCE = 1e-4
@@ -235,6 +235,5 @@ def _export_model(loaded, root: Path) -> Path:
         raise
     except Exception as exc:  # noqa: BLE001  (the exporter fails in many ways; each means: stay on torch)
         shutil.rmtree(work, ignore_errors=True)
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise ExportError(f"ONNX export failed: {first}") from None
+        raise ExportError(f"ONNX export failed: {first_line(exc)}") from None
     return target

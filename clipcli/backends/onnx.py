@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..batches import DecodeOptions, thread_batches
-from ..errors import ExportError
+from ..errors import ExportError, first_line
 from ..fsutil import atomic_write_bytes, temp_beside
 from ..models import ModelSpec
 from ..preprocess import ImageTransform
@@ -97,9 +97,10 @@ def _session(path: Path, threads: int | None = None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def quantized_image(directory: Path) -> Path:
+def quantized_image(directory: Path, size: tuple[int, int]) -> Path:
     """The image tower with int8 weights (ONNX Runtime's dynamic quantisation), made once beside the fp32
-    one, atomically, and checked on probe inputs; ExportError when it fails or strays too far."""
+    one, atomically, and checked on probe inputs of the tower's input size (height, width); ExportError when
+    it fails or strays too far."""
     target = Path(directory) / "image.int8.onnx"
     if target.is_file():
         return target
@@ -113,13 +114,10 @@ def quantized_image(directory: Path) -> Path:
         try:
             quantize_dynamic(Path(directory) / "image.onnx", temporary, weight_type=QuantType.QInt8)
         except Exception as exc:  # noqa: BLE001  (the quantiser fails in many ways; each means: no int8 here)
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            raise ExportError(f"int8 quantisation failed: {first}") from None
+            raise ExportError(f"int8 quantisation failed: {first_line(exc)}") from None
         finally:
             logging.getLogger().removeHandler(quiet)
-        facts = json.loads((Path(directory) / "model.json").read_text(encoding="utf-8"))
-        height, width = ImageTransform.from_config(facts["preprocess"]).size
-        probe = np.random.default_rng(0).standard_normal((4, 3, height, width)).astype(np.float32)
+        probe = np.random.default_rng(0).standard_normal((4, 3, *size)).astype(np.float32)
         fp32 = _session(Path(directory) / "image.onnx").run(None, {"pixels": probe})[0]
         int8 = _session(Path(temporary)).run(None, {"pixels": probe})[0]
         cosine = float(np.min(np.sum(l2_normalize(fp32) * l2_normalize(int8), axis=1)))
@@ -150,7 +148,8 @@ class OnnxModel:
         self.precision = "int8" if self.load_args.get("precision") == "int8" else "fp32"
         self.identity = {**self.facts["identity"], "precision": self.precision}
         self.preprocess = ImageTransform.from_config(self.facts["preprocess"])
-        self._image_path = quantized_image(self.directory) if self.precision == "int8" else self.directory / "image.onnx"
+        self._image_path = (quantized_image(self.directory, self.preprocess.size) if self.precision == "int8"
+                            else self.directory / "image.onnx")
         self._threads = threads
         self._image = self._text = self._tokenizer = None
         self._torch = torch_model  # loaded only when label text needs the torch text tower

@@ -94,7 +94,7 @@ def sort(
     label_names = head_model.labels if head_model is not None else [label.name for label in label_list]
     folder_names(label_names, unsure_dir)  # clashing folder names: refused now
     inside = os.path.realpath(into) + os.sep
-    refuse_remote(inputs or [])
+    refuse_remote(inputs or [])  # named ones before any listing; --files-from ones below
     paths = refuse_remote([p for p in gather_inputs(inputs, files_from, recursive)
                            if not os.path.realpath(p).startswith(inside)])
     check_outputs(files={"--output": output_path, "--report": report, "--manifest": manifest},

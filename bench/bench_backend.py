@@ -91,11 +91,11 @@ def matmul_peak(width: int) -> float:
 
 def decode_seconds(photos: list[Path], preprocess) -> float:
     """CPU seconds per image of the default decoding (one thread): read, full JPEG decode, resize, crop, normalise."""
-    from clipcli.batches import DecodeOptions, decode_one
+    from clipcli.batches import DecodeLimits, decode_one
 
     start = time.process_time()
     for path in photos:
-        decode_one(str(path), preprocess, DecodeOptions(max_megapixels=178.0))
+        decode_one(str(path), preprocess, DecodeLimits(max_megapixels=178.0))
     return (time.process_time() - start) / len(photos)
 
 
@@ -104,7 +104,7 @@ def int8_agreement(cache: Path, vit: Path, photos: list[Path]) -> None:
 
     from clipcli.api import prepare_classifier
     from clipcli.backends import load_backend_model
-    from clipcli.batches import DecodeOptions, decode_one
+    from clipcli.batches import DecodeLimits, decode_one
     from clipcli.demo import shapes
 
     drawn = drawn_shapes()
@@ -114,7 +114,7 @@ def int8_agreement(cache: Path, vit: Path, photos: list[Path]) -> None:
         fp32 = load_backend_model(model, backend="onnx", cache_root=cache)
         int8 = load_backend_model(model, precision="int8", cache_root=cache)
         classifier = prepare_classifier(fp32, labels, templates, use_cache=False)
-        pixels = np.stack([decode_one(str(f), fp32.preprocess, DecodeOptions(178.0))[1] for f in files])
+        pixels = np.stack([decode_one(str(f), fp32.preprocess, DecodeLimits(178.0))[1] for f in files])
         full, quantised = classifier.scores(fp32.encode_pixels(pixels)), classifier.scores(int8.encode_pixels(pixels))
         speeds = []
         for loaded in (fp32, int8):

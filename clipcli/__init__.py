@@ -7,16 +7,13 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["classify", "load_model", "prepare_classifier", "classify_paths", "RunOptions", "__version__"]
+__all__ = ["classify", "classify_paths", "open_encoder", "zero_shot_classifier", "ModelOptions", "DecodeOptions",
+           "EngineOptions", "ScoreOptions", "__version__"]
 
 
 def __getattr__(name: str):
-    if name in ("classify", "prepare_classifier", "classify_paths", "RunOptions"):
+    if name in __all__ and name != "__version__":
         from . import api
 
         return getattr(api, name)
-    if name == "load_model":
-        from .models import load_model
-
-        return load_model
     raise AttributeError(name)

@@ -14,26 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
-from . import config
 from .errors import ImageReadError
 from .images import read_image
 
 
 @dataclass(frozen=True)
-class RunOptions:
-    batch_size: int = 32
-    workers: int | None = None  # None: default_workers() (threads or processes)
-    top_k: int = 5  # 0: every label
-    score: str = "softmax"
-    max_megapixels: float | None = config.DEFAULT_MAX_MEGAPIXELS
-    reduced_decode: bool = False  # JPEG draft decoding down to the model's input size (see bench/RESULTS.md)
-    engine: str = "local"  # "local" or "ray" (see engines)
-    ray_address: str | None = None  # None: a local Ray with this machine's cores; "auto": a running cluster
-    gpus_per_worker: float = 0.0  # Ray: GPUs per encoder actor (with --engine ray, `workers` counts actors)
+class DecodeLimits:
+    """What the decode step of one file needs to know."""
 
-
-@dataclass(frozen=True)
-class DecodeOptions:
     max_megapixels: float | None = None
     reduced_decode_size: int | None = None  # JPEG draft: decode at >= this shorter side
 
@@ -60,7 +48,7 @@ def default_workers(threads: bool = False) -> int:
     return max(1, min(8, cores if threads else cores - 1))
 
 
-def decode_one(path: str, preprocess: Callable, options: DecodeOptions):
+def decode_one(path: str, preprocess: Callable, options: DecodeLimits):
     """(path, pixels or None, (kind, message) or None, (width, height) or None) for one file."""
     try:
         image, size = read_image(path, options.max_megapixels, options.reduced_decode_size)
@@ -79,7 +67,7 @@ def make_batch(samples: Sequence, stack: Callable) -> ImageBatch:
 
 
 def thread_batches(paths: Sequence[str], preprocess: Callable, batch_size: int = 32, workers: int | None = None,
-                   options: DecodeOptions = DecodeOptions()) -> Iterator[ImageBatch]:
+                   options: DecodeLimits = DecodeLimits()) -> Iterator[ImageBatch]:
     """Numpy batches in input order, decoded on a thread pool a few batches ahead (Pillow's decoding and
     resampling release the GIL, so threads decode while the model runs)."""
     import numpy as np

@@ -1,24 +1,61 @@
-"""Class embeddings for the zero-shot classifier of the CLIP paper, from prompt ensembles (numpy).
+"""The zero-shot classifier of the CLIP paper: class embeddings from prompt ensembles, and scores (numpy).
 
-Class embedding of a label: every text of the label (its name, plus synonyms)
-is put into every template; the prompt embeddings are L2-normalised, averaged
-and renormalised.  The prompts are encoded by the model object (torch or ONNX
-backend: `encode_texts`); scoring lives in `scoring`.
+Class embedding of a label: every text of the label (its name, plus synonyms) is put into every template;
+the prompt embeddings are L2-normalised, averaged and renormalised.  The prompts are encoded by the model
+object (torch or ONNX backend: `encode_texts`), or taken from the class-embedding cache.
+
+Scores: softmax(logit_scale * image @ classes.T), or, for models trained with a sigmoid loss,
+sigmoid(logit_scale * image @ classes.T + bias).  Every scorer (this classifier, the few-shot heads)
+takes L2-normalised features [N, dim] and gives scores [N, labels]; nothing here needs torch.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from . import config
 from .cache import PACK_MIN_LABELS, EmbeddingCache
-from .errors import ClipCliWarning
-from .labels import Label
+from .errors import ClipCliWarning, UsageError
+from .labels import Label, clean_labels, require_labels
 from .models import is_text_truncated
-from .scoring import ZeroShotClassifier, l2_normalize
-from .templates import TemplateSet, render_template
+from .templates import TemplateSet, load_template_set, render_template
+from .vectors import as_array, l2_normalize, sigmoid, softmax
+
+SCORES = ("softmax", "sigmoid")
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class ZeroShotClassifier:
+    labels: list[str]
+    class_embeddings: np.ndarray  # [labels, dim], L2-normalised, float32
+    logit_scale: float
+    logit_bias: float | None = None
+
+    def __post_init__(self) -> None:
+        self.class_embeddings = as_array(self.class_embeddings)
+
+    def logits(self, image_features) -> np.ndarray:
+        """image_features: L2-normalised [N, dim]."""
+        return self.logit_scale * (as_array(image_features) @ self.class_embeddings.T)
+
+    def check_score(self, score: str) -> None:
+        if score not in SCORES:
+            raise UsageError(f"unknown --score {score!r}; use softmax or sigmoid")
+        if score == "sigmoid" and self.logit_bias is None:
+            raise UsageError("--score sigmoid needs a model trained with a sigmoid loss (SigLIP family); "
+                             "this model has no logit bias, use --score softmax")
+
+    def scores(self, image_features, score: str = "softmax") -> np.ndarray:
+        self.check_score(score)
+        logits = self.logits(image_features)
+        if score == "sigmoid":
+            return sigmoid(logits + self.logit_bias)
+        return softmax(logits)
 
 
 def label_prompts(label: Label, templates: TemplateSet) -> list[str]:
@@ -73,3 +110,33 @@ def build_classifier(loaded, labels: list[Label], templates: TemplateSet, cache:
 def open_cache(loaded, templates: TemplateSet, root) -> EmbeddingCache:
     info = {**loaded.identity, "alias": loaded.spec.alias}
     return EmbeddingCache.for_model(root, loaded.identity_key(), info, templates.templates)
+
+def as_labels(labels: Iterable[str | Label]) -> list[Label]:
+    return require_labels(clean_labels([x if isinstance(x, Label) else Label.plain(str(x).strip()) for x in labels]))
+
+
+def zero_shot_classifier(loaded, labels: Sequence[str | Label], templates: str | TemplateSet,
+                         cache_dir: str | None = None, use_cache: bool = True,
+                         progress: Progress | None = None) -> ZeroShotClassifier:
+    """Class embeddings for the labels, encoded once for the run (and cached on disk)."""
+    template_set = load_template_set(templates) if isinstance(templates, str) else templates
+    cache = open_cache(loaded, template_set, config.cache_dir(cache_dir)) if use_cache else None
+    return build_classifier(loaded, as_labels(labels), template_set, cache, progress)
+
+
+def cached_classifier(scoring: dict, labels, templates, root) -> ZeroShotClassifier | None:
+    """A classifier from the class-embedding cache alone, with no model loaded: for scoring stored image
+    embeddings (a store records the scale, bias and text-cache key of its model).  None unless every label
+    is cached."""
+    if not scoring.get("text_cache_key"):
+        return None
+    cache = EmbeddingCache.for_model(root, scoring["text_cache_key"], {}, templates.templates)
+    keys = [label.texts for label in labels]
+    embeddings = cache.get_pack(keys) if len(labels) >= PACK_MIN_LABELS else None
+    if embeddings is None:
+        found = [cache.get(key) for key in keys]
+        if any(vector is None for vector in found):
+            return None
+        embeddings = np.stack(found)
+    return ZeroShotClassifier([label.name for label in labels], embeddings, float(scoring["logit_scale"]),
+                              scoring.get("logit_bias"))

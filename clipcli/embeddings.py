@@ -1,66 +1,43 @@
-"""Image embeddings, the hinge of clipcli: encoded from files, or read from (and added to) a store.
+"""Image embeddings, the hinge of clipcli: encoded from files, and written through to a store.
 
-Every command that needs image features asks `embedding_batches` for them: it yields
-(items, features) batches in input order, whether the features were just encoded or were
-already in the image-embedding store.  Scorers (zero-shot classifier, few-shot heads) only ever
-see those features.
+Every command that needs image features asks an `Encoder` for them: `encoder.batches(paths)` yields
+(items, features) batches in input order.  With a store, the rows it holds fresh are read for just the
+keys asked, the rest are encoded, yielded at once, and queued to the store: records stream batch by
+batch, and fresh images are scored from the float32 features just computed.  Scorers (zero-shot
+classifier, few-shot heads) only ever see those features.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from . import __version__
-from .batches import BatchItem, DecodeOptions, RunOptions
-from .images import display_path
-from .scoring import as_array
-from .store import (DEFAULT_SHARD_ROWS, ImageStore, StoreModel, StoreWriter, file_state, model_key, open_for_writing,
-                    resolve, still_exists)
-
-if TYPE_CHECKING:  # either backend's model: models.LoadedModel (torch) or backends.onnx.OnnxModel
-    from .models import LoadedModel
+from .batches import BatchItem, DecodeLimits
+from .options import DecodeOptions, EngineOptions, ModelOptions
+from .paths import display_path, identity_hash
+from .store import DEFAULT_SHARD_ROWS, StoreModel, StoreWriter, file_state, open_for_writing, resolve
+from .vectors import as_array
 
 Progress = Callable[[int, int], None]
+NOT_FOUND = ("not_found", "file not found")
 Batches = Iterator[tuple[list[BatchItem], "np.ndarray | None"]]
 
 
-def encode_pixels(loaded, pixels) -> np.ndarray:
-    """L2-normalised float32 features of one batch of preprocessed pixels, on the model's backend."""
-    return as_array(loaded.encode_pixels(pixels))
-
-
-def encode_batches(loaded, paths: Sequence[str], options: RunOptions = RunOptions(),
-                   progress: Progress | None = None) -> Batches:
-    """(items, L2-normalised float32 features of the decoded items) per batch, in input order."""
-    decode = DecodeOptions(options.max_megapixels, loaded.image_size if options.reduced_decode else None)
-    if options.engine == "ray":
-        from .engines.ray import RaySettings, ray_batches
-
-        settings = RaySettings(options.ray_address, options.workers, options.gpus_per_worker)
-        yield from ray_batches(loaded, paths, options.batch_size, decode, settings, progress)
-        return
-    done = 0
-    for batch in loaded.image_batches(paths, options.batch_size, options.workers, decode):
-        features = None if batch.pixels is None else encode_pixels(loaded, batch.pixels)
-        yield batch.items, features
-        done += len(batch.items)
-        if progress is not None:
-            progress(done, len(paths))
-
-
-def store_model(loaded: LoadedModel) -> StoreModel:
+def store_model(loaded) -> StoreModel:
     """The store's record of a loaded model: how to load it again, and its identity."""
-    return StoreModel(loaded.spec.alias or loaded.spec.name, loaded.spec.pretrained, model_key(loaded.identity),
+    return StoreModel(loaded.spec.alias or loaded.spec.name, loaded.spec.pretrained,
+                      identity_hash(loaded.identity, leave_out=("precision",)),
                       {k: v for k, v in loaded.identity.items() if k != "precision"},
                       {"logit_scale": loaded.logit_scale, "logit_bias": loaded.logit_bias,
                        "text_cache_key": loaded.identity_key()})
 
 
-def open_store_writer(directory: str | Path, loaded: LoadedModel, dtype: str | None = None,
+def open_store_writer(directory: str | Path, loaded, dtype: str | None = None,
                       shard_rows: int = DEFAULT_SHARD_ROWS) -> StoreWriter:
     return open_for_writing(directory, store_model(loaded), loaded.embed_dim, dtype, shard_rows, __version__)
 
@@ -69,89 +46,137 @@ def open_store_writer(directory: str | Path, loaded: LoadedModel, dtype: str | N
 class SyncReport:
     """What bringing a store up to date with some inputs took."""
 
-    inputs: int = 0
     stored: int = 0  # already stored and fresh
     encoded: int = 0  # newly encoded (or re-encoded because the file changed)
     failed: int = 0  # could not be read (stored as error rows when the file exists)
     pruned: int = 0
-    transient: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> error, for files not stored
     errors: list[tuple[str, str]] = field(default_factory=list)  # (path, message) of files that failed this run
 
 
-def sync_store(loaded: LoadedModel, writer: StoreWriter, paths: Sequence[str], options: RunOptions = RunOptions(),
-               progress: Progress | None = None) -> SyncReport:
-    """Encode the inputs that the store lacks or holds stale, and add them; fresh ones cost nothing."""
-    report = SyncReport(inputs=len(paths))
-    todo: dict[str, tuple[str, tuple[int, int] | None]] = {}  # key -> (path to read, state)
-    for path in paths:
-        key = resolve(path)
-        if key in todo:
-            continue
-        state = file_state(path)
-        if state is not None and writer.is_fresh(key, state):
-            report.stored += 1
-            continue
-        todo[key] = (path, state)
-    keys = list(todo)
-    done = 0
-    for items, features in encode_batches(loaded, [todo[k][0] for k in keys], options):
-        vectors = iter(features if features is not None else [])
-        for item, key in zip(items, keys[done:done + len(items)]):
-            state = todo[key][1]
-            vector = None if item.error else next(vectors)
-            if item.error:
-                report.failed += 1
-                report.errors.append((display_path(item.path), item.error[1]))
-            else:
-                report.encoded += 1
-            if state is None:  # cannot be stat-ed (missing): nothing to key a stored row on
-                if item.error:
-                    report.transient[key] = item.error
-                continue
-            writer.add(key, state, item.size, vector, item.error)
-        done += len(items)
-        if progress is not None:
-            progress(done, len(keys))
-    writer.commit()
-    return report
+@dataclass
+class Encoder:
+    """A loaded model (torch or ONNX Runtime backend) with how to read images and where (engine), and the
+    store it writes through, if any."""
+
+    model: Any  # models.LoadedModel or backends.onnx.OnnxModel
+    decode: DecodeOptions = DecodeOptions()
+    engine: EngineOptions = EngineOptions()
+    store: StoreWriter | None = None
+    report: SyncReport = field(default_factory=SyncReport)
+
+    def describe(self) -> dict:
+        return self.model.describe()
+
+    def batches(self, paths: Sequence[str], progress: Progress | None = None) -> Batches:
+        """(items, L2-normalised float32 features of the readable items) per batch, in input order."""
+        if self.store is None:
+            yield from self._encode(paths, progress)
+        else:
+            yield from self._through_store(paths, progress)
+
+    def _encode(self, paths: Sequence[str], progress: Progress | None = None) -> Batches:
+        loaded, decode = self.model, self.decode
+        limits = DecodeLimits(decode.max_megapixels, loaded.image_size if decode.reduced_decode else None)
+        if self.engine.name == "ray":
+            from .engines.ray import RaySettings, ray_batches
+
+            settings = RaySettings(self.engine.address, decode.workers, self.engine.gpus_per_worker)
+            yield from ray_batches(loaded, paths, decode.batch_size, limits, settings, progress)
+            return
+        done = 0
+        for batch in loaded.image_batches(paths, decode.batch_size, decode.workers, limits):
+            yield batch.items, (None if batch.pixels is None else as_array(loaded.encode_pixels(batch.pixels)))
+            done += len(batch.items)
+            if progress is not None:
+                progress(done, len(paths))
+
+    def _through_store(self, paths: Sequence[str], progress: Progress | None) -> Batches:
+        store = self.store
+        keys = [resolve(p) for p in paths]
+        states = [file_state(p) for p in paths]
+        located = store.locate(keys)
+        stored = [states[i] is not None and (loc := located.get(display_path(keys[i]))) is not None
+                  and loc.state == states[i] for i in range(len(paths))]
+        encoded = self._encode([p for p, s in zip(paths, stored) if not s])
+        try:
+            yield from self._merge(paths, keys, states, located, stored, _items(encoded), progress)
+        finally:
+            encoded.close()  # stops the decoding workers at once when the consumer stops early
+
+    def _merge(self, paths, keys, states, located, stored, fresh, progress) -> Batches:
+        """Stored and freshly encoded items back in input order, batch by batch."""
+        store, report, size = self.store, self.report, self.decode.batch_size
+        for start in range(0, len(paths), size):
+            chunk = range(start, min(start + size, len(paths)))
+            rows = store.read({display_path(keys[i]): located[display_path(keys[i])] for i in chunk if stored[i]})
+            items, vectors = [], []
+            for i in chunk:
+                key = display_path(keys[i])
+                if stored[i] and key in rows:
+                    row = rows[key]
+                    item, vector = BatchItem(paths[i], row.error), row.embedding
+                    report.stored += 1
+                else:  # not stored, or its row vanished (pruned by hand meanwhile)
+                    item, vector = next(fresh) if not stored[i] else (BatchItem(paths[i], NOT_FOUND), None)
+                    self._note(item, vector, keys[i], states[i], located.get(key))
+                items.append(item)
+                if vector is not None:
+                    vectors.append(vector)
+            yield items, (np.stack(vectors) if vectors else None)
+            if progress is not None:
+                progress(chunk.stop, len(paths))
+
+    def _note(self, item: BatchItem, vector, key: str, state, replaces) -> None:
+        """Count a freshly encoded (or failed) item and queue it to the store."""
+        if item.error:
+            self.report.failed += 1
+            self.report.errors.append((display_path(item.path), item.error[1]))
+        else:
+            self.report.encoded += 1
+        if state is not None:  # a file that cannot be stat-ed (missing) has nothing to key a row on
+            self.store.add(key, state, item.size, vector, item.error, replaces)
+
+    def sync(self, paths: Sequence[str], progress: Progress | None = None) -> SyncReport:
+        """Bring the store up to date with the inputs (`clip embed`): encode and add what it lacks."""
+        for _ in self.batches(paths, progress):
+            pass
+        return self.report
 
 
-def prune_store(writer: StoreWriter) -> int:
-    """Remove rows whose files (or objects) no longer exist; returns how many."""
-    gone = [key for key in writer.stored_index() if not still_exists(key)]
-    count = writer.remove(gone)
-    writer.commit()
-    return count
+def _items(batches: Batches) -> Iterator[tuple[BatchItem, "np.ndarray | None"]]:
+    """Batches flattened to (item, its feature row or None), in order."""
+    for items, features in batches:
+        rows = iter(features if features is not None else [])
+        for item in items:
+            yield item, (None if item.error else next(rows))
 
 
-def embedding_batches(loaded: LoadedModel, paths: Sequence[str], options: RunOptions = RunOptions(),
-                      writer: StoreWriter | None = None, progress: Progress | None = None,
-                      report: SyncReport | None = None) -> Batches:
-    """Features for the paths in input order: encoded, or taken from (and added to) the store."""
-    if writer is None:
-        yield from encode_batches(loaded, paths, options, progress)
+def load_model(options: ModelOptions, store: str | Path | None = None):
+    """The model the options name, on the backend they choose; with a store and no model named, the store's."""
+    from . import config
+    from .backends import load_backend_model
+    from .store import store_model_of
+
+    name, pretrained = options.name, options.pretrained
+    if name is None and store is not None:
+        stored = store_model_of(store)
+        if stored is not None:
+            name, pretrained = stored.name, pretrained or stored.pretrained
+    name = name or config.default_model()
+    return load_backend_model(name, pretrained or config.default_pretrained(name), device=options.device,
+                              precision=options.precision, weights_dir=config.weights_dir(options.weights_dir),
+                              backend=options.backend, cache_root=options.cache_dir)
+
+
+@contextmanager
+def open_encoder(model: ModelOptions, decode: DecodeOptions = DecodeOptions(), engine: EngineOptions = EngineOptions(),
+                 store: str | Path | None = None, dtype: str | None = None,
+                 shard_rows: int = DEFAULT_SHARD_ROWS) -> Iterator[Encoder]:
+    """The run's encoder: the model loaded once and, with a store, its writer (committed and unlocked on the
+    way out, also on Ctrl-C)."""
+    loaded = load_model(model, store)
+    if store is None:
+        yield Encoder(loaded, decode, engine)
         return
-    synced = sync_store(loaded, writer, paths, options, progress)
-    if report is not None:
-        report.__dict__.update(synced.__dict__)
-    yield from stored_batches(writer, paths, options.batch_size, synced.transient)
-
-
-def stored_batches(store: ImageStore, paths: Sequence[str], batch_size: int,
-                   transient: dict[str, tuple[str, str]] | None = None) -> Batches:
-    """Features of paths that are all in the store (fresh), batch by batch in input order."""
-    keys = [resolve(p) for p in paths]
-    found = store.lookup(keys)
-    transient = transient or {}
-    for start in range(0, len(paths), batch_size):
-        items, rows = [], []
-        for path, key in zip(paths[start:start + batch_size], keys[start:start + batch_size]):
-            row = found.get(display_path(key))
-            if row is None:
-                items.append(BatchItem(path, transient.get(key, ("not_found", "file not found"))))
-            elif row.error:
-                items.append(BatchItem(path, row.error))
-            else:
-                items.append(BatchItem(path))
-                rows.append(row.embedding)
-        yield items, (np.stack(rows).astype(np.float32, copy=False) if rows else None)
+    with open_store_writer(store, loaded, dtype, shard_rows) as writer:
+        yield Encoder(loaded, decode, engine, writer)

@@ -12,10 +12,22 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-from .errors import InputError
+import numpy as np
+
+from .errors import InputError, UsageError
 from .images import walk_images
+from .paths import display_path
+from .results import error_record
+from .templates import TemplateSet
+from .vectors import as_array
+
+if TYPE_CHECKING:
+    from .embeddings import Encoder
+    from .fewshot import FewShotHead
+
+Progress = Callable[[int, int], None]
 
 
 @dataclass
@@ -155,3 +167,69 @@ def compute_metrics(targets: Sequence[int], ranked: Sequence[Sequence[int]], cla
         confusion=confusion,
         count=count,
     )
+
+
+@dataclass
+class EvalResult:
+    templates: TemplateSet
+    metrics: Metrics
+    mistakes: list[dict]  # the most confident wrong predictions, most confident first
+
+
+def encode_dataset(encoder: "Encoder", paths: Sequence[str],
+                   progress: Progress | None = None) -> tuple[list[int], np.ndarray | None, list[dict]]:
+    """(indexes of the readable paths, their features stacked, error records of the others)."""
+    kept, features, errors = [], [], []
+    for items, batch_features in encoder.batches(paths, progress):
+        rows = iter(batch_features if batch_features is not None else [])
+        for index, item in enumerate(items, start=len(kept) + len(errors)):
+            if item.error:
+                errors.append(error_record(display_path(item.path), *item.error))
+            else:
+                kept.append(index)
+                features.append(next(rows))
+    return kept, (np.stack(features) if features else None), errors
+
+
+def head_scorer(head: "FewShotHead", dataset: Dataset) -> tuple[TemplateSet, list[str], list[int]]:
+    """A head as an evaluation's scorer: (its template set, its classes, dataset class -> head class)."""
+    position = {label: i for i, label in enumerate(head.labels)}
+    unknown = [name for name in dataset.class_names if name not in position]
+    if unknown:
+        raise UsageError(f"the dataset has classes the head does not know: {', '.join(map(repr, unknown[:5]))}; "
+                         "fit the head on these classes, or map folder names to its labels with --mapping")
+    templates = TemplateSet(f"head:{head.method}", "few-shot head", "", head.meta.get("templates", []))
+    return templates, head.labels, [position[name] for name in dataset.class_names]
+
+
+def evaluate(encoder: "Encoder", dataset: Dataset, template_sets: Sequence[TemplateSet], cache_dir: str | None = None,
+             use_cache: bool = True, progress: Progress | None = None, mistakes: int = 12,
+             head: "FewShotHead | None" = None) -> tuple[list[EvalResult], list[dict]]:
+    """Accuracy of each template set (or of a few-shot head) on the dataset; images are encoded once for all.
+
+    Returns the results and the error records of images that could not be read (left out of the metrics)."""
+    from .classifier import zero_shot_classifier
+    from .scoring import ranked
+
+    if head is not None:
+        templates, classes, to_scorer = head_scorer(head, dataset)
+        scorers = [(templates, head)]
+    else:
+        scorers = [(t, zero_shot_classifier(encoder.model, dataset.class_names, t, cache_dir, use_cache))
+                   for t in template_sets]
+        classes, to_scorer = dataset.class_names, list(range(len(dataset.class_names)))
+    kept, stacked, errors = encode_dataset(encoder, dataset.paths, progress)
+    if stacked is None:
+        return [], errors
+    targets = [to_scorer[dataset.targets[i]] for i in kept]
+    results = []
+    for template_set, scorer in scorers:
+        probabilities = as_array(scorer.scores(stacked, "softmax"))
+        top = ranked(probabilities, min(5, len(classes)))[1].tolist()
+        wrong = [(float(probabilities[row, order[0]]), row, order[0]) for row, order in enumerate(top)
+                 if order[0] != targets[row]]
+        top_wrong = [{"path": display_path(dataset.paths[kept[row]]), "true": classes[targets[row]],
+                      "predicted": classes[predicted], "confidence": confidence}
+                     for confidence, row, predicted in sorted(wrong, reverse=True)[:mistakes]]
+        results.append(EvalResult(template_set, compute_metrics(targets, top, classes), top_wrong))
+    return results, errors

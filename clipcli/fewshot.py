@@ -332,3 +332,77 @@ def accuracy(head: FewShotHead, features: torch.Tensor, targets: Sequence[int]) 
         return math.nan
     predicted = head.predict(torch.nn.functional.normalize(as_tensor(features), dim=-1))
     return float((predicted == torch.as_tensor(list(targets))).float().mean())
+
+
+# --- jobs: fit a head on a dataset, measure the few-shot curve ---------------------------------------------
+
+@dataclass(frozen=True)
+class ShotPlan:
+    """Which heads to fit on how many shots: one head, or a curve (shots 0 = zero-shot)."""
+
+    methods: tuple[str, ...] = (DEFAULT_METHOD,)
+    shots: tuple[int | None, ...] = (None,)  # None: every training image
+    repeats: int = 3  # samples of the shots per point of a curve (seed, seed + 1, ...)
+    seed: int = 0
+
+
+def head_metadata(model, templates, shots: int | None, train: str) -> dict:
+    from . import __version__
+    from .embeddings import store_model
+
+    stored = store_model(model)
+    return {"model": stored.display(), "model_key": stored.key, "templates_name": templates.name,
+            "templates": list(templates.templates), "shots_per_class": shots, "train": train,
+            "clipcli_version": __version__}
+
+
+def fit(encoder, dataset, classifier, templates, plan: ShotPlan = ShotPlan(), progress=None,
+        train_name: str = "") -> tuple[FewShotHead, list[dict]]:
+    """Fit a head (plan.methods[0]) on plan.shots[0] images per class of the dataset (all when None), starting
+    from the zero-shot classifier; only the sampled images are encoded.  Returns the head and the error
+    records of images that could not be read."""
+    from .evaluate import encode_dataset
+
+    shots = plan.shots[0]
+    chosen = sample_shots(dataset.targets, shots, plan.seed)
+    kept, features, errors = encode_dataset(encoder, [dataset.paths[i] for i in chosen], progress)
+    if features is None:
+        raise UsageError("no training image could be read")
+    targets = [dataset.targets[chosen[i]] for i in kept]
+    head = fit_head(features, targets, classifier.labels, classifier.class_embeddings, classifier.logit_scale,
+                    plan.methods[0], plan.seed, head_metadata(encoder.model, templates, shots, train_name))
+    return head, errors
+
+
+def few_shot_curve(encoder, train, test, classifier, plan: ShotPlan,
+                   progress=None) -> tuple[list[dict], list[dict]]:
+    """Test accuracy per method and shot count (0: zero-shot), mean and spread over `plan.repeats` samples of
+    the shots.  Every image is encoded once; each repeat samples other shots with seed + repeat."""
+    import statistics
+    import time
+
+    from .evaluate import encode_dataset
+
+    if train.class_names != test.class_names:
+        raise UsageError("the training and test sets must have the same classes (the same folder names)")
+    kept, features, errors = encode_dataset(encoder, train.paths + test.paths, progress)
+    if features is None:
+        raise UsageError("no image could be read")
+    split = sum(1 for i in kept if i < len(train.paths))
+    train_x, test_x = features[:split], features[split:]
+    train_y = [train.targets[i] for i in kept[:split]]
+    test_y = [test.targets[i - len(train.paths)] for i in kept[split:]]
+    rows = []
+    for k in plan.shots:
+        for method in (["zero-shot"] if k == 0 else plan.methods):
+            runs, seconds = [], []
+            for repeat in range(1 if k == 0 else plan.repeats):
+                chosen = sample_shots(train_y, k, plan.seed + repeat) if k else []
+                start = time.perf_counter()
+                head = fit_head(train_x[chosen], [train_y[i] for i in chosen], classifier.labels,
+                                classifier.class_embeddings, classifier.logit_scale, method, plan.seed + repeat)
+                seconds.append(time.perf_counter() - start)
+                runs.append(accuracy(head, test_x, test_y))
+            rows.append({"method": method, "shots": k, "mean": statistics.fmean(runs),
+                         "std": statistics.pstdev(runs), "runs": runs, "fit_seconds": statistics.fmean(seconds)})
+    return rows, errors

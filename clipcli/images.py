@@ -13,21 +13,14 @@ import sys
 from typing import Iterable, Iterator
 
 from .errors import ImageReadError, InputError
+from .paths import display_path, is_image_name  # noqa: F401 (re-exported)
 
-IMAGE_EXTENSIONS = frozenset({
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff",
-    ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".jp2", ".avif", ".heic",
-})
 GLOB_CHARS = frozenset("*?[")
 # Above this, a JPEG is always decoded at reduced size (shorter side >= HUGE_DECODE_SIDE) so memory stays
 # bounded, even with reduced decoding off.
 HUGE_MEGAPIXELS = 40.0
 HUGE_DECODE_SIDE = 2048
 EXIF_ORIENTATION = 0x0112
-
-
-def is_image_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def _is_hidden(name: str) -> bool:
@@ -207,7 +200,3 @@ def _to_upright_rgb(image, orientation: int | None):
         image = Image.alpha_composite(background, rgba)
     return image if image.mode == "RGB" else image.convert("RGB")
 
-
-def display_path(path: str) -> str:
-    """The path as text for output: undecodable bytes kept as \\x escapes instead of crashing."""
-    return os.fsencode(path).decode("utf-8", errors="backslashreplace")

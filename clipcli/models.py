@@ -143,8 +143,9 @@ class LoadedModel:
 
     def identity_key(self) -> str:
         """A short stable hash of everything that determines the text embeddings."""
-        blob = json.dumps(self.identity, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:20]
+        from .paths import identity_hash
+
+        return identity_hash(self.identity)
 
 
 def resolve_device(device: str = "auto"):

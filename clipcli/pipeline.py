@@ -13,13 +13,13 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from .batches import BatchItem, DecodeOptions, ImageBatch, RunOptions, decode_one, default_workers, make_batch  # noqa: F401 (re-exported)
+from .batches import DecodeLimits, ImageBatch, decode_one, default_workers, make_batch
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
     """Map-style dataset over paths: (path, pixels or None, error or None, (width, height) or None)."""
 
-    def __init__(self, paths: Sequence[str], preprocess: Callable, options: DecodeOptions) -> None:
+    def __init__(self, paths: Sequence[str], preprocess: Callable, options: DecodeLimits) -> None:
         self.paths = list(paths)
         self.preprocess = preprocess
         self.options = options
@@ -36,7 +36,7 @@ def collate(samples) -> ImageBatch:
 
 
 def iter_batches(paths: Sequence[str], preprocess: Callable, batch_size: int = 32, workers: int | None = None,
-                 options: DecodeOptions = DecodeOptions(), pin_memory: bool = False) -> Iterator[ImageBatch]:
+                 options: DecodeLimits = DecodeLimits(), pin_memory: bool = False) -> Iterator[ImageBatch]:
     """Batches in input order."""
     dataset = ImageFolderDataset(paths, preprocess, options)
     workers = default_workers() if workers is None else workers

@@ -47,7 +47,7 @@ def list_images(uri: str, recursive: bool = True) -> list[str]:
     import pyarrow.fs as pafs
 
     from .errors import InputError, first_line
-    from .images import is_image_name
+    from .paths import is_image_name
 
     query = urlsplit(uri).query
     try:

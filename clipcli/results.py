@@ -23,12 +23,9 @@ FORMATS = ("table", "json", "jsonl", "csv")
 CSV_COLUMNS = ("path", "rank", "label", "score", "error_type", "error_message")
 
 
-def prediction_record(path: str, labels: Sequence[str], scores: Sequence[float], top_k: int = 0) -> dict:
-    """Ranked predictions; top_k = 0 keeps every label."""
-    ranked = sorted(zip(labels, scores), key=lambda pair: -pair[1])
-    if top_k > 0:
-        ranked = ranked[:top_k]
-    return {"path": path, "predictions": [{"label": label, "score": float(score)} for label, score in ranked]}
+def prediction_record(path: str, labels: Sequence[str], scores: Sequence[float]) -> dict:
+    """An image's predictions, in the order given (ranked by the caller)."""
+    return {"path": path, "predictions": [{"label": label, "score": float(score)} for label, score in zip(labels, scores)]}
 
 
 def error_record(path: str, kind: str, message: str) -> dict:

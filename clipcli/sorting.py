@@ -83,7 +83,7 @@ class Operation:
 
     def as_record(self) -> dict:
         """For output: paths as text (undecodable bytes as \\x escapes), no journal-only fields."""
-        from .images import display_path
+        from .paths import display_path
 
         record = {k: v for k, v in asdict(self).items() if k not in ("size", "sha256")}
         for key in ("source", "destination"):

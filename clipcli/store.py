@@ -1,7 +1,8 @@
-"""The image-embedding store: a folder of Parquet shards plus a JSON manifest (pyarrow and numpy only).
+"""The image-embedding store: a plain Parquet dataset plus a manifest (pyarrow and numpy only).
 
-    STORE/clip-store.json        the manifest: model, dimension, dtype, the live shards (written last)
-    STORE/shards/part-*.parquet  one row per image file:
+    STORE/_clip-store.json        the manifest: format, model, dimension, dtype (Parquet readers skip `_` names)
+    STORE/.clip-store.lock        held by the one writer
+    STORE/shards/part-*.parquet   the rows, one per image file; every visible shard is live:
         path           string     resolved absolute path (the key)
         size           int64      file size in bytes
         mtime_ns       int64      modification time, nanoseconds
@@ -10,12 +11,17 @@
         error_type     string     null, or why the file could not be read
         error_message  string
 
-Writers hold an exclusive lock (`STORE/.clip-store.lock`).  Each commit writes new shards under a
-hidden temporary name, renames them into place and then atomically replaces the manifest, so a
-reader (or a crash at any moment) sees either the old set of shards or the new one.  Shards not
-named in the manifest are left-overs of an interrupted commit and are removed by the next writer.
-A row whose file changed is replaced by rewriting its shard without it in the same commit, so every
-path appears at most once.  A file is fresh when its size and mtime equal the stored ones.
+So `pyarrow.dataset.dataset(STORE)`, `pandas.read_parquet(STORE)`, `ray.data.read_parquet(STORE)` and
+DuckDB's `read_parquet('STORE/**/*.parquet')` read every live row exactly once.  A commit never makes
+that untrue, not even for a moment or after a crash: shards are written under hidden temporary names
+(`.part-*.tmp`, skipped by every reader), a new shard appears with one rename, and a shard holding rows
+that changed is replaced in place, with one rename, by a copy holding the new rows instead: a row never
+moves from one shard to another, so any mix of old and new shards holds each path once.  A shard whose
+rows were all pruned is deleted.  Readers open every shard before reading one, so a writer cannot pull a
+shard away from them.  Pages carry CRC checksums, verified on every read.
+
+A file is fresh when its size and mtime equal the stored ones.  Stores of schema version 1 (manifest
+`clip-store.json` with a shard list) are read as they are and upgraded in place by the next writer.
 """
 
 from __future__ import annotations
@@ -27,34 +33,33 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from . import remote
 from .errors import StoreBusyError, StoreError, StoreModelError, UsageError
 from .fsutil import atomic_write_bytes, fsync_dir, temp_beside
-from .scoring import l2_normalize
+from .paths import display_path
+from .vectors import l2_normalize
 
-MANIFEST = "clip-store.json"
+MANIFEST = "_clip-store.json"
+LEGACY_MANIFEST = "clip-store.json"  # schema version 1
 SHARD_DIR = "shards"
 LOCK_FILE = ".clip-store.lock"
 FORMAT = "clipcli-image-store"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DTYPES = ("float16", "float32")
 DEFAULT_SHARD_ROWS = 4096
 COMMIT_SECONDS = 30.0  # a long run commits at least this often, so an interruption loses little
+GROUP_ROWS = 8192  # rows per Parquet row group: the unit a keyed read decodes (8 MB at 512-d float16)
 READ_ROWS = 65536
+MANIFEST_KEYS = {"format": str, "schema_version": int, "model": dict, "dim": int, "dtype": str}
 
 
 def resolve(path: str) -> str:
     """The store's key for a file: its absolute path with symlinks resolved (an object-storage URI as is)."""
     return path if remote.is_remote(path) else os.path.realpath(path)
-
-
-def key_text(path: str) -> str:
-    """A path as Parquet text: bytes that are not UTF-8 kept as \\x escapes."""
-    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
 
 
 def file_state(path: str) -> tuple[int, int] | None:
@@ -99,13 +104,6 @@ class StoreModel:
         return f"{self.name}:{self.pretrained}" if self.pretrained else self.name
 
 
-def model_key(identity: dict) -> str:
-    import hashlib
-
-    kept = {k: v for k, v in identity.items() if k != "precision"}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:20]
-
-
 @dataclass
 class Rows:
     """Rows to add, column by column (embeddings as float32 [n, dim]; rows with an error have zeros there)."""
@@ -116,14 +114,14 @@ class Rows:
     widths: list[int | None] = field(default_factory=list)
     heights: list[int | None] = field(default_factory=list)
     errors: list[tuple[str, str] | None] = field(default_factory=list)
-    vectors: list[np.ndarray] = field(default_factory=list)
+    vectors: list[np.ndarray | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def add(self, path: str, state: tuple[int, int], size: tuple[int, int] | None,
             vector: np.ndarray | None, error: tuple[str, str] | None) -> None:
-        self.paths.append(path)
+        self.paths.append(display_path(path))
         self.sizes.append(state[0])
         self.mtimes.append(state[1])
         self.widths.append(size[0] if size else None)
@@ -144,7 +142,7 @@ class Rows:
         flat = pa.array(values.reshape(-1), type=schema.field("embedding").type.value_type)
         embedding = pa.FixedSizeListArray.from_arrays(flat, dim, mask=pa.array(~valid))
         return pa.table([
-            pa.array([key_text(p) for p in self.paths], pa.string()),
+            pa.array(self.paths, pa.string()),
             pa.array(self.sizes, pa.int64()), pa.array(self.mtimes, pa.int64()),
             pa.array(self.widths, pa.int32()), pa.array(self.heights, pa.int32()),
             embedding,
@@ -162,12 +160,23 @@ class StoredImage:
     error: tuple[str, str] | None
 
 
+@dataclass(frozen=True)
+class Location:
+    """Where a key's row is, and the file state it was stored with."""
+
+    shard: str  # file name inside SHARD_DIR
+    group: int  # row group
+    row: int  # row inside the group
+    state: tuple[int, int]
+
+
 class ImageStore:
-    """A store opened for reading.  Shards never change once written, so reading needs no lock."""
+    """A store opened for reading: needs no lock and no write permission."""
 
     def __init__(self, directory: str | os.PathLike, manifest: dict) -> None:
         self.directory = Path(directory)
         self.manifest = manifest
+        self._group: tuple[tuple[str, int], object] | None = None  # the last row group a keyed read decoded
 
     # --- what it holds --------------------------------------------------------------------------------
     @property
@@ -183,66 +192,83 @@ class ImageStore:
     def dtype(self) -> str:
         return self.manifest["dtype"]
 
-    @property
-    def shard_files(self) -> list[Path]:
-        return [self.directory / s["file"] for s in self.manifest["shards"]]
+    def shard_names(self) -> list[str]:
+        """The live shards' file names, oldest first (for a version 1 store: the ones its manifest names)."""
+        if "shards" in self.manifest:
+            return [Path(s["file"]).name for s in self.manifest["shards"]]
+        try:
+            names = [e.name for e in os.scandir(self.directory / SHARD_DIR)
+                     if e.name.endswith(".parquet") and not e.name.startswith((".", "_"))]
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StoreError(f"store {self.directory}: cannot list its shards ({exc.strerror or exc})") from None
+        return sorted(names)
 
     @property
     def rows(self) -> int:
-        return sum(int(s["rows"]) for s in self.manifest["shards"])
+        return sum(shard.metadata.num_rows for _, shard in self._shards())
 
     def info(self) -> dict:
         """Model, counts, size on disk and last update (for `clip store info`)."""
-        errors = 0
-        for batch in self.iter_record_batches(columns=["error_type"]):
-            errors += batch.num_rows - batch.column(0).null_count
-        size = sum(f.stat().st_size for f in self.shard_files if f.exists())
-        size += (self.directory / MANIFEST).stat().st_size
+        errors = rows = size = shards = 0
+        for name, shard in self._shards():
+            shards += 1
+            rows += shard.metadata.num_rows
+            size += (self.directory / SHARD_DIR / name).stat().st_size
+            for batch in shard.iter_batches(columns=["error_type"]):
+                errors += batch.num_rows - batch.column(0).null_count
         return {"store": str(self.directory), "model": self.model.display(), "model_key": self.model.key,
-                "dim": self.dim, "dtype": self.dtype, "images": self.rows - errors, "errors": errors,
-                "shards": len(self.manifest["shards"]), "size_bytes": size,
+                "dim": self.dim, "dtype": self.dtype, "images": rows - errors, "errors": errors,
+                "shards": shards, "size_bytes": size,
                 "created": self.manifest.get("created"), "updated": self.manifest.get("updated"),
                 "clipcli_version": self.manifest.get("clipcli_version"),
                 "schema_version": self.manifest.get("schema_version")}
 
     # --- reading ------------------------------------------------------------------------------------
-    def _open_shards(self) -> list:
-        # Open every live shard's file first: a writer that replaces a shard afterwards cannot pull it away.
-        # (Plain handles: a ParquetFile keeps its last row group in memory, so readers are made one at a time.)
-        try:
-            return [open(path, "rb") for path in self.shard_files]
-        except OSError as exc:
-            raise StoreError(f"store {self.directory}: cannot read a shard ({exc.strerror or exc}); "
-                             "run `clip embed` on it again to repair") from None
-
-    def iter_record_batches(self, columns: Sequence[str] | None = None, rows: int = READ_ROWS) -> Iterator:
-        """pyarrow RecordBatches over every live row, shard by shard, row group by row group."""
+    def _open(self, name: str):
+        """A ParquetFile over an open handle of one shard, pages checked against their checksums."""
         import pyarrow.parquet as pq
 
-        handles = self._open_shards()
+        path = self.directory / SHARD_DIR / name
         try:
-            for handle in handles:
+            return pq.ParquetFile(open(path, "rb"), page_checksum_verification=True)
+        except (OSError, ValueError) as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            raise self._damaged(name, exc) from None
+
+    def _damaged(self, name: str, exc: BaseException) -> StoreError:
+        return StoreError(f"store {self.directory}: shard {name} is damaged ({str(exc).splitlines()[0][:120]}); "
+                          f"`clip store check --repair {self.directory}` removes it, then `clip embed` encodes its "
+                          "images again")
+
+    def _shards(self) -> Iterator[tuple[str, object]]:
+        """(name, ParquetFile) of every live shard.  Every shard is opened before the first is read, so a
+        writer that replaces or deletes one meanwhile cannot pull it away; one deleted before it was opened
+        held only pruned rows."""
+        opened = []
+        try:
+            for name in self.shard_names():
                 try:
-                    shard = pq.ParquetFile(handle)
-                except (OSError, ValueError) as exc:
-                    raise StoreError(f"store {self.directory}: shard {handle.name} is damaged ({exc}); "
-                                     "run `clip embed` on it again to repair") from None
-                yield from shard.iter_batches(batch_size=rows, columns=list(columns) if columns else None)
-                del shard
-                handle.close()
+                    opened.append((name, self._open(name)))
+                except FileNotFoundError:
+                    continue
+            yield from opened
         finally:
-            for handle in handles:
-                handle.close()
+            for _, shard in opened:
+                shard.close()
 
-    def to_table(self, columns: Sequence[str] | None = None):
-        """Every live row as one pyarrow Table."""
-        import pyarrow as pa
+    def _batches(self, shard, name: str, columns: Sequence[str] | None, rows: int) -> Iterator:
+        try:
+            yield from shard.iter_batches(batch_size=rows, columns=list(columns) if columns else None)
+        except (OSError, ValueError) as exc:
+            raise self._damaged(name, exc) from None
 
-        batches = list(self.iter_record_batches(columns))
-        if batches:
-            return pa.Table.from_batches(batches)
-        schema = arrow_schema(self.dim, self.dtype)
-        return schema.empty_table().select(list(columns)) if columns else schema.empty_table()
+    def iter_record_batches(self, columns: Sequence[str] | None = None, rows: int = READ_ROWS) -> Iterator:
+        """pyarrow RecordBatches over every live row, shard by shard (memory does not grow with the store)."""
+        for name, shard in self._shards():
+            yield from self._batches(shard, name, columns, rows)
 
     def iter_embeddings(self, rows: int = READ_ROWS) -> Iterator[tuple[list[str], np.ndarray, list[tuple[int, str, str]]]]:
         """(paths, float32 [n, dim] renormalised embeddings, [(row, error_type, message)]) per batch; the
@@ -250,38 +276,84 @@ class ImageStore:
         for batch in self.iter_record_batches(["path", "embedding", "error_type", "error_message"], rows):
             yield batch_embeddings(batch, self.dim)
 
-    def index(self) -> dict[str, tuple[int, int]]:
-        """path -> (size, mtime_ns) of every live row."""
-        found: dict[str, tuple[int, int]] = {}
-        for batch in self.iter_record_batches(["path", "size", "mtime_ns"]):
-            paths, sizes, mtimes = (batch.column(i).to_pylist() for i in range(3))
-            found.update(zip(paths, zip(sizes, mtimes)))
-        return found
-
-    def lookup(self, paths: Iterable[str]) -> dict[str, StoredImage]:
-        """The stored rows of these (resolved) paths; others are absent from the answer."""
-        wanted = {key_text(p) for p in paths}
-        found: dict[str, StoredImage] = {}
-        for batch in self.iter_record_batches(["path", "embedding", "error_type", "error_message"]):
-            keys = batch.column(0).to_pylist()
-            hits = [i for i, key in enumerate(keys) if key in wanted]
-            if not hits:
+    def iter_keys(self, shards: Iterable[str] | None = None) -> Iterator[tuple[str, int, int, list, list, list]]:
+        """(shard, row group, paths, sizes, mtimes) for each row group: the small columns only."""
+        names = set(shards) if shards is not None else None
+        for name, shard in self._shards():
+            if names is not None and name not in names:
                 continue
-            import pyarrow as pa
+            for group in range(shard.metadata.num_row_groups):
+                try:
+                    table = shard.read_row_group(group, columns=["path", "size", "mtime_ns"])
+                except (OSError, ValueError) as exc:
+                    raise self._damaged(name, exc) from None
+                yield name, group, *(table.column(i).to_pylist() for i in range(3))
 
-            sub = batch.take(pa.array(hits))
-            names, vectors, errors = batch_embeddings(sub, self.dim)
-            error_rows = {row: (kind, message) for row, kind, message in errors}
-            for row, name in enumerate(names):
-                error = error_rows.get(row)
-                found[name] = StoredImage(name, None if error else vectors[row], error)
+    def locate(self, keys: Iterable[str], shards: Iterable[str] | None = None) -> dict[str, Location]:
+        """Where the rows of these keys (resolved paths) are; keys not stored are absent.  Reads only the
+        path, size and mtime columns, and keeps only the keys asked for."""
+        wanted = {display_path(k) for k in keys}
+        found: dict[str, Location] = {}
+        for name, group, paths, sizes, mtimes in self.iter_keys(shards):
+            for row, path in enumerate(paths):
+                if path in wanted:
+                    found[path] = Location(name, group, row, (sizes[row], mtimes[row]))
         return found
+
+    def read(self, located: dict[str, Location], again: bool = True) -> dict[str, StoredImage]:
+        """The stored rows at these locations, decoding each row group they fall in once.  A row that is not
+        where it was located (its shard was rewritten since) is located once more."""
+        found: dict[str, StoredImage] = {}
+        lost: list[str] = []
+        for (name, group), keys in _by_group(located).items():
+            table = self._row_group(name, group)
+            if table is None:
+                lost += keys
+                continue
+            names, vectors, errors = batch_embeddings(table.take([located[k].row for k in keys]), self.dim)
+            bad = {row: (kind, message) for row, kind, message in errors}
+            for i, (key, name_found) in enumerate(zip(keys, names)):
+                if name_found == key:
+                    found[key] = StoredImage(key, None if i in bad else vectors[i], bad.get(i))
+                else:
+                    lost.append(key)
+        if lost and again:
+            self._group = None
+            found.update(self.read(self.locate(lost), again=False))
+        return found
+
+    def _row_group(self, name: str, group: int):
+        if self._group is not None and self._group[0] == (name, group):
+            return self._group[1]
+        try:
+            shard = self._open(name)
+        except FileNotFoundError:
+            return None
+        try:
+            if group >= shard.metadata.num_row_groups:
+                return None
+            table = shard.read_row_group(group, columns=["path", "embedding", "error_type", "error_message"])
+        except (OSError, ValueError) as exc:
+            raise self._damaged(name, exc) from None
+        finally:
+            shard.close()
+        self._group = ((name, group), table)
+        return table
+
+
+def _by_group(located: dict[str, Location]) -> dict[tuple[str, int], list[str]]:
+    groups: dict[tuple[str, int], list[str]] = {}
+    for key, where in located.items():
+        groups.setdefault((where.shard, where.group), []).append(key)
+    return groups
 
 
 def batch_embeddings(batch, dim: int) -> tuple[list[str], np.ndarray, list[tuple[int, str, str]]]:
-    """Decode one RecordBatch (path, embedding, error_type, error_message) into float32 numpy."""
+    """Decode one RecordBatch or Table (path, embedding, error_type, error_message) into float32 numpy."""
     paths = batch.column(0).to_pylist()
     column = batch.column(1)
+    if hasattr(column, "combine_chunks"):
+        column = column.combine_chunks()
     values = column.values.to_numpy(zero_copy_only=False)[column.offset * dim:(column.offset + len(column)) * dim]
     vectors = values.reshape(len(column), dim).astype(np.float32)
     errors: list[tuple[int, str, str]] = []
@@ -295,24 +367,52 @@ def batch_embeddings(batch, dim: int) -> tuple[list[str], np.ndarray, list[tuple
     return paths, vectors, errors
 
 
-def read_manifest(directory: Path) -> dict | None:
-    path = directory / MANIFEST
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise StoreError(f"store {directory}: cannot read {MANIFEST} ({exc.strerror or exc})") from None
-    try:
-        manifest = json.loads(text)
-    except ValueError:
-        raise StoreError(f"store {directory}: {MANIFEST} is not valid JSON; the store cannot be used") from None
+def _check_manifest(directory: Path, manifest) -> dict:
+    """The manifest, if its fields have the right types; a StoreError naming what is wrong otherwise."""
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise StoreError(f"{directory}: {MANIFEST} is not a clipcli store manifest")
-    if int(manifest.get("schema_version", 0)) > SCHEMA_VERSION:
+    for key, kind in MANIFEST_KEYS.items():
+        if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
+            raise StoreError(f"store {directory}: its manifest is damaged ({key!r} is missing or not a "
+                             f"{kind.__name__}); make a new store with `clip embed`")
+    if manifest["schema_version"] > SCHEMA_VERSION:
         raise StoreError(f"store {directory} has schema version {manifest['schema_version']}, newer than this "
                          f"clipcli reads ({SCHEMA_VERSION}); upgrade clipcli")
+    model = manifest["model"]
+    if not isinstance(model.get("name"), str) or not isinstance(model.get("key"), str):
+        raise StoreError(f"store {directory}: its manifest is damaged (the model has no name or key); make a new "
+                         "store with `clip embed`")
+    if manifest["dtype"] not in DTYPES or not 0 < manifest["dim"] <= 65536:
+        raise StoreError(f"store {directory}: its manifest is damaged (dtype {manifest['dtype']!r}, dim "
+                         f"{manifest['dim']}); make a new store with `clip embed`")
+    if "shards" in manifest and not (isinstance(manifest["shards"], list) and
+                                     all(isinstance(s, dict) and isinstance(s.get("file"), str)
+                                         for s in manifest["shards"])):
+        raise StoreError(f"store {directory}: its manifest is damaged (bad shard list); make a new store with "
+                         "`clip embed`")
     return manifest
+
+
+def read_manifest(directory: Path) -> dict | None:
+    """The store's manifest (a version 1 store's, if that is what is there), or None when there is no store."""
+    for name in (MANIFEST, LEGACY_MANIFEST):
+        path = directory / name
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            continue
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StoreError(f"store {directory}: cannot read {name} ({getattr(exc, 'strerror', None) or exc})") \
+                from None
+        try:
+            manifest = json.loads(text)
+        except ValueError:
+            raise StoreError(f"store {directory}: {name} is not valid JSON; the store cannot be used") from None
+        manifest = _check_manifest(directory, manifest)
+        if name == LEGACY_MANIFEST:
+            manifest.setdefault("shards", [])
+        return manifest
+    return None
 
 
 def open_store(directory: str | os.PathLike) -> ImageStore:
@@ -324,6 +424,13 @@ def open_store(directory: str | os.PathLike) -> ImageStore:
     if manifest is None:
         raise StoreError(f"no image store at {directory}; create one with `clip embed IMAGES --store {directory}`")
     return ImageStore(directory, manifest)
+
+
+def store_model_of(directory: str | os.PathLike) -> StoreModel | None:
+    """The model a store (if there is one at `directory`) was made with."""
+    directory = Path(directory)
+    manifest = read_manifest(directory) if directory.is_dir() else None
+    return ImageStore(directory, manifest).model if manifest is not None else None
 
 
 def check_model(directory: Path, manifest: dict, model: StoreModel) -> None:
@@ -345,89 +452,99 @@ class StoreWriter(ImageStore):
         super().__init__(directory, manifest)
         self._lock_fd = lock_fd
         self.shard_rows = shard_rows
-        self.pending = Rows()
-        self.replaced: set[str] = set()  # key paths whose old rows must go at the next commit
+        self.pending: dict[str | None, Rows] = {}  # shard a row replaces one of (None: a new key) -> rows
+        self.removed: dict[str, set[str]] = {}  # shard -> keys whose rows go at the next commit
+        self.queued: set[str] = set()
         self.last_commit = time.monotonic()
-        self._index: dict[str, tuple[int, int]] | None = None
-
-    # --- planning ---------------------------------------------------------------------------------------
-    def stored_index(self) -> dict[str, tuple[int, int]]:
-        if self._index is None:
-            self._index = self.index()
-        return self._index
-
-    def is_fresh(self, key: str, state: tuple[int, int]) -> bool:
-        return self.stored_index().get(key_text(key)) == state
 
     # --- writing ----------------------------------------------------------------------------------------
-    def add(self, key: str, state: tuple[int, int], size: tuple[int, int] | None,
-            vector: np.ndarray | None, error: tuple[str, str] | None) -> None:
-        """Queue one row (key: resolved path); commits by itself every `shard_rows` rows or COMMIT_SECONDS."""
-        if key_text(key) in self.stored_index():
-            self.replaced.add(key_text(key))
-        self.pending.add(key, state, size, vector, error)
-        if len(self.pending) >= self.shard_rows or time.monotonic() - self.last_commit >= COMMIT_SECONDS:
+    def add(self, key: str, state: tuple[int, int], size: tuple[int, int] | None, vector: np.ndarray | None,
+            error: tuple[str, str] | None, replaces: Location | None = None) -> None:
+        """Queue one row (key: resolved path; `replaces`: where its stale row is); commits by itself every
+        `shard_rows` rows or COMMIT_SECONDS.  A key queued twice in one commit is kept once."""
+        text = display_path(key)
+        if text in self.queued:
+            return
+        self.queued.add(text)
+        shard = replaces.shard if replaces is not None else None
+        if shard is not None:
+            self.removed.setdefault(shard, set()).add(text)
+        self.pending.setdefault(shard, Rows()).add(key, state, size, vector, error)
+        if self.queued_rows() >= self.shard_rows or time.monotonic() - self.last_commit >= COMMIT_SECONDS:
             self.commit()
 
-    def remove(self, keys: Iterable[str]) -> int:
-        """Queue rows for removal (pruning); returns how many stored rows that is."""
-        index = self.stored_index()
-        gone = {key_text(k) for k in keys} & index.keys()
-        self.replaced |= gone
-        return len(gone)
+    def queued_rows(self) -> int:
+        return sum(len(rows) for rows in self.pending.values())
+
+    def prune(self, exists: Callable[[str], bool] = still_exists) -> int:
+        """Remove the rows whose files (or objects) no longer exist; returns how many."""
+        count = 0
+        for name, _, paths, _, _ in self.iter_keys():
+            gone = {p for p in paths if not exists(p)}
+            self.removed.setdefault(name, set()).update(gone)
+            count += len(gone)
+        self.commit()
+        return count
 
     def commit(self) -> None:
-        """Make pending rows and removals durable: new shard(s), then the manifest, then clean-up."""
-        if not self.pending and not self.replaced:
-            return
-        import pyarrow.parquet as pq
+        """Make queued rows and removals durable: changed shards replaced in place, new rows in a new shard.
+        Each step forgets what it made durable at once, so a commit interrupted (Ctrl-C) and run again
+        never writes a row twice."""
+        import pyarrow as pa
 
-        shards = list(self.manifest["shards"])
-        obsolete: list[Path] = []
-        if self.replaced:
-            kept = []
-            for entry in shards:
-                path = self.directory / entry["file"]
-                keys = pq.read_table(path, columns=["path"]).column(0).to_pylist()
-                if not self.replaced.intersection(keys):
-                    kept.append(entry)
-                    continue
-                import pyarrow as pa
-
-                table = pq.read_table(path)
-                keep = pa.array([key not in self.replaced for key in keys])
-                table = table.filter(keep)
-                obsolete.append(path)
-                if table.num_rows:
-                    kept.append(self._write_shard(table))
-            shards = kept
-        if self.pending:
-            shards.append(self._write_shard(self.pending.table(self.dim, self.dtype)))
-        manifest = {**self.manifest, "shards": shards, "updated": _now()}
-        atomic_write_bytes(self.directory / MANIFEST, json.dumps(manifest, indent=2).encode())
-        self.manifest = manifest
-        for path in obsolete:
-            path.unlink(missing_ok=True)
-        if self._index is not None:
-            for key in self.replaced:
-                self._index.pop(key, None)
-            self._index.update({key_text(p): (s, m) for p, s, m in
-                                zip(self.pending.paths, self.pending.sizes, self.pending.mtimes)})
-        self.pending = Rows()
-        self.replaced = set()
+        touched = set(self.removed) | {s for s in self.pending if s is not None}
+        for name in sorted(touched):
+            path = self.directory / SHARD_DIR / name
+            try:
+                with self._open(name) as shard:
+                    table = shard.read()
+            except FileNotFoundError:
+                table = None
+            except (OSError, ValueError) as exc:
+                raise self._damaged(name, exc) from None
+            if table is not None:
+                gone = self.removed.get(name, set())
+                table = table.filter(pa.array([key not in gone for key in table.column("path").to_pylist()]))
+            new = self.pending.get(name)
+            if new:
+                added = new.table(self.dim, self.dtype)
+                table = added if table is None else pa.concat_tables([table, added.cast(table.schema)])
+            if table is not None and table.num_rows:
+                self._write_shard(table, path)
+            else:
+                path.unlink(missing_ok=True)
+            self.pending.pop(name, None)
+            self.removed.pop(name, None)
+        if self.pending.get(None):
+            rows = self.pending.pop(None)
+            final = self.directory / SHARD_DIR / f"part-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
+            try:
+                self._write_shard(rows.table(self.dim, self.dtype), final)
+            except BaseException:
+                if not final.exists():  # not written: keep the rows for the next commit
+                    self.pending[None] = rows
+                raise
+            touched.add(final.name)
+        if touched:
+            self._write_manifest({**self.manifest, "updated": _now()})
+        self.queued = set()
+        self._group = None
         self.last_commit = time.monotonic()
 
-    def _write_shard(self, table) -> dict:
+    def _write_manifest(self, manifest: dict) -> None:
+        atomic_write_bytes(self.directory / MANIFEST, json.dumps(manifest, indent=2).encode())
+        self.manifest = manifest
+
+    def _write_shard(self, table, final: Path) -> None:
+        """Write a shard under a hidden name, then rename it into place (new, or replacing a shard)."""
         import pyarrow.parquet as pq
 
-        name = f"part-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
-        final = self.directory / SHARD_DIR / name
         fd, temp = temp_beside(final)
         os.close(fd)
         try:
             # Embeddings do not compress (float noise) and are never repeated: write them plain, which
             # reads several times faster; the text and integer columns compress well with zstd.
-            pq.write_table(table, temp, row_group_size=READ_ROWS,
+            pq.write_table(table, temp, row_group_size=GROUP_ROWS, write_page_checksum=True,
                            compression={name: ("none" if name == "embedding" else "zstd") for name in table.column_names},
                            use_dictionary=["path", "error_type", "error_message"])
             with open(temp, "rb") as handle:
@@ -437,14 +554,25 @@ class StoreWriter(ImageStore):
             Path(temp).unlink(missing_ok=True)
             raise
         fsync_dir(final.parent)
-        return {"file": f"{SHARD_DIR}/{name}", "rows": table.num_rows}
 
     def remove_leftovers(self) -> None:
-        """Delete shards and temporary files that no manifest names (an interrupted commit's)."""
-        live = {Path(s["file"]).name for s in self.manifest["shards"]}
-        for entry in (self.directory / SHARD_DIR).iterdir():
-            if entry.name not in live and (entry.name.startswith("part-") or entry.name.startswith(".part-")):
-                entry.unlink(missing_ok=True)
+        """Delete the hidden temporary files of an interrupted commit."""
+        for entry in os.scandir(self.directory / SHARD_DIR):
+            if entry.name.startswith(".part-") and entry.name.endswith(".tmp"):
+                Path(entry.path).unlink(missing_ok=True)
+
+    def upgrade(self) -> None:
+        """A version 1 store becomes a plain Parquet dataset: shards its manifest does not name (left-overs of
+        an interrupted commit) are deleted first, then the new manifest replaces the old one."""
+        if "shards" not in self.manifest:
+            return
+        live = set(self.shard_names())
+        for entry in os.scandir(self.directory / SHARD_DIR):
+            if entry.name not in live and entry.name.startswith(("part-", ".part-")):
+                Path(entry.path).unlink(missing_ok=True)
+        manifest = {k: v for k, v in self.manifest.items() if k != "shards"}
+        self._write_manifest({**manifest, "schema_version": SCHEMA_VERSION})
+        (self.directory / LEGACY_MANIFEST).unlink(missing_ok=True)
 
     def close(self) -> None:
         """Commit what is pending and release the lock."""
@@ -504,8 +632,7 @@ def open_for_writing(directory: str | os.PathLike, model: StoreModel, dim: int, 
             manifest = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "clipcli_version": version,
                         "model": {"name": model.name, "pretrained": model.pretrained, "key": model.key,
                                   "identity": model.identity, "scoring": model.scoring},
-                        "dim": int(dim), "dtype": dtype or "float16", "created": _now(), "updated": _now(),
-                        "shards": []}
+                        "dim": int(dim), "dtype": dtype or "float16", "created": _now(), "updated": _now()}
             atomic_write_bytes(directory / MANIFEST, json.dumps(manifest, indent=2).encode())
         else:
             check_model(directory, manifest, model)
@@ -514,6 +641,7 @@ def open_for_writing(directory: str | os.PathLike, model: StoreModel, dim: int, 
                                  "needs another --store folder")
             manifest = {**manifest, "clipcli_version": version or manifest.get("clipcli_version", "")}
         writer = StoreWriter(directory, manifest, lock_fd, shard_rows)
+        writer.upgrade()
         writer.remove_leftovers()
         return writer
     except BaseException:

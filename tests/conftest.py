@@ -14,9 +14,19 @@ sys.path.insert(0, str(Path(__file__).parent))
 import tiny_models  # noqa: E402
 
 
+@pytest.fixture(scope="session")
+def _shared_exports(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("onnx-exports")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("CLIPCLI_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+def _isolated_cache(request, tmp_path_factory, monkeypatch, _shared_exports):
+    """A cache folder of the test's own.  ONNX exports of the (read-only) session models are shared between tests,
+    except in tests marked `fresh_exports`, which are about exporting."""
+    cache = tmp_path_factory.mktemp("cache")
+    if request.node.get_closest_marker("fresh_exports") is None:
+        (cache / "onnx").symlink_to(_shared_exports, target_is_directory=True)
+    monkeypatch.setenv("CLIPCLI_CACHE_DIR", str(cache))
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,8 @@ from clipcli.models import LoadedModel
 from clipcli.preprocess import ImageTransform
 from clipcli.tokenizer import ClipTokenizer
 
+pytestmark = pytest.mark.fresh_exports  # these tests are about exports and the cache itself
+
 LABELS = ["red circle", "blue square", "green star", "wonton", "小笼包"]
 TEMPLATES = ["a photo of a {}.", "a drawing of the {}", "{}"]
 OPENAI_MEAN, OPENAI_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)

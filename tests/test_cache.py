@@ -17,6 +17,8 @@ from clipcli.labels import Label
 from clipcli.models import LoadedModel, load_model
 from clipcli.templates import load_template_set
 
+pytestmark = pytest.mark.fresh_exports  # these tests are about the cache itself
+
 TEMPLATES = load_template_set("imagenet-7")
 
 

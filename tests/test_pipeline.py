@@ -9,10 +9,9 @@ import time
 
 import pytest
 
-from clipcli.api import RunOptions, classify_paths, prepare_classifier
+from clipcli.api import DecodeOptions, ModelOptions, ScoreOptions, classify_paths, open_encoder, zero_shot_classifier
 from clipcli.demo import shapes
 from clipcli.images import discover
-from clipcli.models import load_model
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +26,10 @@ def folder(tmp_path_factory):
 
 
 def run(model, folder, **options):
-    loaded = load_model(model)
-    classifier = prepare_classifier(loaded, ["red circle", "blue square", "green star"], "simple", use_cache=False)
-    return list(classify_paths(loaded, classifier, discover([str(folder)]), RunOptions(top_k=0, **options)))
+    with open_encoder(ModelOptions(model, backend="torch"), DecodeOptions(**options)) as encoder:
+        classifier = zero_shot_classifier(encoder.model, ["red circle", "blue square", "green star"], "simple",
+                                          use_cache=False)
+        return list(classify_paths(encoder, classifier, discover([str(folder)]), ScoreOptions(top_k=0)))
 
 
 def test_workers_and_batch_sizes_do_not_change_results(tiny_model, folder):

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ExportError, first_line
+from .onnx import ort_session
 
 OPSET = 17
 TOLERANCE = 1e-4
@@ -115,12 +116,6 @@ def _check(name: str, got: np.ndarray, want: np.ndarray) -> None:
         raise ExportError(f"the exported {name} tower differs from torch by {worst:.2g} (limit {TOLERANCE})")
 
 
-def _session(path: Path):
-    import onnxruntime as ort
-
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
 def _export_image(loaded, path: Path) -> None:
     size = loaded.image_size
     tower = _ImageTower(loaded.model).eval()
@@ -129,7 +124,7 @@ def _export_image(loaded, path: Path) -> None:
         torch.onnx.export(tower, (example,), str(path), input_names=["pixels"], output_names=["features"],
                           dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}}, opset_version=OPSET,
                           dynamo=False)
-    session = _session(path)
+    session = ort_session(path)
     for batch in (1, 3):
         pixels = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
         with torch.no_grad():
@@ -153,7 +148,7 @@ def _export_text(loaded, parts, path: Path) -> None:
         torch.onnx.export(tower, (tokens[:, :length],), str(path), input_names=["tokens"], output_names=["features"],
                           dynamic_axes={"tokens": {0: "batch", 1: "length"}, "features": {0: "batch"}},
                           opset_version=OPSET, dynamo=False)
-    session = _session(path)
+    session = ort_session(path)
     want = loaded.encode_texts(PROBE_TEXTS)
     tokens = loaded.tokenizer(PROBE_TEXTS)
     ends = _ends(tokens, parts)

@@ -22,12 +22,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..batches import DecodeOptions, thread_batches
+from ..batches import DecodeLimits, thread_batches
 from ..errors import ExportError, first_line
 from ..fsutil import atomic_write_bytes, temp_beside
 from ..models import ModelSpec
 from ..preprocess import ImageTransform
-from ..scoring import l2_normalize
+from ..vectors import l2_normalize
 
 TEXT_BATCH = 256
 INT8_MIN_COSINE = 0.99  # a quantised image tower must keep every probe's features at least this close
@@ -86,7 +86,7 @@ def remember(cache_root: Path, spec: ModelSpec, weights_dir: str | None, watch: 
     atomic_write_bytes(path, json.dumps(record, indent=1).encode(), durable=False)
 
 
-def _session(path: Path, threads: int | None = None):
+def ort_session(path: Path, threads: int | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -118,8 +118,8 @@ def quantized_image(directory: Path, size: tuple[int, int]) -> Path:
         finally:
             logging.getLogger().removeHandler(quiet)
         probe = np.random.default_rng(0).standard_normal((4, 3, *size)).astype(np.float32)
-        fp32 = _session(Path(directory) / "image.onnx").run(None, {"pixels": probe})[0]
-        int8 = _session(Path(temporary)).run(None, {"pixels": probe})[0]
+        fp32 = ort_session(Path(directory) / "image.onnx").run(None, {"pixels": probe})[0]
+        int8 = ort_session(Path(temporary)).run(None, {"pixels": probe})[0]
         cosine = float(np.min(np.sum(l2_normalize(fp32) * l2_normalize(int8), axis=1)))
         if not cosine >= INT8_MIN_COSINE:
             raise ExportError(f"int8 quantisation moves this model's image features too far (cosine {cosine:.3f} "
@@ -180,12 +180,12 @@ class OnnxModel:
                 "precision": self.precision}
 
     # --- images --------------------------------------------------------------------------------------------
-    def image_batches(self, paths: Sequence[str], batch_size: int, workers: int | None, decode: DecodeOptions):
+    def image_batches(self, paths: Sequence[str], batch_size: int, workers: int | None, decode: DecodeLimits):
         return thread_batches(paths, self.preprocess, batch_size, workers, decode)
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         if self._image is None:
-            self._image = _session(self._image_path, self._threads)
+            self._image = ort_session(self._image_path, self._threads)
         return self._image.run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})[0]
 
     # --- text ----------------------------------------------------------------------------------------------
@@ -217,7 +217,7 @@ class OnnxModel:
         if not self.text_on_onnx:
             return self._torch_model().encode_texts(texts, progress)
         if self._text is None:
-            self._text = _session(self.directory / "text.onnx", self._threads)
+            self._text = ort_session(self.directory / "text.onnx", self._threads)
         text = self.facts["text"]
         tokens = self.tokenizer(list(texts))
         if text.get("mode") == "full":  # a tower that is not classic CLIP runs at its full context, as in torch

@@ -16,8 +16,6 @@ from . import output
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
-EXIT_USAGE = 2
-EXIT_MODEL = 3
 EXIT_INTERRUPTED = 130
 
 F = TypeVar("F", bound=Callable)

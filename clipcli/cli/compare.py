@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 from contextlib import ExitStack
+from dataclasses import replace
 from typing import Callable, List
 
 import typer
@@ -15,11 +16,10 @@ from typing_extensions import Annotated
 from .. import config
 from ..errors import UsageError
 from . import output
-from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors, setup_reporting
+from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors
 from .evaluate import MappingOpt
-from .options import (BackendOpt, BatchOpt, CacheDirOpt, DeviceOpt, LabelsFileOpt, LabelsOpt, NoCacheOpt, OutputOpt,
-                      PrecisionOpt, QuietOpt, TemplatesOpt, VerboseOpt, WeightsDirOpt, WorkersOpt, check_choice,
-                      gather_inputs, load_model_from_options, open_sink, read_labels)
+from .options import (DECODE, ENGINE, MODEL_GROUP, OUTPUT, UI, LabelsFileOpt, LabelsOpt, OutputOpt, TemplatesOpt,
+                      check_format, open_sink, read_labels, uses)
 
 
 def image_table(path: str, labels: list[str], per_model: dict[str, list[dict]]) -> Table:
@@ -35,13 +35,13 @@ def image_table(path: str, labels: list[str], per_model: dict[str, list[dict]]) 
     return table
 
 
-def one_model_at_a_time(specs: list[str], load: Callable, quiet: bool, work: Callable) -> list:
-    """work(spec, loaded, progress) for each model in turn.  The model lives only inside this call's
+def one_model_at_a_time(specs: list[str], encoder_of: Callable, ui, work: Callable) -> list:
+    """work(spec, encoder, progress) for each model in turn.  The model lives only inside this call's
     frame, so it is freed before the next one loads: memory holds one model at a time."""
     results = []
     for spec in specs:
-        with output.progress_bar(spec, output.progress_enabled(quiet)) as progress:
-            results.append(work(spec, load(spec), progress))
+        with output.progress_bar(spec, ui.progress) as progress, encoder_of(spec) as encoder:
+            results.append(work(spec, encoder, progress))
         gc.collect()
         _empty_cuda_cache()
     return results
@@ -55,10 +55,11 @@ def _empty_cuda_cache() -> None:
 
 
 @handles_errors
+@uses(MODEL_GROUP, DECODE, ENGINE, UI)
 def compare(
     inputs: Annotated[List[str], typer.Argument(help="Images, folders or globs; with --dataset, one dataset.")],
     models: Annotated[str, typer.Option(
-        "--models", "-M", help="Comma-separated: ARCH:TAG, hf-hub:org/repo, local-dir:DIR or demo.")],
+        "--models", "-M", rich_help_panel="Model", help="Comma-separated: ARCH:TAG, hf-hub:org/repo, local-dir:DIR or demo.")],
     labels: LabelsOpt = None,
     labels_file: LabelsFileOpt = None,
     templates: TemplatesOpt = None,
@@ -67,54 +68,46 @@ def compare(
     mapping: MappingOpt = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
     output_path: OutputOpt = None,
-    device: DeviceOpt = None,
-    precision: PrecisionOpt = "auto",
-    backend: BackendOpt = None,
-    batch_size: BatchOpt = 32,
-    workers: WorkersOpt = None,
-    cache_dir: CacheDirOpt = None,
-    no_cache: NoCacheOpt = False,
-    weights_dir: WeightsDirOpt = None,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *, model, decode, engine, ui,
 ) -> None:
     """Compare backbones on the same images: probabilities per model, or accuracy per model."""
-    setup_reporting(verbose)
-    check_choice("--format", fmt, ("table", "json"))
+    check_format(fmt, ("table", "json"))
     specs = [m.strip() for m in models.split(",") if m.strip()]
     if not specs:
         raise UsageError("--models needs at least one model")
-    from ..api import RunOptions
+    if model.name is not None or model.pretrained is not None:
+        raise UsageError("name the models with --models (ARCH:TAG,...), not --model / --pretrained")
+    from ..embeddings import open_encoder
+    from ..options import ScoreOptions
     from ..templates import load_template_set
 
     template_set = load_template_set(templates or config.default_templates())
-    options = RunOptions(batch_size=batch_size, workers=workers, top_k=0)
+    options = ScoreOptions(top_k=0)
 
     def run_models(work: Callable) -> list:
-        load = lambda spec: load_model_from_options(spec, None, device, precision, weights_dir, None, backend, cache_dir)  # noqa: E731
-        return one_model_at_a_time(specs, load, quiet, work)
+        return one_model_at_a_time(specs, lambda spec: open_encoder(replace(model, name=spec), decode, engine), ui,
+                                   work)
 
     with ExitStack() as stack:
         stream = open_sink(stack, output_path)
         if dataset:
-            failed = compare_accuracy(inputs, mapping, specs, template_set, options, run_models, cache_dir,
-                                      not no_cache, fmt, stream)
+            failed = compare_accuracy(inputs, mapping, specs, template_set, run_models, model, fmt, stream)
         else:
-            failed = compare_images(inputs, labels, labels_file, specs, template_set, options, run_models, cache_dir,
-                                    not no_cache, fmt, stream)
+            failed = compare_images(inputs, labels, labels_file, specs, template_set, options, run_models, model, fmt,
+                                    stream)
     raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
 
 
-def compare_images(inputs, labels, labels_file, specs, template_set, options, run_models, cache_dir, use_cache, fmt,
-                   stream) -> bool:
-    from ..api import classify_paths, prepare_classifier
+def compare_images(inputs, labels, labels_file, specs, template_set, options, run_models, model, fmt, stream) -> bool:
+    from ..api import classify_paths, zero_shot_classifier
+    from .options import Sources
 
     label_list = read_labels(labels, labels_file)
-    paths = gather_inputs(inputs, None, True)
+    paths = Sources(None, True).paths(inputs)
 
-    def classify_with(spec, loaded, progress) -> list[dict]:
-        classifier = prepare_classifier(loaded, label_list, template_set, cache_dir, use_cache)
-        return list(classify_paths(loaded, classifier, paths, options, progress))
+    def classify_with(spec, encoder, progress) -> list[dict]:
+        classifier = zero_shot_classifier(encoder.model, label_list, template_set, model.cache_dir, model.use_cache)
+        return list(classify_paths(encoder, classifier, paths, options, progress))
 
     by_path: dict[str, dict[str, list[dict]]] = {}
     errors: dict[str, str] = {}
@@ -139,8 +132,7 @@ def compare_images(inputs, labels, labels_file, specs, template_set, options, ru
     return bool(errors)
 
 
-def compare_accuracy(inputs, mapping, specs, template_set, options, run_models, cache_dir, use_cache, fmt,
-                     stream) -> bool:
+def compare_accuracy(inputs, mapping, specs, template_set, run_models, model, fmt, stream) -> bool:
     from ..api import evaluate
     from ..evaluate import load_dataset
 
@@ -148,8 +140,8 @@ def compare_accuracy(inputs, mapping, specs, template_set, options, run_models, 
         raise UsageError("--dataset takes exactly one dataset (a folder of class subfolders or a manifest)")
     data = load_dataset(inputs[0], mapping)
 
-    def evaluate_with(spec, loaded, progress):
-        return evaluate(loaded, data, [template_set], options, cache_dir, use_cache, progress)
+    def evaluate_with(spec, encoder, progress):
+        return evaluate(encoder, data, [template_set], model.cache_dir, model.use_cache, progress)
 
     rows, failed = [], False
     for spec, (results, errors) in zip(specs, run_models(evaluate_with)):

@@ -8,17 +8,14 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from .. import config
 from . import output
 from .classify import store_summary
-from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors, setup_reporting
-from .options import (STORE, BackendOpt, BatchOpt, DeviceOpt, EngineOpt, FilesFromOpt, GpusPerWorkerOpt,
-                      MaxMegapixelsOpt, ModelOpt, PrecisionOpt, PretrainedOpt, QuietOpt, RayAddressOpt, RecursiveOpt,
-                      ReducedDecodeOpt, VerboseOpt, WeightsDirOpt, WorkersOpt, check_choice, check_outputs,
-                      engine_options, gather_inputs, load_model_from_options)
+from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors
+from .options import DECODE, ENGINE, MODEL_GROUP, SOURCES, STORE, UI, check_choice, check_outputs, uses
 
 
 @handles_errors
+@uses(SOURCES, MODEL_GROUP, DECODE, ENGINE, UI)
 def embed(
     inputs: Annotated[Optional[List[str]], typer.Argument(
         help="Image files, folders (recursed) and glob patterns.", show_default=False)] = None,
@@ -32,45 +29,22 @@ def embed(
     shard_size: Annotated[int, typer.Option(
         "--shard-size", min=1, rich_help_panel=STORE,
         help="Rows per committed shard (a run also commits every 30 s).")] = 4096,
-    files_from: FilesFromOpt = None,
-    recursive: RecursiveOpt = True,
-    model: ModelOpt = None,
-    pretrained: PretrainedOpt = None,
-    device: DeviceOpt = None,
-    precision: PrecisionOpt = "auto",
-    backend: BackendOpt = None,
-    batch_size: BatchOpt = 32,
-    workers: WorkersOpt = None,
-    max_megapixels: MaxMegapixelsOpt = config.DEFAULT_MAX_MEGAPIXELS,
-    reduced_decode: ReducedDecodeOpt = False,
-    engine: EngineOpt = None,
-    ray_address: RayAddressOpt = None,
-    gpus_per_worker: GpusPerWorkerOpt = 0.0,
-    weights_dir: WeightsDirOpt = None,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *, sources, model, decode, engine, ui,
 ) -> None:
     """Encode images once into an embedding store; later classify/eval runs with --store reuse them."""
-    setup_reporting(verbose)
+    from ..embeddings import open_encoder
+
     if dtype is not None:
         check_choice("--dtype", dtype, ("float16", "float32"))
-    paths = gather_inputs(inputs, files_from, recursive) if (inputs or files_from is not None or not prune) else []
+    paths = sources.paths(inputs) if (inputs or sources.files_from is not None or not prune) else []
     check_outputs(folders={"--store": store})
-
-    from ..embeddings import SyncReport, open_store_writer, prune_store, sync_store
-    from ..pipeline import RunOptions
-
-    options = RunOptions(batch_size=batch_size, workers=workers, max_megapixels=max_megapixels,
-                         reduced_decode=reduced_decode,
-                         **engine_options(engine, ray_address, gpus_per_worker))
-    loaded = load_model_from_options(model, pretrained, device, precision, weights_dir, store, backend, None)
-    report = SyncReport()
-    with open_store_writer(store, loaded, dtype, shard_size) as writer:
+    with open_encoder(model, decode, engine, store, dtype, shard_size) as encoder:
         if paths:
-            with output.progress_bar("encoding images", output.progress_enabled(quiet)) as progress:
-                report = sync_store(loaded, writer, paths, options, progress)
+            with output.progress_bar("encoding images", ui.progress) as progress:
+                encoder.sync(paths, progress)
         if prune:
-            report.pruned = prune_store(writer)
+            encoder.report.pruned = encoder.store.prune()
+    report = encoder.report
     for path, message in report.errors:
         output.error(f"{path}: {message}")
     output.info(store_summary(report, store))

@@ -14,15 +14,12 @@ from typing_extensions import Annotated
 
 from .. import config
 from . import output
-from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors, setup_reporting
-from .options import (BackendOpt, BatchOpt, CacheDirOpt, DeviceOpt, EngineOpt, GpusPerWorkerOpt, HeadOpt, ModelOpt,
-                      NoCacheOpt, OutputOpt, PrecisionOpt, PretrainedOpt, QuietOpt, RayAddressOpt, StoreOpt, VerboseOpt,
-                      WeightsDirOpt, WorkersOpt, check_choice, check_head_against, check_outputs, engine_options,
-                      load_model_from_options, open_sink, read_head)
+from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors
+from .options import (DECODE, ENGINE, INPUTS, LABELS, MODEL_GROUP, OUTPUT, UI, HeadOpt, OutputOpt, StoreOpt,
+                      check_format, check_outputs, open_sink, option, scorer_for, uses)
 
-MappingOpt = Annotated[Optional[str], typer.Option(
-    "--mapping", help="Folder or manifest name -> label text (.yaml/.json mapping, or .csv name,label).",
-    show_default=False)]
+MappingOpt = option("--mapping", panel=INPUTS, help="Folder or manifest name -> label text (.yaml/.json mapping, or "
+                    ".csv name,label).")
 
 
 def per_class_table(result: dict) -> Table:
@@ -42,38 +39,25 @@ def result_dicts(results) -> list[dict]:
 
 
 @handles_errors
+@uses(MODEL_GROUP, DECODE, ENGINE, UI)
 def evaluate(
     dataset: Annotated[str, typer.Argument(help="A folder of class subfolders, or a .csv/.jsonl manifest (path,label).")],
     templates: Annotated[Optional[str], typer.Option(
-        "--templates", "-t", help="Template set(s), comma-separated, evaluated side by side. "
+        "--templates", "-t", rich_help_panel=LABELS, help="Template set(s), comma-separated, evaluated side by side. "
         f"Default: {config.DEFAULT_TEMPLATES}.", show_default=False)] = None,
     mapping: MappingOpt = None,
-    model: ModelOpt = None,
-    pretrained: PretrainedOpt = None,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
+    fmt: Annotated[str, typer.Option("--format", "-f", rich_help_panel=OUTPUT, help="table or json.")] = "table",
     report: Annotated[Optional[Path], typer.Option(
-        "--report", help="Write a self-contained HTML report (heatmap, confident mistakes).", show_default=False)
+        "--report", rich_help_panel=OUTPUT, help="Write a self-contained HTML report (heatmap, confident mistakes).", show_default=False)
     ] = None,
     output_path: OutputOpt = None,
     store: StoreOpt = None,
     head: HeadOpt = None,
-    device: DeviceOpt = None,
-    precision: PrecisionOpt = "auto",
-    backend: BackendOpt = None,
-    batch_size: BatchOpt = 32,
-    workers: WorkersOpt = None,
-    engine: EngineOpt = None,
-    ray_address: RayAddressOpt = None,
-    gpus_per_worker: GpusPerWorkerOpt = 0.0,
-    cache_dir: CacheDirOpt = None,
-    no_cache: NoCacheOpt = False,
-    weights_dir: WeightsDirOpt = None,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *, model, decode, engine, ui,
 ) -> None:
     """Measure zero-shot accuracy on a labelled dataset (metrics as in CLIP_benchmark)."""
-    setup_reporting(verbose)
-    check_choice("--format", fmt, ("table", "json"))
+    check_format(fmt, ("table", "json"))
+    from ..evaluate import evaluate as run_evaluation
     from ..evaluate import load_dataset
     from ..templates import load_template_set
 
@@ -81,32 +65,22 @@ def evaluate(
     data = load_dataset(dataset, mapping)
     names = [n.strip() for n in (templates or config.default_templates()).split(",") if n.strip()]
     template_sets = [load_template_set(name) for name in names]
+    head_model = _read_head(head)
+    from ..embeddings import open_encoder
 
-    from ..api import RunOptions
-    from ..api import evaluate as run_evaluation
-
-    options = RunOptions(batch_size=batch_size, workers=workers,
-                         **engine_options(engine, ray_address, gpus_per_worker))
-    head_model = read_head(head, None, None)
-    loaded = load_model_from_options(model, pretrained, device, precision, weights_dir, store, backend, cache_dir)
-    if head_model is not None:
-        check_head_against(head_model, head, loaded)
-    with ExitStack() as stack:
-        writer = None
-        if store is not None:
-            from ..embeddings import open_store_writer
-
-            writer = stack.enter_context(open_store_writer(store, loaded))
-        with output.progress_bar("encoding images", output.progress_enabled(quiet)) as progress:
-            results, errors = run_evaluation(loaded, data, template_sets, options, cache_dir, not no_cache, progress,
-                                             store=writer, head=head_model)
+    with open_encoder(model, decode, engine, store) as encoder:
+        if head_model is not None:
+            scorer_for(encoder.model, head_model, model, ui)  # checked against the model
+        with output.progress_bar("encoding images", ui.progress) as progress:
+            results, errors = run_evaluation(encoder, data, template_sets, model.cache_dir, model.use_cache, progress,
+                                             head=head_model.head if head_model else None)
     for error in errors:
         output.error(f"{error['path']}: {error['error']['message']}")
     if not results:
         output.error("no image in the dataset could be read")
         raise typer.Exit(EXIT_SOME_FAILED)
     rows = result_dicts(results)
-    header = {"model": loaded.describe(), "dataset": dataset, "classes": data.class_names}
+    header = {"model": encoder.describe(), "dataset": dataset, "classes": data.class_names}
     with ExitStack() as stack:
         stream = open_sink(stack, output_path)
         if fmt == "json":
@@ -124,8 +98,18 @@ def evaluate(
 
         with atomic_output(report) as handle:
             handle.write(render_report(f"clip eval: {dataset}", {"model": header["model"]["name"],
-                                       **({"pretrained": loaded.spec.pretrained} if loaded.spec.pretrained else {}),
+                                       **({"pretrained": encoder.model.spec.pretrained} if encoder.model.spec.pretrained else {}),
                                        "images": rows[0]["count"]},
                                        rows, data.class_names))
         output.info(f"report written to {report}")
     raise typer.Exit(EXIT_SOME_FAILED if errors else EXIT_OK)
+
+
+def _read_head(head: Path | None):
+    """The head as a label choice (its templates are its own), or None."""
+    if head is None:
+        return None
+    from ..fewshot import load_head
+    from .options import LabelChoice
+
+    return LabelChoice(None, None, load_head(head), head)

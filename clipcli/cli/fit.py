@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Optional
 
@@ -13,11 +12,10 @@ from typing_extensions import Annotated
 
 from .. import config
 from . import output
-from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors, setup_reporting
+from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors
 from .evaluate import MappingOpt
-from .options import (OUTPUT, BackendOpt, BatchOpt, CacheDirOpt, DeviceOpt, ModelOpt, NoCacheOpt, PrecisionOpt,
-                      PretrainedOpt, QuietOpt, StoreOpt, TemplatesOpt, VerboseOpt, WeightsDirOpt, WorkersOpt,
-                      check_choice, check_outputs, load_model_from_options)
+from .options import (DECODE, ENGINE, MODEL_GROUP, OUTPUT, UI, StoreOpt, TemplatesOpt, check_choice, check_format,
+                      check_outputs, uses)
 
 FEW_SHOT = "Few-shot"
 
@@ -39,6 +37,7 @@ def parse_shots(text: str | None, curve: bool) -> list[int | None]:
 
 
 @handles_errors
+@uses(MODEL_GROUP, DECODE, ENGINE, UI)
 def fit(
     train: Annotated[str, typer.Argument(help="Labelled images: a folder of class subfolders, or a .csv/.jsonl "
                                          "manifest (path,label).")],
@@ -64,25 +63,13 @@ def fit(
     mapping: MappingOpt = None,
     templates: TemplatesOpt = None,
     store: StoreOpt = None,
-    model: ModelOpt = None,
-    pretrained: PretrainedOpt = None,
-    device: DeviceOpt = None,
-    precision: PrecisionOpt = "auto",
-    backend: BackendOpt = None,
-    batch_size: BatchOpt = 32,
-    workers: WorkersOpt = None,
-    cache_dir: CacheDirOpt = None,
-    no_cache: NoCacheOpt = False,
-    weights_dir: WeightsDirOpt = None,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *, model, decode, engine, ui,
 ) -> None:
     """Learn from a few labelled images per class: a head that starts from zero-shot and never trains the model."""
-    setup_reporting(verbose)
     from ..errors import UsageError
     from ..fewshot import METHODS
 
-    check_choice("--format", fmt, ("table", "json"))
+    check_format(fmt, ("table", "json"))
     methods = [m.strip() for m in method.split(",") if m.strip()]
     for name in methods:
         check_choice("--method", name, tuple(m for m in METHODS if m != "zero-shot"))
@@ -94,36 +81,31 @@ def fit(
         raise UsageError("fit one --method at a time (a list goes with --eval)")
     check_outputs(files={"--output": output_path, "--report": report}, folders={"--store": store})
 
+    from ..classifier import zero_shot_classifier
+    from ..embeddings import open_encoder
     from ..evaluate import load_dataset
-    from ..pipeline import RunOptions
+    from ..fewshot import ShotPlan
+    from ..fewshot import fit as fit_head
+    from ..fewshot import few_shot_curve
     from ..templates import load_template_set
 
     data = load_dataset(train, mapping)
     test = load_dataset(eval_set, mapping) if curve else None
     template_set = load_template_set(templates or config.default_templates())
-    options = RunOptions(batch_size=batch_size, workers=workers)
-    with ExitStack() as stack:
-        loaded = load_model_from_options(model, pretrained, device, precision, weights_dir, store, backend, cache_dir)
-        writer = None
-        if store is not None:
-            from ..embeddings import open_store_writer
-
-            writer = stack.enter_context(open_store_writer(store, loaded))
-        with output.progress_bar("encoding images", output.progress_enabled(quiet)) as progress:
+    plan = ShotPlan(tuple(methods), tuple(shot_list), repeats, seed)
+    with open_encoder(model, decode, engine, store) as encoder:
+        classifier = zero_shot_classifier(encoder.model, data.class_names, template_set, model.cache_dir,
+                                          model.use_cache)
+        with output.progress_bar("encoding images", ui.progress) as progress:
             if curve:
-                from ..api import few_shot_curve
-
-                rows, errors = few_shot_curve(loaded, data, test, template_set, methods, shot_list, repeats, seed,
-                                              options, cache_dir, not no_cache, writer, progress)
+                rows, errors = few_shot_curve(encoder, data, test, classifier, plan, progress)
             else:
-                from ..api import fit as fit_head
-
-                head, errors = fit_head(loaded, data, template_set, methods[0], shot_list[0], seed, options,
-                                        cache_dir, not no_cache, writer, progress, train_name=train)
+                head, errors = fit_head(encoder, data, classifier, template_set, plan, progress, train_name=train)
+    name = encoder.model.spec.display_name
     for error in errors:
         output.error(f"{error['path']}: {error['error']['message']}")
     if curve:
-        _print_curve(rows, fmt, {"model": loaded.spec.display_name, "train": train, "test": eval_set,
+        _print_curve(rows, fmt, {"model": name, "train": train, "test": eval_set,
                                  "templates": template_set.name, "repeats": repeats, "seed": seed})
         if report is not None:
             from ..report import render_curve
@@ -131,7 +113,7 @@ def fit(
 
             with atomic_output(report) as handle:
                 handle.write(render_curve(f"clip fit: {train} -> {eval_set}",
-                                          {"model": loaded.spec.display_name, "templates": template_set.name,
+                                          {"model": name, "templates": template_set.name,
                                            "repeats": repeats}, rows))
             output.info(f"report written to {report}")
     else:

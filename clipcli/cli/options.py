@@ -1,20 +1,32 @@
-"""Options and option parsing shared by the commands (nothing heavy is imported here)."""
+"""Options of the commands, parsed once into the library's option objects (nothing heavy is imported here).
+
+Options that several commands share come in groups.  `@uses(MODEL, DECODE, ...)` adds a group's options to
+a command's signature (Typer reads it from there) and hands the command one built object per group
+instead: `model: ModelOptions`, `decode: DecodeOptions`, `engine: EngineOptions`, `sources: Sources`,
+`labels: LabelChoice`, `ui: Ui`.  Every command that encodes images takes the same options, with the
+same names, help and environment variables; a new option is one line in its group and one field in
+its options class.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 from typing_extensions import Annotated
 
 from .. import config
 from ..errors import InputError, LabelError, UsageError
+from ..options import DecodeOptions, EngineOptions, ModelOptions
 from ..results import FORMATS
 
-# Help panels: the options of every command that encodes images, grouped the same way.
+# Help panels, in the order every command shows them.
 INPUTS = "Inputs"
 LABELS = "Labels and templates"
 MODEL = "Model"
@@ -22,176 +34,137 @@ OUTPUT = "Output"
 PERF = "Performance"
 STORE = "Embedding store"
 
-ModelOpt = Annotated[Optional[str], typer.Option(
-    "--model", "-m", rich_help_panel=MODEL, help="Architecture (ViT-B-32), ARCH:TAG, hf-hub:org/repo, local-dir:DIR, or 'demo'. "
-    f"Default: ${config.ENV_MODEL} or {config.DEFAULT_MODEL}.", show_default=False)]
-PretrainedOpt = Annotated[Optional[str], typer.Option(
-    "--pretrained", "-p", rich_help_panel=MODEL, help="Pretrained tag (see `clip models`) or a checkpoint file. "
-    f"Default: ${config.ENV_PRETRAINED}, or {config.DEFAULT_PRETRAINED} for the default model.",
-    show_default=False)]
-TemplatesOpt = Annotated[Optional[str], typer.Option(
-    "--templates", "-t", rich_help_panel=LABELS, help=f"Template set name (`clip templates`) or a YAML file. Default: "
-    f"${config.ENV_TEMPLATES} or {config.DEFAULT_TEMPLATES}.", show_default=False)]
-DeviceOpt = Annotated[Optional[str], typer.Option(
-    "--device", rich_help_panel=MODEL, help=f"auto, cpu, cuda, cuda:N or mps (auto: cuda, then mps, then cpu). Default: ${config.ENV_DEVICE} "
-    "or auto.", show_default=False)]
-PrecisionOpt = Annotated[str, typer.Option(
-    "--precision", rich_help_panel=MODEL, help="auto (fp16 on CUDA, else fp32), fp32, fp16, bf16, or int8 (ONNX Runtime on the CPU, "
-    "image tower quantised: faster, probabilities move slightly; see README).")]
-BackendOpt = Annotated[Optional[str], typer.Option(
-    "--backend", rich_help_panel=MODEL, help="auto (ONNX Runtime on the CPU once the model is exported, else torch), "
-    "torch or onnx. Default: $CLIPCLI_BACKEND or auto.", show_default=False)]
-EngineOpt = Annotated[Optional[str], typer.Option(
-    "--engine", rich_help_panel=PERF, help="local, or ray (decode and encode on a Ray cluster; pip install "
-    "'clipcli[ray]'). Default: $CLIPCLI_ENGINE or local.", show_default=False)]
-RayAddressOpt = Annotated[Optional[str], typer.Option(
-    "--ray-address", rich_help_panel=PERF, help="With --engine ray: a cluster address, or 'auto' to join the running "
-    "one. Default: start a local Ray with this machine's cores.", show_default=False)]
-GpusPerWorkerOpt = Annotated[float, typer.Option(
-    "--gpus-per-worker", rich_help_panel=PERF, min=0.0, help="With --engine ray: GPUs per encoder actor "
-    "(--workers sets the number of actors).")]
-BatchOpt = Annotated[int, typer.Option(
-    "--batch-size", "-b", rich_help_panel=PERF, min=1, help="Images per model call.")]
-WorkersOpt = Annotated[Optional[int], typer.Option(
-    "--workers", "-j", rich_help_panel=PERF, min=0, help="Decoding workers: threads on ONNX Runtime, processes on torch (0: decode in the main "
-    "thread). Default: one thread per core, or cores - 1 processes (at most 8).",
-    show_default=False)]
-CacheDirOpt = Annotated[Optional[Path], typer.Option(
-    "--cache-dir", rich_help_panel=LABELS, help=f"Embedding cache folder. Default: ${config.ENV_CACHE_DIR} or the user cache dir.",
-    show_default=False)]
-NoCacheOpt = Annotated[bool, typer.Option(
-    "--no-cache", rich_help_panel=LABELS, help="Do not read or write cached class embeddings.")]
-WeightsDirOpt = Annotated[Optional[str], typer.Option(
-    "--weights-dir", rich_help_panel=MODEL, help=f"Where model weights are downloaded. Default: ${config.ENV_WEIGHTS_DIR} or the "
-    "Hugging Face cache.", show_default=False)]
-QuietOpt = Annotated[bool, typer.Option(
-    "--quiet", "-q", rich_help_panel=OUTPUT, help="No progress bar.")]
-VerboseOpt = Annotated[bool, typer.Option(
-    "--verbose", rich_help_panel=OUTPUT, help="Show library log messages on stderr.")]
-LabelsOpt = Annotated[Optional[str], typer.Option(
-    "--labels", "-l", rich_help_panel=LABELS, help='Comma-separated labels; quote a label with commas: \'cat,"dog, small"\'.',
-    show_default=False)]
-LabelsFileOpt = Annotated[Optional[Path], typer.Option(
-    "--labels-file", "-L", rich_help_panel=LABELS, help=".txt (one per line, # comments) or .yaml (a list, or a mapping of label to synonyms).",
-    show_default=False)]
-OutputOpt = Annotated[Optional[Path], typer.Option(
-    "--output", "-o", rich_help_panel=OUTPUT, help="Write results to FILE (atomically) instead of stdout.", show_default=False)]
 
-FilesFromOpt = Annotated[Optional[str], typer.Option(
-    "--files-from", rich_help_panel=INPUTS, help="Read image paths from FILE, one per line (- for stdin).",
-    show_default=False)]
-RecursiveOpt = Annotated[bool, typer.Option(rich_help_panel=INPUTS, help="Recurse into folders.")]
-MaxMegapixelsOpt = Annotated[float, typer.Option(
-    "--max-megapixels", rich_help_panel=INPUTS, help="Refuse larger images (decompression bombs).")]
-ReducedDecodeOpt = Annotated[bool, typer.Option(
-    "--reduced-decode/--full-decode", rich_help_panel=PERF, help="Decode JPEGs at reduced size, never below the "
-    "model's input size (faster; off by default until measured on a real pretrained model, see bench/RESULTS.md).")]
-StoreOpt = Annotated[Optional[Path], typer.Option(
-    "--store", "-s", rich_help_panel=STORE, help="Image-embedding store folder: stored embeddings are reused, "
-    "new and changed images are encoded and added (`clip embed`).", show_default=False)]
-HeadOpt = Annotated[Optional[Path], typer.Option(
-    "--head", rich_help_panel=LABELS, help="A few-shot head from `clip fit`: it brings its labels and scores "
-    "with what it learned (no --labels).", show_default=False)]
+@dataclass(frozen=True)
+class Group:
+    """Options that build one object: (name, annotation, default) per option, and the builder."""
+
+    keyword: str  # the command's parameter that receives the built object
+    options: tuple[tuple[str, Any, Any], ...]
+    build: Callable[..., Any]
+
+    def parameters(self) -> list[inspect.Parameter]:
+        return [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+                for name, annotation, default in self.options]
 
 
-def read_head(head: Path | None, labels: str | None, labels_file: Path | None):
-    """The head file, or None; a head and --labels together are refused (the head knows its labels)."""
-    if head is None:
-        return None
-    if labels is not None or labels_file is not None:
-        raise LabelError("--head brings its own labels; leave out --labels / --labels-file")
-    from ..fewshot import load_head
+def uses(*groups: Group) -> Callable:
+    """Give a command the options of these groups, built into one object each (see the module doc)."""
+    def decorate(command: Callable) -> Callable:
+        own = inspect.signature(command, eval_str=True)
+        kept = [p for p in own.parameters.values() if p.name not in {g.keyword for g in groups}]
+        added = [p for g in groups for p in g.parameters()]
 
-    return load_head(head)
+        @functools.wraps(command)
+        def wrapper(**kwargs):
+            for group in groups:
+                values = {name: kwargs.pop(name) for name, _, _ in group.options}
+                kwargs[group.keyword] = group.build(**values)
+            return command(**kwargs)
 
-
-def check_head(head, path: Path, model_key: str, model_name: str) -> None:
-    from ..fewshot import check_head_model
-
-    check_head_model(head, path, model_key, model_name)
-
-
-def check_head_against(head, path: Path, loaded) -> None:
-    """A head runs only with the model it was fitted with."""
-    from ..embeddings import store_model
-
-    check_head(head, path, store_model(loaded).key, loaded.spec.display_name)
+        parameters = kept + added
+        wrapper.__signature__ = own.replace(parameters=parameters)
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+        del wrapper.__wrapped__  # Typer must read the signature above, not the command's own
+        return wrapper
+    return decorate
 
 
-def load_model_from_options(model: str | None, pretrained: str | None, device: str | None, precision: str,
-                            weights_dir: str | None, store: Path | None = None, backend: str | None = None,
-                            cache_dir: Path | None = None):
-    """The model the options name; with a store and no --model, the store's own model."""
-    from ..backends import default_backend, load_backend_model
-
-    if model is None and store is not None:
-        from ..store import read_manifest
-
-        manifest = read_manifest(Path(store)) if Path(store).is_dir() else None
-        if manifest is not None:
-            model, pretrained = manifest["model"]["name"], pretrained or manifest["model"].get("pretrained")
-    name = model or config.default_model()
-    return load_backend_model(name, pretrained or config.default_pretrained(name), device=device or config.default_device(),
-                              precision=precision, weights_dir=weights_dir, backend=backend or default_backend(),
-                              cache_root=cache_dir)
+def option(*names: str, panel: str, help: str, kind: Any = Optional[str], **extra) -> Any:
+    return Annotated[kind, typer.Option(*names, rich_help_panel=panel, help=help, show_default=extra.pop(
+        "show_default", False), **extra)]
 
 
-def check_outputs(files: dict[str, Path | None] = {}, folders: dict[str, Path | None] = {}) -> None:
-    """Refuse unwritable output paths before any slow work (option name -> path)."""
-    from ..fsutil import check_output_dir, check_output_file
-
-    for option, path in files.items():
-        if path is not None:
-            check_output_file(path, option)
-    for option, path in folders.items():
-        if path is not None:
-            check_output_dir(path, option)
-
-
-def read_labels(labels: str | None, labels_file: Path | None):
-    from ..labels import load_labels_file, parse_labels, require_labels
-
-    if labels is not None and labels_file is not None:
-        raise LabelError("give either --labels or --labels-file, not both")
-    if labels_file is not None:
-        return require_labels(load_labels_file(labels_file))
-    return require_labels(parse_labels(labels or ""))
+# --- options declared by commands themselves (their meaning differs a little per command) ---------------------
+TemplatesOpt = option("--templates", "-t", panel=LABELS, help="Template set name (`clip templates`) or a YAML file. "
+                      f"Default: ${config.ENV_TEMPLATES} or {config.DEFAULT_TEMPLATES}.")
+LabelsOpt = option("--labels", "-l", panel=LABELS, help='Comma-separated labels; quote a label with commas: '
+                   '\'cat,"dog, small"\'.')
+LabelsFileOpt = option("--labels-file", "-L", panel=LABELS, kind=Optional[Path],
+                       help=".txt (one per line, # comments) or .yaml (a list, or a mapping of label to synonyms).")
+OutputOpt = option("--output", "-o", panel=OUTPUT, kind=Optional[Path],
+                   help="Write results to FILE (atomically) instead of stdout.")
+StoreOpt = option("--store", "-s", panel=STORE, kind=Optional[Path], help="Image-embedding store folder: stored "
+                  "embeddings are reused, new and changed images are encoded and added (`clip embed`).")
+HeadOpt = option("--head", panel=LABELS, kind=Optional[Path], help="A few-shot head from `clip fit`: it brings its "
+                 "labels and scores with what it learned (no --labels).")
+InputsArg = Annotated[Optional[List[str]], typer.Argument(
+    help="Image files, folders (recursed) and glob patterns.", show_default=False)]
 
 
-def gather_inputs(inputs: list[str] | None, files_from: str | None, recursive: bool) -> list[str]:
-    from ..images import discover, read_path_list
-
-    named = list(inputs or [])
-    if files_from is not None:
-        named += read_path_list(files_from)
-    if not named:
-        raise InputError("no images given; name files or folders, or use --files-from FILE (- for stdin)")
-    paths = discover(named, recursive=recursive)
-    if not paths:
-        raise InputError(f"no images found in {', '.join(named[:3])}{' ...' if len(named) > 3 else ''}")
-    return paths
+# --- groups ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Ui:
+    quiet: bool
+    progress: bool  # show progress bars
 
 
-def check_choice(option: str, value: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise UsageError(f"unknown {option} {value!r}; use one of {', '.join(choices)}")
-    return value
+def _ui(quiet: bool, verbose: bool) -> Ui:
+    from . import output
+    from .common import setup_reporting
+
+    setup_reporting(verbose)
+    return Ui(quiet, output.progress_enabled(quiet))
 
 
-def check_format(fmt: str) -> str:
-    return check_choice("--format", fmt, FORMATS)
+UI = Group("ui", (
+    ("quiet", option("--quiet", "-q", panel=OUTPUT, kind=bool, help="No progress bar."), False),
+    ("verbose", option("--verbose", panel=OUTPUT, kind=bool, help="Show library log messages on stderr."), False),
+), _ui)
 
 
-def open_sink(stack: ExitStack, output_path: Path | None):
-    from ..results import atomic_output
+def _model(model, pretrained, device, precision, backend, weights_dir, cache_dir, no_cache) -> ModelOptions:
+    from ..backends import default_backend
+    from ..models import PRECISIONS
 
-    if output_path is None:
-        return sys.stdout
-    return stack.enter_context(atomic_output(output_path))
+    check_choice("--precision", precision, PRECISIONS)
+    return ModelOptions(model, pretrained, device or config.default_device(), precision, backend or default_backend(),
+                        config.weights_dir(weights_dir), str(cache_dir) if cache_dir else None, not no_cache)
 
 
-def engine_options(engine: str | None, ray_address: str | None, gpus_per_worker: float) -> dict:
-    """RunOptions fields for the engine options (checked)."""
+MODEL_OPTIONS = (
+    ("model", option("--model", "-m", panel=MODEL, help="Architecture (ViT-B-32), ARCH:TAG, hf-hub:org/repo, "
+                     f"local-dir:DIR, or 'demo'. Default: the store's model, ${config.ENV_MODEL}, or "
+                     f"{config.DEFAULT_MODEL}."), None),
+    ("pretrained", option("--pretrained", "-p", panel=MODEL, help="Pretrained tag (see `clip models`) or a "
+                          f"checkpoint file. Default: ${config.ENV_PRETRAINED}, or {config.DEFAULT_PRETRAINED} for the "
+                          "default model."), None),
+    ("device", option("--device", panel=MODEL, help="auto, cpu, cuda, cuda:N or mps (auto: cuda, then mps, then "
+                      f"cpu). Default: ${config.ENV_DEVICE} or auto."), None),
+    ("precision", option("--precision", panel=MODEL, kind=str, show_default=True, help="auto (fp16 on CUDA, else "
+                         "fp32), fp32, fp16, bf16, or int8 (ONNX Runtime on the CPU, image tower quantised: faster, "
+                         "probabilities move slightly; see README)."), "auto"),
+    ("backend", option("--backend", panel=MODEL, help="auto (ONNX Runtime on the CPU once the model is exported, else "
+                       "torch), torch or onnx. Default: $CLIPCLI_BACKEND or auto."), None),
+    ("weights_dir", option("--weights-dir", panel=MODEL, help="Where model weights are looked up and downloaded. "
+                           f"Default: ${config.ENV_WEIGHTS_DIR} or the Hugging Face cache."), None),
+    ("cache_dir", option("--cache-dir", panel=MODEL, kind=Optional[Path], help="Where class embeddings and ONNX "
+                         f"exports are cached. Default: ${config.ENV_CACHE_DIR} or the user cache dir."), None),
+    ("no_cache", option("--no-cache", panel=LABELS, kind=bool, help="Do not read or write cached class "
+                        "embeddings."), False),
+)
+MODEL_GROUP = Group("model", MODEL_OPTIONS, _model)
+
+
+def _decode(batch_size, workers, max_megapixels, reduced_decode) -> DecodeOptions:
+    return DecodeOptions(batch_size, workers, max_megapixels, reduced_decode)
+
+
+DECODE = Group("decode", (
+    ("batch_size", option("--batch-size", "-b", panel=PERF, kind=int, min=1, show_default=True,
+                          help="Images per model call."), 32),
+    ("workers", option("--workers", "-j", panel=PERF, kind=Optional[int], min=0, help="Decoding workers: threads on "
+                       "ONNX Runtime, processes on torch (0: decode in the main thread); with --engine ray, encoder "
+                       "actors. Default: one thread per core, or cores - 1 processes (at most 8)."), None),
+    ("max_megapixels", option("--max-megapixels", panel=INPUTS, kind=float, show_default=True,
+                              help="Refuse larger images (decompression bombs)."), config.DEFAULT_MAX_MEGAPIXELS),
+    ("reduced_decode", option("--reduced-decode/--full-decode", panel=PERF, kind=bool, show_default=True,
+                              help="Decode JPEGs at reduced size, never below the model's input size (faster; off "
+                              "by default until measured on a real pretrained model, see bench/RESULTS.md)."), False),
+), _decode)
+
+
+def _engine(engine, ray_address, gpus_per_worker) -> EngineOptions:
     from ..engines import ENGINES, default_engine
 
     engine = engine or default_engine()
@@ -202,18 +175,155 @@ def engine_options(engine: str | None, ray_address: str | None, gpus_per_worker:
         require_ray()
     elif ray_address or gpus_per_worker:
         raise UsageError("--ray-address and --gpus-per-worker go with --engine ray")
-    return {"engine": engine, "ray_address": ray_address, "gpus_per_worker": gpus_per_worker}
+    return EngineOptions(engine, ray_address, gpus_per_worker)
 
 
-def scorer_for(loaded, head_model, head: Path | None, label_list, template_set, cache_dir, no_cache: bool,
-               show_progress: bool):
-    """The run's scorer: the few-shot head (checked against the model), or the zero-shot classifier of the labels."""
+ENGINE = Group("engine", (
+    ("engine", option("--engine", panel=PERF, help="local, or ray (decode and encode on a Ray cluster; pip install "
+                      "'clipcli\\[ray]'). Default: $CLIPCLI_ENGINE or local."), None),
+    ("ray_address", option("--ray-address", panel=PERF, help="With --engine ray: a cluster address, or 'auto' to "
+                           "join the running one. Default: start a local Ray with this machine's cores."), None),
+    ("gpus_per_worker", option("--gpus-per-worker", panel=PERF, kind=float, min=0.0, show_default=True,
+                               help="With --engine ray: GPUs per encoder actor."), 0.0),
+), _engine)
+
+
+@dataclass(frozen=True)
+class Sources:
+    files_from: str | None
+    recursive: bool
+
+    def paths(self, inputs: list[str] | None) -> list[str]:
+        """Every image the inputs name (files, folders, globs, object storage, --files-from)."""
+        from ..images import discover, read_path_list
+
+        named = list(inputs or [])
+        if self.files_from is not None:
+            named += read_path_list(self.files_from)
+        if not named:
+            raise InputError("no images given; name files or folders, or use --files-from FILE (- for stdin)")
+        paths = discover(named, recursive=self.recursive)
+        if not paths:
+            raise InputError(f"no images found in {', '.join(named[:3])}{' ...' if len(named) > 3 else ''}")
+        return paths
+
+
+SOURCES = Group("sources", (
+    ("files_from", option("--files-from", panel=INPUTS, help="Read image paths from FILE, one per line (- for "
+                          "stdin)."), None),
+    ("recursive", option("--recursive/--no-recursive", panel=INPUTS, kind=bool, show_default=True,
+                         help="Recurse into folders."), True),
+), Sources)
+
+
+@dataclass(frozen=True)
+class LabelChoice:
+    """What the images are scored into: labels through templates, or a few-shot head (which knows its labels)."""
+
+    labels: list | None  # [Label], or None with a head
+    templates: Any  # TemplateSet
+    head: Any = None  # FewShotHead
+    head_path: Path | None = None
+
+    def required(self) -> list:
+        """The labels; a one-line error when none were given."""
+        return self.labels if self.labels is not None else read_labels(None, None)
+
+
+def _labels(labels, labels_file, templates, head) -> LabelChoice:
+    from ..templates import load_template_set
+
+    template_set = load_template_set(templates or config.default_templates())
+    if head is not None:
+        if labels is not None or labels_file is not None:
+            raise LabelError("--head brings its own labels; leave out --labels / --labels-file")
+        from ..fewshot import load_head
+
+        return LabelChoice(None, template_set, load_head(head), head)
+    given = labels is not None or labels_file is not None
+    return LabelChoice(read_labels(labels, labels_file) if given else None, template_set)
+
+
+LABEL_GROUP = Group("labels", (
+    ("labels", LabelsOpt, None), ("labels_file", LabelsFileOpt, None), ("templates", TemplatesOpt, None),
+    ("head", HeadOpt, None),
+), _labels)
+
+
+# --- helpers ----------------------------------------------------------------------------------------------------
+def read_labels(labels: str | None, labels_file: Path | None):
+    from ..labels import load_labels_file, parse_labels, require_labels
+
+    if labels is not None and labels_file is not None:
+        raise LabelError("give either --labels or --labels-file, not both")
+    if labels_file is not None:
+        return require_labels(load_labels_file(labels_file))
+    return require_labels(parse_labels(labels or ""))
+
+
+def check_outputs(files: dict[str, Path | None] = {}, folders: dict[str, Path | None] = {}) -> None:
+    """Refuse unwritable output paths before any slow work (option name -> path)."""
+    from ..fsutil import check_output_dir, check_output_file
+
+    for name, path in files.items():
+        if path is not None:
+            check_output_file(path, name)
+    for name, path in folders.items():
+        if path is not None:
+            check_output_dir(path, name)
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise UsageError(f"unknown {name} {value!r}; use one of {', '.join(choices)}")
+    return value
+
+
+def check_format(fmt: str, formats: tuple[str, ...] = FORMATS) -> str:
+    return check_choice("--format", fmt, formats)
+
+
+def open_sink(stack: ExitStack, output_path: Path | None):
+    from ..results import atomic_output
+
+    if output_path is None:
+        return sys.stdout
+    return stack.enter_context(atomic_output(output_path))
+
+
+def scorer_for(model, choice: LabelChoice, options: ModelOptions, ui: Ui):
+    """The run's scorer: the few-shot head (checked against the model), or the labels' zero-shot classifier."""
     from . import output
 
-    if head_model is not None:
-        check_head_against(head_model, head, loaded)
-        return head_model
-    from ..api import prepare_classifier
+    if choice.head is not None:
+        from ..embeddings import store_model
+        from ..fewshot import check_head_model
 
-    with output.progress_bar("encoding labels", show_progress) as progress:
-        return prepare_classifier(loaded, label_list, template_set, cache_dir, not no_cache, progress)
+        check_head_model(choice.head, choice.head_path, store_model(model).key, model.spec.display_name)
+        return choice.head
+    from ..classifier import zero_shot_classifier
+
+    with output.progress_bar("encoding labels", ui.progress) as progress:
+        return zero_shot_classifier(model, choice.required(), choice.templates, options.cache_dir, options.use_cache,
+                                    progress)
+
+
+def header_of(choice: LabelChoice, scorer, described: dict, score: str, store: Path | None) -> dict:
+    """The JSON header of a run's records: model, templates, labels, score kind (and head, store)."""
+    head = choice.head
+    header = {"model": described, "templates": choice.templates.name if head is None else
+              head.meta.get("templates_name"), "labels": scorer.labels, "score": score}
+    if head is not None:
+        header["head"] = {"path": str(choice.head_path), "method": head.method, **head.params}
+    if store is not None:
+        header["store"] = str(store)
+    return header
+
+
+def option_of(group: Group, name: str) -> Any:
+    """One option of a group, for a command that takes it alone."""
+    return next(annotation for option_name, annotation, _ in group.options if option_name == name)
+
+
+CacheDirOpt = option_of(MODEL_GROUP, "cache_dir")
+WeightsDirOpt = option_of(MODEL_GROUP, "weights_dir")

@@ -10,20 +10,17 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from .. import config
 from . import output
-from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors, setup_reporting
-from .options import (OUTPUT, BackendOpt, BatchOpt, CacheDirOpt, DeviceOpt, FilesFromOpt, HeadOpt, LabelsFileOpt,
-                      LabelsOpt, MaxMegapixelsOpt, ModelOpt, NoCacheOpt, PrecisionOpt, PretrainedOpt, QuietOpt,
-                      RecursiveOpt, StoreOpt, TemplatesOpt, VerboseOpt, WeightsDirOpt, WorkersOpt, check_choice,
-                      check_outputs, gather_inputs, load_model_from_options, open_sink, read_head, read_labels,
-                      scorer_for)
+from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors
+from .options import (DECODE, ENGINE, LABEL_GROUP, MODEL_GROUP, OUTPUT, SOURCES, UI, StoreOpt, check_format,
+                      check_outputs, open_sink, scorer_for, uses)
 
 SORT = "Sorting"
 PLAN_COLUMNS = ("source", "destination", "label", "score", "operation", "folder", "unsure", "note")
 
 
 @handles_errors
+@uses(SOURCES, LABEL_GROUP, MODEL_GROUP, DECODE, ENGINE, UI)
 def sort(
     inputs: Annotated[Optional[List[str]], typer.Argument(
         help="Image files, folders (recursed) and glob patterns.", show_default=False)] = None,
@@ -55,32 +52,13 @@ def sort(
     output_path: Annotated[Optional[Path], typer.Option(
         "--output", "-o", rich_help_panel=OUTPUT, help="Write the plan/result records to FILE.", show_default=False)
     ] = None,
-    labels: LabelsOpt = None,
-    labels_file: LabelsFileOpt = None,
-    templates: TemplatesOpt = None,
-    files_from: FilesFromOpt = None,
-    recursive: RecursiveOpt = True,
     store: StoreOpt = None,
-    head: HeadOpt = None,
-    model: ModelOpt = None,
-    pretrained: PretrainedOpt = None,
-    device: DeviceOpt = None,
-    precision: PrecisionOpt = "auto",
-    backend: BackendOpt = None,
-    batch_size: BatchOpt = 32,
-    workers: WorkersOpt = None,
-    max_megapixels: MaxMegapixelsOpt = config.DEFAULT_MAX_MEGAPIXELS,
-    cache_dir: CacheDirOpt = None,
-    no_cache: NoCacheOpt = False,
-    weights_dir: WeightsDirOpt = None,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *, sources, labels, model, decode, engine, ui,
 ) -> None:
     """File images into label folders: previewed with --dry-run, journaled, reversible with --undo."""
-    setup_reporting(verbose)
-    check_choice("--format", fmt, ("table", "json", "jsonl", "csv"))
+    check_format(fmt)
     if undo is not None:
-        _undo(undo, quiet)
+        _undo(undo, ui)
         return
     from ..errors import UsageError
     from ..sorting import SortRules, folder_names, refuse_remote
@@ -89,34 +67,23 @@ def sort(
         raise UsageError("give --into FOLDER (where the label folders go), or --undo MANIFEST")
     rules = SortRules(into, mode, min_score, min_margin, unsure_dir)
     rules.check()
-    head_model = read_head(head, labels, labels_file)
-    label_list = read_labels(labels, labels_file) if head_model is None else None
-    label_names = head_model.labels if head_model is not None else [label.name for label in label_list]
+    label_names = labels.head.labels if labels.head is not None else [label.name for label in labels.required()]
     folder_names(label_names, unsure_dir)  # clashing folder names: refused now
     inside = os.path.realpath(into) + os.sep
     refuse_remote(inputs or [])  # named ones before any listing; --files-from ones below
-    paths = refuse_remote([p for p in gather_inputs(inputs, files_from, recursive)
+    paths = refuse_remote([p for p in sources.paths(inputs)
                            if not os.path.realpath(p).startswith(inside)])
     check_outputs(files={"--output": output_path, "--report": report, "--manifest": manifest},
                   folders={"--store": store, **({} if dry_run else {"--into": into})})
 
-    from ..api import RunOptions, classify_paths
+    from ..api import ScoreOptions, classify_paths
+    from ..embeddings import open_encoder
     from ..sorting import Manifest, default_manifest, execute, plan_sort, remove_temporaries
-    from ..templates import load_template_set
 
-    template_set = load_template_set(templates or config.default_templates())
-    show_progress = output.progress_enabled(quiet)
-    with ExitStack() as stack:
-        loaded = load_model_from_options(model, pretrained, device, precision, weights_dir, store, backend, cache_dir)
-        writer = None
-        if store is not None:
-            from ..embeddings import open_store_writer
-
-            writer = stack.enter_context(open_store_writer(store, loaded))
-        classifier = scorer_for(loaded, head_model, head, label_list, template_set, cache_dir, no_cache, show_progress)
-        options = RunOptions(batch_size=batch_size, workers=workers, top_k=2, max_megapixels=max_megapixels)
-        with output.progress_bar("classifying", show_progress) as progress:
-            records = list(classify_paths(loaded, classifier, paths, options, progress, writer))
+    with open_encoder(model, decode, engine, store) as encoder:
+        classifier = scorer_for(encoder.model, labels, model, ui)
+        with output.progress_bar("classifying", ui.progress) as progress:
+            records = list(classify_paths(encoder, classifier, paths, ScoreOptions(top_k=2), progress))
     plan = plan_sort(paths, records, classifier.labels, rules)
 
     operations = []
@@ -130,7 +97,7 @@ def sort(
             remove_temporaries(into)
             journal = Manifest(manifest or default_manifest(into))
             stack.callback(journal.close)
-            with output.progress_bar(f"{mode} files", show_progress) as progress:
+            with output.progress_bar(f"{mode} files", ui.progress) as progress:
                 for op in execute(plan, journal, progress):
                     operations.append(op.as_record())
                     if record_writer is not None:
@@ -149,7 +116,7 @@ def sort(
 
         with atomic_output(report) as handle:
             handle.write(render_sort_preview(f"clip sort{' (dry run)' if dry_run else ''}: {into}",
-                                             {"model": loaded.spec.display_name, "mode": mode,
+                                             {"model": encoder.model.spec.display_name, "mode": mode,
                                               "images": len(operations)}, operations))
         output.info(f"preview written to {report}")
     failed = [op for op in operations if op["operation"] == "error"]
@@ -181,10 +148,10 @@ def _summary_table(operations: list[dict], dry_run: bool):
     return table
 
 
-def _undo(manifest: Path, quiet: bool) -> None:
+def _undo(manifest: Path, ui) -> None:
     from ..sorting import undo
 
-    with output.progress_bar("undoing", output.progress_enabled(quiet)) as progress:
+    with output.progress_bar("undoing", ui.progress) as progress:
         result = undo(manifest, progress)
     for path, why in result.refused:
         output.error(f"{path}: {why}")

@@ -24,7 +24,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..batches import BatchItem, DecodeOptions, decode_one
+from ..batches import BatchItem, DecodeLimits, decode_one
 from ..errors import EngineError, UsageError
 
 
@@ -92,7 +92,7 @@ def start_ray(settings: RaySettings) -> bool:
     return True
 
 
-def decode_rows(batch: dict, preprocess, options: DecodeOptions, shape: tuple[int, ...]) -> dict:
+def decode_rows(batch: dict, preprocess, options: DecodeLimits, shape: tuple[int, ...]) -> dict:
     """Ray task: decode and preprocess one batch of paths (bad files become error rows)."""
     rows = [decode_one(str(path), preprocess, options) for path in batch["path"]]
     pixels = np.zeros((len(rows), *shape), dtype=np.float32)
@@ -116,7 +116,7 @@ class Encoder:
         self.model = load_backend_model(**load_args)
 
     def __call__(self, batch: dict) -> dict:
-        from ..scoring import as_array
+        from ..vectors import as_array
 
         ok = batch["ok"]
         features = np.zeros((len(ok), self.model.embed_dim), dtype=np.float32)
@@ -160,7 +160,7 @@ def _ray_notices_to_stderr():
         sys.stdout = saved
 
 
-def ray_batches(loaded, paths: Sequence[str], batch_size: int, decode: DecodeOptions, settings: RaySettings,
+def ray_batches(loaded, paths: Sequence[str], batch_size: int, decode: DecodeLimits, settings: RaySettings,
                 progress: Callable[[int, int], None] | None = None) -> Iterator[tuple[list[BatchItem], np.ndarray | None]]:
     """(items, L2-normalised float32 features of the decoded items) per batch, in input order."""
     if not paths:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from contextlib import ExitStack
 from pathlib import Path
 from typing import List, Optional
@@ -83,7 +82,7 @@ def sort(
         _undo(undo, quiet)
         return
     from ..errors import UsageError
-    from ..sorting import SortRules, folder_names, refuse_remote
+    from ..sorting import SortRules, folder_names, outside_into, refuse_remote
 
     if into is None:
         raise UsageError("give --into FOLDER (where the label folders go), or --undo MANIFEST")
@@ -93,10 +92,8 @@ def sort(
     label_list = read_labels(labels, labels_file) if head_model is None else None
     label_names = head_model.labels if head_model is not None else [label.name for label in label_list]
     folder_names(label_names, unsure_dir)  # clashing folder names: refused now
-    inside = os.path.realpath(into) + os.sep
     refuse_remote(inputs or [])  # named ones before any listing; --files-from ones below
-    paths = refuse_remote([p for p in gather_inputs(inputs, files_from, recursive)
-                           if not os.path.realpath(p).startswith(inside)])
+    paths = refuse_remote(outside_into(gather_inputs(inputs, files_from, recursive), into))
     check_outputs(files={"--output": output_path, "--report": report, "--manifest": manifest},
                   folders={"--store": store, **({} if dry_run else {"--into": into})})
 
@@ -117,7 +114,7 @@ def sort(
         options = RunOptions(batch_size=batch_size, workers=workers, top_k=2, max_megapixels=max_megapixels)
         with output.progress_bar("classifying", show_progress) as progress:
             records = list(classify_paths(loaded, classifier, paths, options, progress, writer))
-    plan = plan_sort(paths, records, classifier.labels, rules)
+    plan = plan_sort(paths, records, classifier.labels, rules, manifest=manifest)
 
     operations = []
     with ExitStack() as stack:
@@ -127,7 +124,7 @@ def sort(
             operations = [op.as_record() for op in plan]
         else:
             into.mkdir(parents=True, exist_ok=True)
-            remove_temporaries(into)
+            remove_temporaries(into, manifest)
             journal = Manifest(manifest or default_manifest(into))
             stack.callback(journal.close)
             with output.progress_bar(f"{mode} files", show_progress) as progress:

@@ -262,3 +262,181 @@ def test_sigkill_mid_move_loses_nothing_and_rerun_finishes(tmp_path):
                             timeout=300)
     assert undone.returncode == 0, undone.stderr
     assert sorted(tree(source).values()) == before
+
+
+# A `clip` command that SIGKILLs itself at one exact moment: when MODULE.NAME is first called with an argument
+# containing MARKER (argv: MODULE NAME MARKER, then clip's own arguments).
+KILL_WHEN = """
+import os, shutil, signal, sys
+module, name, marker = sys.argv[1:4]
+del sys.argv[1:4]
+owner = {"os": os, "shutil": shutil}[module]
+real = getattr(owner, name)
+def hook(*args, **kwargs):
+    if any(marker in str(arg) for arg in args):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, **kwargs)
+setattr(owner, name, hook)
+from clipcli.cli import main
+main()
+"""
+
+
+def killed_clip(module: str, name: str, marker: Path, *args) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-c", KILL_WHEN, module, name, str(marker), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def inbox(tmp_path):
+    """Three drawn shapes the demo model knows."""
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    for colour, kind in KINDS[:3]:
+        shapes.draw_pil(colour, kind, size=64, seed=7).save(folder / f"{colour}_{kind}.png")
+    return folder
+
+
+@pytest.fixture
+def other_fs(tmp_path):
+    """A tmpfs folder, so that moves into it cross filesystems for real."""
+    folder = tmp_path / "tmpfs"
+    folder.mkdir()
+    mounted = shutil.which("mount") and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(folder)], capture_output=True).returncode == 0
+    if not mounted:
+        pytest.skip("cannot mount a tmpfs here (needs root and mount)")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+NEW_KEYS = ("id", "source_id", "link", "destination_id", "resumed")
+
+
+def to_old_journal(journal: Path) -> None:
+    """Rewrite a journal as the first format wrote it: without ids or identities."""
+    lines = [json.loads(line) for line in journal.read_text().splitlines()]
+    journal.write_text("".join(json.dumps({k: v for k, v in line.items() if k not in NEW_KEYS}) + "\n"
+                               for line in lines))
+
+
+@pytest.mark.parametrize("mode, old_journal", [("copy", False), ("link", False), ("copy", True), ("link", True)])
+def test_undo_never_deletes_the_only_copy(inbox, tmp_path, mode, old_journal):
+    before = tree(inbox)
+    into, journal = tmp_path / "sorted", tmp_path / "journal.jsonl"
+    assert cli("sort", inbox, "-m", "demo", "-l", LABELS, "--into", into, "--mode", mode,
+               "--manifest", journal).exit_code == 0
+    original = inbox / "red_circle.png"
+    filed = next(into.rglob("red_circle.png"))
+    original.unlink()  # copy: the user deletes the original, so the copy in OUT is the only one left
+    if mode == "link":  # an editor's save: a new file at the original's name, the old bytes only in OUT
+        original.write_bytes(b"rewritten")
+    if old_journal:
+        to_old_journal(journal)
+    undone = cli("sort", "--undo", journal)
+    assert undone.exit_code == 1, undone.output
+    assert f"{filed}: " in undone.stderr and "undone: 2" in undone.stderr
+    assert digest(filed) == before["red_circle.png"]  # kept, byte for byte
+    assert {k: v for k, v in tree(inbox).items() if k != "red_circle.png"} == {
+        k: v for k, v in before.items() if k != "red_circle.png"}
+    assert [p for p in into.rglob("*.png")] == [filed]  # the other two were undone
+
+
+def test_inputs_all_inside_into_are_refused_before_the_model_loads(photos):
+    result = cli("sort", photos / "a", "-m", "local-dir:/nonexistent", "-l", LABELS, "--into", photos)
+    assert result.exit_code == 2, result.output
+    assert "inside --into" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert not list(photos.glob("clip-sort-*"))
+
+
+@pytest.mark.e2e
+def test_rerun_finishes_a_cross_filesystem_move_killed_between_copy_and_unlink(inbox, other_fs):
+    before = tree(inbox)
+    into = other_fs / "sorted"
+    args = ["sort", inbox, "-m", "demo", "-l", LABELS, "--into", into, "--mode", "move", "-q", "--workers", "0"]
+    killed = killed_clip("os", "unlink", inbox, *args)  # the first source unlink, its copy verified in OUT
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert len(tree(inbox)) == 3 and len(set(tree(inbox).values()) & set(tree(into).values())) == 1
+    rerun = cli(*args)
+    assert rerun.exit_code == 0, rerun.output
+    assert tree(inbox) == {}
+    assert sorted(v for k, v in tree(into).items() if "/" in k) == sorted(before.values())
+    assert not list(into.rglob(".clip-sort-*"))
+    for journal in sorted(into.glob("clip-sort-*.jsonl"), reverse=True):
+        undone = cli("sort", "--undo", journal)
+        assert undone.exit_code == 0, undone.output
+    assert tree(inbox) == before
+
+
+@pytest.mark.e2e
+def test_undo_killed_mid_copy_leaves_no_temporary_behind(inbox, other_fs):
+    before = tree(inbox)
+    into, journal = other_fs / "sorted", other_fs / "journal.jsonl"
+    assert cli("sort", inbox, "-m", "demo", "-l", LABELS, "--into", into, "--mode", "move",
+               "--manifest", journal).exit_code == 0
+    killed = killed_clip("shutil", "copystat", inbox, "sort", "--undo", journal)  # a whole copy, not yet renamed
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert [p.stat().st_size > 0 for p in inbox.glob(".clip-sort-*.tmp")] == [True]
+    undone = cli("sort", "--undo", journal)
+    assert undone.exit_code == 0, undone.output
+    assert tree(inbox) == before  # no hidden temporary either
+
+
+def test_sort_never_deletes_a_users_files_named_like_its_temporaries(inbox, tmp_path):
+    into = tmp_path / "sorted"
+    (into / "red circle").mkdir(parents=True)
+    users = [into / ".clip-sort-notes.tmp", into / "red circle" / ".clip-sort-123-red_circle.png.tmp"]
+    for path in users:
+        path.write_bytes(b"the user's own")
+    result = cli("sort", inbox, "-m", "demo", "-l", LABELS, "--into", into)
+    assert result.exit_code == 0, result.output
+    assert [path.read_bytes() for path in users] == [b"the user's own"] * 2
+
+
+def test_a_label_folder_that_is_a_symlink_is_refused(inbox, tmp_path):
+    into, elsewhere = tmp_path / "sorted", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    into.mkdir()
+    (into / "red circle").symlink_to(elsewhere)
+    before = tree(inbox)
+    result = cli("sort", inbox, "-m", "demo", "-l", LABELS, "--into", into, "--mode", "move")
+    assert result.exit_code == 2, result.output
+    assert "red circle" in result.stderr and "symbolic link" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert list(elsewhere.iterdir()) == [] and tree(inbox) == before
+
+
+def test_moving_a_symlink_files_its_images_bytes_and_undo_puts_the_link_back(tmp_path):
+    library, inbox = tmp_path / "library", tmp_path / "inbox"
+    library.mkdir()
+    inbox.mkdir()
+    shapes.draw_pil("red", "circle", size=64, seed=3).save(library / "pic.png")
+    (inbox / "alias.png").symlink_to("../library/pic.png")  # relative: moved as a link, it would dangle
+    into, journal = tmp_path / "sorted", tmp_path / "journal.jsonl"
+    result = cli("sort", inbox, "-m", "demo", "-l", LABELS, "--into", into, "--mode", "move", "--manifest", journal)
+    assert result.exit_code == 0, result.output
+    filed = Path(json.loads(journal.read_text().splitlines()[0])["destination"])
+    assert filed.name == "alias.png" and not filed.is_symlink() and digest(filed) == digest(library / "pic.png")
+    assert not os.path.lexists(inbox / "alias.png") and (library / "pic.png").is_file()
+    undone = cli("sort", "--undo", journal)
+    assert undone.exit_code == 0, undone.output
+    assert os.readlink(inbox / "alias.png") == "../library/pic.png" and not os.path.lexists(filed)
+
+
+def test_undo_of_a_file_that_is_not_a_journal_is_one_line(tmp_path):
+    image = tmp_path / "image.png"
+    shapes.draw_pil("red", "circle", size=64, seed=3).save(image)
+    result = cli("sort", "--undo", image)
+    assert result.exit_code == 2 and "not a clip sort manifest" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_one_manifest_is_written_by_one_sort_at_a_time(tmp_path):
+    from clipcli.errors import OutputPathError
+    from clipcli.sorting import Manifest
+
+    first = Manifest(tmp_path / "journal.jsonl")
+    with pytest.raises(OutputPathError, match="being written by another clip sort"):
+        Manifest(tmp_path / "journal.jsonl")  # its half-written lines would interleave with ours
+    first.close()
+    Manifest(tmp_path / "journal.jsonl").close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from contextlib import ExitStack
 from pathlib import Path
 from typing import List, Optional
@@ -61,7 +60,7 @@ def sort(
         _undo(undo, ui)
         return
     from ..errors import UsageError
-    from ..sorting import SortRules, folder_names, refuse_remote
+    from ..sorting import SortRules, folder_names, outside_into, refuse_remote
 
     if into is None:
         raise UsageError("give --into FOLDER (where the label folders go), or --undo MANIFEST")
@@ -69,10 +68,8 @@ def sort(
     rules.check()
     label_names = labels.head.labels if labels.head is not None else [label.name for label in labels.required()]
     folder_names(label_names, unsure_dir)  # clashing folder names: refused now
-    inside = os.path.realpath(into) + os.sep
     refuse_remote(inputs or [])  # named ones before any listing; --files-from ones below
-    paths = refuse_remote([p for p in sources.paths(inputs)
-                           if not os.path.realpath(p).startswith(inside)])
+    paths = refuse_remote(outside_into(sources.paths(inputs), into))
     check_outputs(files={"--output": output_path, "--report": report, "--manifest": manifest},
                   folders={"--store": store, **({} if dry_run else {"--into": into})})
 
@@ -84,7 +81,7 @@ def sort(
         classifier = scorer_for(encoder.model, labels, model, ui)
         with output.progress_bar("classifying", ui.progress) as progress:
             records = list(classify_paths(encoder, classifier, paths, ScoreOptions(top_k=2), progress))
-    plan = plan_sort(paths, records, classifier.labels, rules)
+    plan = plan_sort(paths, records, classifier.labels, rules, manifest=manifest)
 
     operations = []
     with ExitStack() as stack:
@@ -94,7 +91,7 @@ def sort(
             operations = [op.as_record() for op in plan]
         else:
             into.mkdir(parents=True, exist_ok=True)
-            remove_temporaries(into)
+            remove_temporaries(into, manifest)
             journal = Manifest(manifest or default_manifest(into))
             stack.callback(journal.close)
             with output.progress_bar(f"{mode} files", ui.progress) as progress:

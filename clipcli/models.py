@@ -178,9 +178,10 @@ def resolve_precision(precision: str, device) -> str:
 
 
 def _fingerprint_file(path: str) -> str:
-    """Size, mtime and the hash of the first and last 4 MiB: cheap, and changes when the weights do."""
+    """Size and the hash of the first and last 4 MiB: cheap, changes when the weights do, and stays the same for a
+    copy of the file elsewhere (no path, no mtime)."""
     stat = os.stat(path)
-    digest = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    digest = hashlib.sha256(f"{stat.st_size}".encode())
     chunk = 4 << 20
     with open(path, "rb") as handle:
         digest.update(handle.read(chunk))
@@ -340,7 +341,9 @@ def load_model(model: str, pretrained: str | None = None, device: str = "auto", 
     spec = parse_model_spec(model, pretrained)
     torch_device = resolve_device(device)
     precision = resolve_precision(precision, torch_device)
-    identity: dict = {"model": spec.name, "pretrained": spec.pretrained, "precision": precision}
+    # A local folder is known by its files' contents, never by where it is (a copied package or store still fits).
+    known_as = spec.alias or ("local-dir" if spec.schema == "local-dir" else spec.name)
+    identity: dict = {"model": known_as, "pretrained": spec.pretrained, "precision": precision}
     kwargs: dict = {}
     tag_cfg: dict = {}
 

@@ -341,6 +341,33 @@ class ImageStore:
         return table
 
 
+def check_store(directory: str | os.PathLike, repair: bool = False) -> tuple[int, list[tuple[str, str]]]:
+    """Read every shard of a store whole, pages checked against their checksums: (rows that read, [(damaged
+    shard, why)]).  With `repair`, damaged shards are deleted under the writer's lock: their images are
+    encoded again by the next `clip embed`."""
+    import pyarrow.parquet as pq
+
+    store = open_store(directory)
+    good, damaged = 0, []
+    for name in store.shard_names():
+        try:
+            with pq.ParquetFile(store.directory / SHARD_DIR / name, page_checksum_verification=True) as shard:
+                for batch in shard.iter_batches():
+                    good += batch.num_rows
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as exc:
+            damaged.append((name, str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__))
+    if repair and damaged:
+        lock = _take_lock(store.directory)
+        try:
+            for name, _ in damaged:
+                (store.directory / SHARD_DIR / name).unlink(missing_ok=True)
+        finally:
+            os.close(lock)
+    return good, damaged
+
+
 def _by_group(located: dict[str, Location]) -> dict[tuple[str, int], list[str]]:
     groups: dict[tuple[str, int], list[str]] = {}
     for key, where in located.items():

@@ -64,9 +64,9 @@ def compare(
     labels_file: LabelsFileOpt = None,
     templates: TemplatesOpt = None,
     dataset: Annotated[bool, typer.Option(
-        "--dataset", help="INPUTS is a labelled dataset (as for `clip eval`): print accuracy per model.")] = False,
+        "--dataset", rich_help_panel="Inputs", help="INPUTS is a labelled dataset (as for `clip eval`): print accuracy per model.")] = False,
     mapping: MappingOpt = None,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
+    fmt: Annotated[str, typer.Option("--format", "-f", rich_help_panel=OUTPUT, help="table or json.")] = "table",
     output_path: OutputOpt = None,
     *, model, decode, engine, ui,
 ) -> None:

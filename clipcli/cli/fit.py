@@ -48,7 +48,7 @@ def fit(
         "--method", rich_help_panel=FEW_SHOT, help="gda (default: zero-shot plus Gaussian discriminant analysis), "
         "logistic (the CLIP paper's probe), tip-adapter; with --eval, a comma-separated list.")] = "gda",
     shots: Annotated[Optional[str], typer.Option(
-        "--shots", "-k", rich_help_panel=FEW_SHOT, help="Images per class to fit on (sampled with --seed). "
+        "--shots", rich_help_panel=FEW_SHOT, help="Images per class to fit on (sampled with --seed). "
         "Default: all. With --eval: a list, default 0,1,2,4,8,16.", show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", rich_help_panel=FEW_SHOT, help="Seed for sampling shots.")] = 0,
     eval_set: Annotated[Optional[str], typer.Option(

@@ -62,12 +62,24 @@ def uses(*groups: Group) -> Callable:
                 kwargs[group.keyword] = group.build(**values)
             return command(**kwargs)
 
-        parameters = kept + added
+        parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in sorted(kept + added, key=_panel_rank)]
         wrapper.__signature__ = own.replace(parameters=parameters)
         wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
         del wrapper.__wrapped__  # Typer must read the signature above, not the command's own
         return wrapper
     return decorate
+
+
+PANELS = (INPUTS, LABELS, MODEL, STORE, PERF, OUTPUT)
+
+
+def _panel_rank(parameter: inspect.Parameter) -> int:
+    """Arguments first, then options panel by panel, in the same order in every command."""
+    infos = [m for m in getattr(parameter.annotation, "__metadata__", ()) if hasattr(m, "rich_help_panel")]
+    if not infos or isinstance(infos[0], typer.models.ArgumentInfo):
+        return -1
+    panel = infos[0].rich_help_panel
+    return PANELS.index(panel) if panel in PANELS else len(PANELS)
 
 
 def option(*names: str, panel: str, help: str, kind: Any = Optional[str], **extra) -> Any:
@@ -76,17 +88,17 @@ def option(*names: str, panel: str, help: str, kind: Any = Optional[str], **extr
 
 
 # --- options declared by commands themselves (their meaning differs a little per command) ---------------------
-TemplatesOpt = option("--templates", "-t", panel=LABELS, help="Template set name (`clip templates`) or a YAML file. "
+TemplatesOpt = option("--templates", "-t", panel=LABELS, metavar="NAME", help="Template set name (`clip templates`) or a YAML file. "
                       f"Default: ${config.ENV_TEMPLATES} or {config.DEFAULT_TEMPLATES}.")
-LabelsOpt = option("--labels", "-l", panel=LABELS, help='Comma-separated labels; quote a label with commas: '
+LabelsOpt = option("--labels", "-l", panel=LABELS, metavar="LIST", help='Comma-separated labels; quote a label with commas: '
                    '\'cat,"dog, small"\'.')
-LabelsFileOpt = option("--labels-file", "-L", panel=LABELS, kind=Optional[Path],
+LabelsFileOpt = option("--labels-file", "-L", panel=LABELS, kind=Optional[Path], metavar="FILE",
                        help=".txt (one per line, # comments) or .yaml (a list, or a mapping of label to synonyms).")
-OutputOpt = option("--output", "-o", panel=OUTPUT, kind=Optional[Path],
+OutputOpt = option("--output", "-o", panel=OUTPUT, kind=Optional[Path], metavar="FILE",
                    help="Write results to FILE (atomically) instead of stdout.")
-StoreOpt = option("--store", "-s", panel=STORE, kind=Optional[Path], help="Image-embedding store folder: stored "
+StoreOpt = option("--store", "-s", panel=STORE, kind=Optional[Path], metavar="DIR", help="Image-embedding store folder: stored "
                   "embeddings are reused, new and changed images are encoded and added (`clip embed`).")
-HeadOpt = option("--head", panel=LABELS, kind=Optional[Path], help="A few-shot head from `clip fit`: it brings its "
+HeadOpt = option("--head", panel=LABELS, kind=Optional[Path], metavar="FILE", help="A few-shot head from `clip fit`: it brings its "
                  "labels and scores with what it learned (no --labels).")
 InputsArg = Annotated[Optional[List[str]], typer.Argument(
     help="Image files, folders (recursed) and glob patterns.", show_default=False)]
@@ -123,10 +135,10 @@ def _model(model, pretrained, device, precision, backend, weights_dir, cache_dir
 
 
 MODEL_OPTIONS = (
-    ("model", option("--model", "-m", panel=MODEL, help="Architecture (ViT-B-32), ARCH:TAG, hf-hub:org/repo, "
+    ("model", option("--model", "-m", panel=MODEL, metavar="MODEL", help="Architecture (ViT-B-32), ARCH:TAG, hf-hub:org/repo, "
                      f"local-dir:DIR, or 'demo'. Default: the store's model, ${config.ENV_MODEL}, or "
                      f"{config.DEFAULT_MODEL}."), None),
-    ("pretrained", option("--pretrained", "-p", panel=MODEL, help="Pretrained tag (see `clip models`) or a "
+    ("pretrained", option("--pretrained", "-p", panel=MODEL, metavar="TAG", help="Pretrained tag (see `clip models`) or a "
                           f"checkpoint file. Default: ${config.ENV_PRETRAINED}, or {config.DEFAULT_PRETRAINED} for the "
                           "default model."), None),
     ("device", option("--device", panel=MODEL, help="auto, cpu, cuda, cuda:N or mps (auto: cuda, then mps, then "
@@ -136,9 +148,9 @@ MODEL_OPTIONS = (
                          "probabilities move slightly; see README)."), "auto"),
     ("backend", option("--backend", panel=MODEL, help="auto (ONNX Runtime on the CPU once the model is exported, else "
                        "torch), torch or onnx. Default: $CLIPCLI_BACKEND or auto."), None),
-    ("weights_dir", option("--weights-dir", panel=MODEL, help="Where model weights are looked up and downloaded. "
+    ("weights_dir", option("--weights-dir", panel=MODEL, metavar="DIR", help="Where model weights are looked up and downloaded. "
                            f"Default: ${config.ENV_WEIGHTS_DIR} or the Hugging Face cache."), None),
-    ("cache_dir", option("--cache-dir", panel=MODEL, kind=Optional[Path], help="Where class embeddings and ONNX "
+    ("cache_dir", option("--cache-dir", panel=MODEL, kind=Optional[Path], metavar="DIR", help="Where class embeddings and ONNX "
                          f"exports are cached. Default: ${config.ENV_CACHE_DIR} or the user cache dir."), None),
     ("no_cache", option("--no-cache", panel=LABELS, kind=bool, help="Do not read or write cached class "
                         "embeddings."), False),
@@ -181,7 +193,7 @@ def _engine(engine, ray_address, gpus_per_worker) -> EngineOptions:
 ENGINE = Group("engine", (
     ("engine", option("--engine", panel=PERF, help="local, or ray (decode and encode on a Ray cluster; pip install "
                       "'clipcli\\[ray]'). Default: $CLIPCLI_ENGINE or local."), None),
-    ("ray_address", option("--ray-address", panel=PERF, help="With --engine ray: a cluster address, or 'auto' to "
+    ("ray_address", option("--ray-address", panel=PERF, metavar="ADDRESS", help="With --engine ray: a cluster address, or 'auto' to "
                            "join the running one. Default: start a local Ray with this machine's cores."), None),
     ("gpus_per_worker", option("--gpus-per-worker", panel=PERF, kind=float, min=0.0, show_default=True,
                                help="With --engine ray: GPUs per encoder actor."), 0.0),
@@ -209,7 +221,7 @@ class Sources:
 
 
 SOURCES = Group("sources", (
-    ("files_from", option("--files-from", panel=INPUTS, help="Read image paths from FILE, one per line (- for "
+    ("files_from", option("--files-from", panel=INPUTS, metavar="FILE", help="Read image paths from FILE, one per line (- for "
                           "stdin)."), None),
     ("recursive", option("--recursive/--no-recursive", panel=INPUTS, kind=bool, show_default=True,
                          help="Recurse into folders."), True),

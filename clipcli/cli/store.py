@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from typing_extensions import Annotated
 
+from ..errors import StoreError
 from . import output
 from .common import handles_errors
 
@@ -39,3 +40,21 @@ def info(
     for key, value in shown.items():
         table.add_row(key, output.escape(str(value)))
     Console(highlight=False).print(table)
+
+
+@app.command("check")
+@handles_errors
+def check(
+    store: Annotated[Path, typer.Argument(help="The store folder.")],
+    repair: Annotated[bool, typer.Option(
+        "--repair", help="Delete damaged shards (`clip embed` then encodes their images again).")] = False,
+) -> None:
+    """Read every stored row, checking each page against its checksum; exit 4 when a shard is damaged."""
+    from ..store import check_store
+
+    good, damaged = check_store(store, repair)
+    for name, why in damaged:
+        output.error(f"store {store}: shard {name} is damaged ({why})" + ("; removed" if repair else ""))
+    output.info(f"store {store}: {good} rows read, {len(damaged)} damaged shard(s)"
+                + ("" if not damaged or repair else f"; `clip store check --repair {store}` removes them"))
+    raise typer.Exit(StoreError.exit_code if damaged and not repair else 0)

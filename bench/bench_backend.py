@@ -102,7 +102,7 @@ def decode_seconds(photos: list[Path], preprocess) -> float:
 def int8_agreement(cache: Path, vit: Path, photos: list[Path]) -> None:
     import numpy as np
 
-    from clipcli.api import prepare_classifier
+    from clipcli.api import zero_shot_classifier
     from clipcli.backends import load_backend_model
     from clipcli.batches import DecodeLimits, decode_one
     from clipcli.demo import shapes
@@ -113,7 +113,7 @@ def int8_agreement(cache: Path, vit: Path, photos: list[Path]) -> None:
             ("ViT-B-32 (random weights)", f"local-dir:{vit}", photos[:96], PHOTO_LABELS, "simple")):
         fp32 = load_backend_model(model, backend="onnx", cache_root=cache)
         int8 = load_backend_model(model, precision="int8", cache_root=cache)
-        classifier = prepare_classifier(fp32, labels, templates, use_cache=False)
+        classifier = zero_shot_classifier(fp32, labels, templates, use_cache=False)
         pixels = np.stack([decode_one(str(f), fp32.preprocess, DecodeLimits(178.0))[1] for f in files])
         full, quantised = classifier.scores(fp32.encode_pixels(pixels)), classifier.scores(int8.encode_pixels(pixels))
         speeds = []

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 from common import PHOTO_LABELS, drawn_shapes, machine, photo_folder, vit_b32_dir  # noqa: E402
 
-from clipcli.api import RunOptions, classify_paths, prepare_classifier  # noqa: E402
+from clipcli.api import DecodeOptions, Encoder, ScoreOptions, classify_paths, zero_shot_classifier  # noqa: E402
 from clipcli.demo import shapes  # noqa: E402
 from clipcli.images import open_image  # noqa: E402
 from clipcli.models import load_model  # noqa: E402
@@ -29,12 +29,12 @@ from clipcli.models import load_model  # noqa: E402
 
 def compare(loaded, paths, labels, templates) -> tuple[float, float, float, float]:
     """(top-1 agreement, max |probability change|, seconds full, seconds reduced)."""
-    classifier = prepare_classifier(loaded, labels, templates, use_cache=False)
+    classifier = zero_shot_classifier(loaded, labels, templates, use_cache=False)
     runs = {}
     for reduced in (False, True):
         start = time.perf_counter()
-        records = list(classify_paths(loaded, classifier, paths, RunOptions(top_k=0, workers=0,
-                                                                            reduced_decode=reduced)))
+        encoder = Encoder(loaded, DecodeOptions(workers=0, reduced_decode=reduced))
+        records = list(classify_paths(encoder, classifier, paths, ScoreOptions(top_k=0)))
         runs[reduced] = (records, time.perf_counter() - start)
     full, reduced = runs[False][0], runs[True][0]
     agree = sum(a["predictions"][0]["label"] == b["predictions"][0]["label"] for a, b in zip(full, reduced))

@@ -2,7 +2,7 @@
 
     from clipcli import classify
     for record in classify(["photos/"], ["wonton", "shanghai dumpling"], model="demo"):
-        print(record["path"], record["predictions"][0])
+        print(record["path"], record.get("predictions") or record["error"])
 
     from clipcli.api import ModelOptions, classify_paths, open_encoder, zero_shot_classifier
     with open_encoder(ModelOptions("demo"), store="photos.store") as encoder:

@@ -64,8 +64,12 @@ def load_template_set(spec: str) -> TemplateSet:
         return _parse_file(path)
     path = bundled_dir() / f"{spec}.yaml"
     if not path.is_file():
+        import difflib
+
+        close = difflib.get_close_matches(spec, bundled_names(), n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
         raise TemplateError(
-            f"unknown template set {spec!r}; known sets: {', '.join(bundled_names())} "
+            f"unknown template set {spec!r}; {hint}known sets: {', '.join(bundled_names())} "
             "(or give a path to your own .yaml file)")
     return _parse_file(path)
 

@@ -11,7 +11,8 @@ from typing_extensions import Annotated
 from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors
 from .options import (DECODE, ENGINE, LABEL_GROUP, LABELS, MODEL_GROUP, OUTPUT, SOURCES, UI, OutputOpt,
-                      StoreOpt, check_choice, check_format, check_outputs, header_of, open_sink, scorer_for, uses)
+                      StoreOpt, check_choice, check_format, check_outputs, header_of, open_sink, scorer_for, uses,
+                      warn_single_label)
 
 
 def make_record_writer(fmt: str, stream, header: dict):
@@ -44,6 +45,7 @@ def classify(
 
     check_format(fmt)
     check_choice("--score", score, ("softmax", "sigmoid"))
+    warn_single_label(labels.labels, score)
     whole_store = store is not None and not inputs and sources.files_from is None
     paths = [] if whole_store else sources.paths(inputs)
     check_outputs(files={"--output": output_path}, folders={} if whole_store else {"--store": store})

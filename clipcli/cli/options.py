@@ -211,7 +211,11 @@ class Sources:
 
         named = list(inputs or [])
         if self.files_from is not None:
-            named += read_path_list(self.files_from)
+            listed = read_path_list(self.files_from)
+            if not listed and not named:
+                where = "standard input" if self.files_from == "-" else self.files_from
+                raise InputError(f"--files-from {self.files_from}: {where} holds no paths (one path per line)")
+            named += listed
         if not named:
             raise InputError("no images given; name files or folders, or use --files-from FILE (- for stdin)")
         paths = discover(named, recursive=self.recursive)
@@ -339,3 +343,14 @@ def option_of(group: Group, name: str) -> Any:
 
 CacheDirOpt = option_of(MODEL_GROUP, "cache_dir")
 WeightsDirOpt = option_of(MODEL_GROUP, "weights_dir")
+
+
+def warn_single_label(labels: list | None, score: str = "softmax") -> None:
+    """One label under softmax always scores 1.0: say so once."""
+    if labels is not None and len(labels) == 1 and score == "softmax":
+        import warnings
+
+        from ..errors import ClipCliWarning
+
+        warnings.warn(f"one label ({labels[0].name!r}) under softmax always scores 1.0; add labels, or use "
+                      "--score sigmoid (SigLIP models) to score it on its own", ClipCliWarning, stacklevel=2)

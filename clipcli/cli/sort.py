@@ -12,7 +12,7 @@ from typing_extensions import Annotated
 from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors
 from .options import (DECODE, ENGINE, LABEL_GROUP, MODEL_GROUP, OUTPUT, SOURCES, UI, StoreOpt, check_format,
-                      check_outputs, open_sink, scorer_for, uses)
+                      check_outputs, open_sink, scorer_for, uses, warn_single_label)
 
 SORT = "Sorting"
 PLAN_COLUMNS = ("source", "destination", "label", "score", "operation", "folder", "unsure", "note")
@@ -68,6 +68,7 @@ def sort(
     rules.check()
     label_names = labels.head.labels if labels.head is not None else [label.name for label in labels.required()]
     folder_names(label_names, unsure_dir)  # clashing folder names: refused now
+    warn_single_label(labels.labels)
     refuse_remote(inputs or [])  # named ones before any listing; --files-from ones below
     paths = refuse_remote(outside_into(sources.paths(inputs), into))
     check_outputs(files={"--output": output_path, "--report": report, "--manifest": manifest},

@@ -103,3 +103,13 @@ class CacheWarning(UserWarning):
 
 class ClipCliWarning(UserWarning):
     """Something the user should know (duplicate labels, truncated prompts)."""
+
+
+class WriteError(ClipCliError):
+    """An output that cannot be written because the disk is full or failing (no space, quota, I/O error)."""
+
+    exit_code = 5
+
+
+class HeadFileError(UsageError):
+    """A few-shot head file that is damaged or crafted: missing keys, shapes that do not fit, non-finite values."""

@@ -26,7 +26,7 @@ from typing import Sequence
 
 import torch
 
-from .errors import UsageError
+from .errors import HeadFileError, UsageError
 
 METHODS = ("gda", "logistic", "tip-adapter", "zero-shot")
 DEFAULT_METHOD = "gda"
@@ -290,6 +290,13 @@ def fit_head(features: torch.Tensor, targets: Sequence[int], labels: Sequence[st
 
 # --- head files ------------------------------------------------------------------------------------------
 
+HEAD_TENSORS = {"zero-shot": (), "gda": ("weight", "bias"), "logistic": ("weight", "bias"),
+                "tip-adapter": ("keys", "values")}
+HEAD_PARAMS = {"zero-shot": (), "gda": ("alpha",), "logistic": (), "tip-adapter": ("alpha", "beta")}
+TENSOR_SHAPES = {"text": "cd", "weight": "cd", "bias": "c", "keys": "nd", "values": "nc"}  # c labels, d features
+HEAD_TEXT_FIELDS = ("model", "model_key", "templates_name")
+
+
 def save_head(head: FewShotHead, path: str | Path) -> None:
     """safetensors: the tensors, and every fact about the head as JSON in the metadata; written atomically."""
     from safetensors.torch import save
@@ -303,22 +310,70 @@ def save_head(head: FewShotHead, path: str | Path) -> None:
 
 
 def load_head(path: str | Path) -> FewShotHead:
-    from safetensors import safe_open
+    """A head file from save_head, checked whole (see _head_problem): a damaged or crafted file is one
+    HeadFileError here, never a crash or NaN scores later."""
+    from safetensors.torch import load
+
+    from .errors import first_line
+    from .fsutil import open_regular, reason
 
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            document = json.loads((handle.metadata() or {}).get("clipcli", "{}"))
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        with open_regular(path) as handle:
+            data = handle.read()
     except FileNotFoundError:
         raise UsageError(f"--head {path}: file not found") from None
+    except OSError as exc:
+        raise UsageError(f"--head {path}: cannot read ({reason(exc)})") from None
+    try:
+        tensors = load(data)  # checks the safetensors layout before the header is read below
+        header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+        document = json.loads((header.get("__metadata__") or {}).get("clipcli", "{}"))
     except Exception as exc:  # not safetensors, or damaged
-        raise UsageError(f"--head {path}: not a head file ({str(exc).splitlines()[0][:120]})") from None
-    if document.get("format") != "clipcli-head" or "text" not in tensors:
+        raise UsageError(f"--head {path}: not a head file ({first_line(exc, 120)})") from None
+    if not isinstance(document, dict) or document.get("format") != "clipcli-head":
         raise UsageError(f"--head {path}: not a clipcli head (make one with `clip fit`)")
+    problem = _head_problem(document, tensors)
+    if problem:
+        raise HeadFileError(f"head {path} is damaged: {problem}")
     meta = {k: v for k, v in document.items() if k not in ("format", "version", "labels", "method", "logit_scale",
                                                             "params")}
-    return FewShotHead(document["labels"], document["method"], tensors.pop("text"), float(document["logit_scale"]),
-                       document["params"], tensors, meta)
+    return FewShotHead(document["labels"], document["method"], tensors["text"], float(document["logit_scale"]),
+                       document["params"], {key: tensors[key] for key in HEAD_TENSORS[document["method"]]}, meta)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _head_problem(document: dict, tensors: dict) -> str | None:
+    """What makes a head document and its tensors unusable, or None: the method's keys, finite numbers, text
+    metadata, and tensor shapes that fit each other and the labels."""
+    labels, method, params = document.get("labels"), document.get("method"), document.get("params")
+    if method not in HEAD_TENSORS:
+        return f"unknown method {method!r}"
+    if (not isinstance(labels, list) or not labels or not all(isinstance(label, str) for label in labels)
+            or len(set(labels)) != len(labels)):
+        return "labels must be a non-empty list of distinct texts"
+    if not _finite(document.get("logit_scale")):
+        return "logit_scale must be a finite number"
+    if (not isinstance(params, dict) or not all(_finite(v) for v in params.values())
+            or not set(HEAD_PARAMS[method]) <= params.keys()):
+        return f"params must be finite numbers; a {method} head needs {' and '.join(HEAD_PARAMS[method]) or 'none'}"
+    for key in HEAD_TEXT_FIELDS:
+        if document.get(key) is not None and not isinstance(document[key], str):
+            return f"{key} must be text"
+    sizes = {"c": len(labels)}
+    for key in ("text", *HEAD_TENSORS[method]):
+        tensor = tensors.get(key)
+        if tensor is None:
+            return f"tensor {key!r} is missing"
+        shape = TENSOR_SHAPES[key]
+        if tensor.dim() != len(shape) or any(sizes.setdefault(name, n) != n for name, n in zip(shape, tensor.shape)):
+            return (f"tensor {key!r} has shape {list(tensor.shape)}, which does not fit {len(labels)} labels "
+                    "and the other tensors")
+        if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
+            return f"tensor {key!r} must hold finite floating-point numbers"
+    return None
 
 
 def check_head_model(head: FewShotHead, path, model_key: str, model_name: str) -> None:

@@ -1,12 +1,120 @@
-"""Writing files safely: atomically, durably, and with the permissions a plain write would give (stdlib only)."""
+"""Reading and writing files safely: only regular files are read, and small files only up to a limit (a FIFO,
+a device or a YAML bomb never blocks or floods a run); writes are atomic, durable, and with the permissions a
+plain write would give (stdlib only; pyyaml is imported where YAML is parsed)."""
 
 from __future__ import annotations
 
+import errno
+import functools
 import os
+import stat
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
-from .errors import OutputPathError
+from .errors import OutputPathError, WriteError
+
+MAX_CONFIG_BYTES = 1 << 20  # labels and template files
+MAX_YAML_DEPTH = 32
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG})
+SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                 (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+class NotRegularFileError(OSError):
+    """A FIFO, device or socket where a file is to be read: refused instead of opened."""
+
+
+def reason(exc: OSError) -> str:
+    """What went wrong, without the path and in lower case: 'permission denied', 'is a FIFO (named pipe), ...'."""
+    text = exc.strerror or str(exc)
+    return text[:1].lower() + text[1:]
+
+
+def check_regular(path: str | os.PathLike, mode: int | None = None) -> None:
+    """Refuse to read anything but a regular file (symlinks followed), before it is opened: a folder raises
+    IsADirectoryError; a FIFO, device or socket NotRegularFileError (opening one could block or never end).
+    mode: the st_mode already known (of an open descriptor); stat'ed when None."""
+    mode = os.stat(path).st_mode if mode is None else mode
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+    kind = next((kind for test, kind in SPECIAL_FILES if test(mode)), "a special file")
+    raise NotRegularFileError(f"is {kind}, not a regular file")
+
+
+def open_regular(path: str | os.PathLike) -> BinaryIO:
+    """Open a regular file for reading in binary (see check_regular): checked before opening, and again on the
+    descriptor, opened non-blocking so that a FIFO swapped in meanwhile cannot block either."""
+    check_regular(path)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # no effect on reading a regular file
+    try:
+        check_regular(path, os.fstat(fd).st_mode)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_config_text(path: str | os.PathLike, encoding: str = "utf-8", limit: int = MAX_CONFIG_BYTES) -> str:
+    """The text of a small regular file (labels, templates); a bigger file raises OSError (EFBIG)."""
+    with open_regular(path) as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"is larger than {limit >> 20} MiB", str(path))
+    return data.decode(encoding)
+
+
+@functools.cache
+def _yaml_loader():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """SafeLoader without aliases (a "billion laughs" document expands them without bound) or deep nesting."""
+
+        depth = 0
+
+        def compose_node(self, parent, index):
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent):
+                raise yaml.composer.ComposerError(None, None, f"aliases such as *{event.anchor} are not allowed",
+                                                  event.start_mark)
+            if self.depth >= MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
+                                                  event.start_mark)
+            self.depth += 1
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+    return Loader
+
+
+def parse_yaml(text: str):
+    """yaml.safe_load without aliases and with bounded nesting; raises yaml.YAMLError (see yaml_error_message)."""
+    import yaml
+
+    return yaml.load(text, Loader=_yaml_loader())
+
+
+def yaml_text(value, path, what: str, error: type[Exception]) -> str:
+    """A parsed YAML scalar as text; a mapping, a list or an empty value raises `error` naming the file and what
+    the value is (a label, a template), instead of becoming text such as "{'c': 'd'}" or "None"."""
+    problem = ("empty" if value is None else "a mapping" if isinstance(value, dict)
+               else "a list" if isinstance(value, (list, set)) else None)
+    if problem:
+        raise error(f"{path}: {what} is {problem}, not text")
+    return str(value)
+
+
+def disk_error(exc: OSError, name: str | os.PathLike) -> WriteError | None:
+    """The one-line error for a write to `name` that failed because the disk is full or failing; None for
+    any other error."""
+    if exc.errno not in DISK_ERRNOS:
+        return None
+    return WriteError(f"cannot write {name}: {reason(exc)}")
 
 
 def umask_mode(base: int = 0o666) -> int:
@@ -50,8 +158,10 @@ def atomic_write_bytes(target: str | os.PathLike, data: bytes, durable: bool = T
                 handle.flush()
                 os.fsync(handle.fileno())
         os.replace(name, target)
-    except BaseException:
+    except BaseException as exc:
         Path(name).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename in (None, name):
+            exc.filename = str(target)  # name the file being written, not its temporary stand-in
         raise
     if durable:
         fsync_dir(target.parent if str(target.parent) else ".")

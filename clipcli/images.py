@@ -6,6 +6,7 @@ wrong; callers turn those into error records and go on with the batch.
 
 from __future__ import annotations
 
+import errno
 import glob
 import io
 import os
@@ -13,6 +14,7 @@ import sys
 from typing import Iterable, Iterator
 
 from .errors import ImageReadError, InputError
+from .fsutil import NotRegularFileError, check_regular, reason
 from .paths import display_path, is_image_name  # noqa: F401 (re-exported)
 
 GLOB_CHARS = frozenset("*?[")
@@ -28,33 +30,43 @@ def _is_hidden(name: str) -> bool:
 
 
 def walk_images(directory: str, recursive: bool = True) -> Iterator[str]:
-    """Image files under a directory in sorted order, skipping hidden entries and never
-    entering the same real directory twice (symlink loops end)."""
+    """Image files under a directory in sorted order, skipping hidden entries and never entering the same
+    real directory twice (folder symlink loops end).  What cannot be examined is yielded to be reported when
+    read (see read_image): entries named like images that are broken or looping symlinks or special files, and
+    subfolders that cannot be listed.  The directory itself that cannot be listed raises InputError."""
     seen: set[tuple[int, int]] = set()
 
-    def visit(path: str) -> Iterator[str]:
+    def visit(path: str, top: bool) -> Iterator[str]:
         try:
             st = os.stat(path)
-        except OSError:
-            return
-        key = (st.st_dev, st.st_ino)
-        if key in seen:
-            return
-        seen.add(key)
-        try:
-            entries = sorted(os.scandir(path), key=lambda e: e.name)
-        except OSError:
+            if (st.st_dev, st.st_ino) in seen:
+                return
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(path) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError as exc:
+            if top:
+                raise InputError(f"cannot list {path}: {reason(exc)}") from None
+            yield path
             return
         for entry in entries:
             if _is_hidden(entry.name):
                 continue
-            if entry.is_dir():  # follows symlinks; `seen` stops loops
+            if _is_dir(entry):
                 if recursive:
-                    yield from visit(entry.path)
+                    yield from visit(entry.path, False)
             elif is_image_name(entry.name):
-                yield entry.path  # broken symlinks included: they are reported when read
+                yield entry.path
 
-    yield from visit(directory)
+    yield from visit(directory, True)
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    """A folder, or a symlink to one; False for a symlink loop, which is reported when read."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def read_path_list(source: str) -> list[str]:
@@ -108,8 +120,12 @@ def _describe(exc: BaseException) -> tuple[str, str]:
 
     if isinstance(exc, PermissionError):
         return "permission_denied", "permission denied"
-    if isinstance(exc, IsADirectoryError):
-        return "not_a_file", "is a directory"
+    if isinstance(exc, NotRegularFileError):
+        return "not_a_file", str(exc)
+    if getattr(exc, "errno", None) == errno.ELOOP:
+        return "symlink_loop", "symlink loop (too many levels of symbolic links)"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return "unreadable", f"cannot read file ({reason(exc)})"
     if isinstance(exc, UnidentifiedImageError):
         return "not_an_image", "not an image Pillow can decode"
     if isinstance(exc, Image.DecompressionBombError):
@@ -140,7 +156,7 @@ def read_image(path: str, max_megapixels: float | None = None, min_size: int | N
     if max_megapixels is not None:
         Image.MAX_IMAGE_PIXELS = None  # our own limit (below) replaces Pillow's fixed one
     try:
-        with Image.open(io.BytesIO(remote.read_bytes(path)) if remote.is_remote(path) else path) as image:
+        with Image.open(_open_source(path)) as image:
             _check_pixels(path, image, max_megapixels)
             width, height = image.size
             orientation = image.getexif().get(EXIF_ORIENTATION)
@@ -155,6 +171,8 @@ def read_image(path: str, max_megapixels: float | None = None, min_size: int | N
             return _to_upright_rgb(image, orientation), (width, height)
     except ImageReadError:
         raise
+    except IsADirectoryError:
+        raise _folder_error(path) from None
     except FileNotFoundError:
         if not remote.is_remote(path) and os.path.islink(path):
             raise ImageReadError(path, f"broken symlink (points to {os.readlink(path)})", "broken_symlink") from None
@@ -162,6 +180,27 @@ def read_image(path: str, max_megapixels: float | None = None, min_size: int | N
     except Exception as exc:  # Pillow raises many types for bad data; all of them mean "this file"
         kind, message = _describe(exc)
         raise ImageReadError(path, message, kind) from None
+
+
+def _open_source(path: str):
+    """What Pillow opens: an object's bytes from storage, or the path of a local regular file (never a FIFO or a
+    device, which could block or never end; see check_regular)."""
+    from . import remote
+
+    if remote.is_remote(path):
+        return io.BytesIO(remote.read_bytes(path))
+    check_regular(path)
+    return path
+
+
+def _folder_error(path: str) -> ImageReadError:
+    """A folder reached as an image: one that walk_images could not list (it says why), or one named by mistake."""
+    try:
+        os.scandir(path).close()
+    except OSError as exc:
+        kind = "permission_denied" if isinstance(exc, PermissionError) else "unreadable"
+        return ImageReadError(path, f"cannot list folder: {reason(exc)}", kind)
+    return ImageReadError(path, "is a directory", "not_a_file")
 
 
 def _check_pixels(path: str, image, max_megapixels: float | None) -> None:

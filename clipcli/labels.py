@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ClipCliWarning, LabelError, yaml_error_message
+from .fsutil import parse_yaml, read_config_text, reason, yaml_text
 
 
 @dataclass(frozen=True)
@@ -36,13 +37,16 @@ def parse_labels(text: str) -> list[Label]:
 
 
 def load_labels_file(path: str | Path) -> list[Label]:
-    """A .txt file (one label per line, # comments) or a .yaml file (a list, or label -> synonyms)."""
+    """A .txt file (one label per line, # comments) or a .yaml file (a list, or label -> synonyms); a regular
+    file of at most 1 MiB."""
     path = Path(path)
     try:
-        content = path.read_text(encoding="utf-8-sig")
+        content = read_config_text(path, encoding="utf-8-sig")
     except FileNotFoundError:
         raise LabelError(f"labels file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise LabelError(f"cannot read labels file {path}: {reason(exc)}") from None
+    except UnicodeDecodeError as exc:
         raise LabelError(f"cannot read labels file {path}: {exc}") from None
     if path.suffix.lower() in (".yaml", ".yml"):
         return clean_labels(_labels_from_yaml(path, content))
@@ -54,25 +58,29 @@ def _labels_from_yaml(path: Path, content: str) -> list[Label]:
     import yaml
 
     try:
-        data = yaml.safe_load(content)
+        data = parse_yaml(content)
     except yaml.YAMLError as exc:
         raise LabelError(yaml_error_message(path, exc)) from None
     if isinstance(data, list):
-        return [Label.plain(str(item).strip()) for item in data if item is not None]
+        return [Label.plain(_text(path, item, f"label {n}")) for n, item in enumerate(data, 1) if item is not None]
     if isinstance(data, dict):
         labels = []
         for name, extra in data.items():
-            name = str(name).strip()
+            name = _text(path, name, "a label name")
             if extra is None:
                 extra = []
             elif isinstance(extra, str):
                 extra = [extra]
             elif not isinstance(extra, list):
                 raise LabelError(f"{path}: the value of {name!r} must be a list of synonyms or descriptions")
-            texts = _unique([name, *(str(e).strip() for e in extra if str(e).strip())])
-            labels.append(Label(name, tuple(texts)))
+            synonyms = (_text(path, e, f"a synonym of {name!r}") for e in extra)
+            labels.append(Label(name, tuple(_unique([name, *(s for s in synonyms if s)]))))
         return labels
     raise LabelError(f"{path}: expected a list of labels or a mapping label -> synonyms")
+
+
+def _text(path: Path, value, what: str) -> str:
+    return yaml_text(value, path, what, LabelError).strip()
 
 
 def _unique(items: list[str]) -> list[str]:

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator, Sequence
 
-from .fsutil import temp_beside
+from .fsutil import disk_error, temp_beside
 
 FORMATS = ("table", "json", "jsonl", "csv")
 CSV_COLUMNS = ("path", "rank", "label", "score", "error_type", "error_message")
@@ -133,13 +133,27 @@ def atomic_output(path: str | os.PathLike) -> Iterator[IO[str]]:
 
     If the block is interrupted (KeyboardInterrupt), the complete records written
     so far are kept as `path.partial` and `path` itself is left untouched; on any
-    other error the temporary file is removed.
+    other error the temporary file is removed.  A full or failing disk raises WriteError naming `path`.
     """
     target = Path(path)
-    if target.exists() and not target.is_file():  # /dev/null, a FIFO: nothing to replace, write straight in
-        with open(target, "w", encoding="utf-8", newline="") as stream:
-            yield stream
-        return
+    try:
+        if target.exists() and not target.is_file():  # /dev/null, a FIFO: nothing to replace, write straight in
+            with open(target, "w", encoding="utf-8", newline="") as stream:
+                yield stream
+        else:
+            with _replacing(target) as stream:
+                yield stream
+    except OSError as exc:
+        error = disk_error(exc, target)
+        if error is None:
+            raise
+        raise error from None
+
+
+@contextmanager
+def _replacing(target: Path) -> Iterator[IO[str]]:
+    """A temporary file that replaces `target` when the block ends well; removed (or kept as `.partial` on
+    Ctrl-C) on every other way out, even when closing it fails on a full disk."""
     fd, temp_name = temp_beside(target)  # mode as a plain write under the umask would give, not mkstemp's 0600
     stream = os.fdopen(fd, "w", encoding="utf-8", newline="")
     try:
@@ -147,10 +161,17 @@ def atomic_output(path: str | os.PathLike) -> Iterator[IO[str]]:
         stream.close()
         os.replace(temp_name, target)
     except KeyboardInterrupt:
-        stream.close()
+        _close(stream)
         os.replace(temp_name, f"{target}.partial")
         raise
-    except BaseException:
-        stream.close()
+    finally:
+        _close(stream)
         Path(temp_name).unlink(missing_ok=True)
-        raise
+
+
+def _close(stream: IO[str]) -> None:
+    """Close a stream whose last write may fail (a full disk): the file is closed either way."""
+    try:
+        stream.close()
+    except OSError:
+        pass

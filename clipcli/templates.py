@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import TemplateError, yaml_error_message
+from .fsutil import parse_yaml, read_config_text, reason, yaml_text
 
 
 @dataclass(frozen=True)
@@ -75,28 +76,27 @@ def load_template_set(spec: str) -> TemplateSet:
 
 
 def _parse_file(path: Path) -> TemplateSet:
+    """A template file: a regular file of at most 1 MiB, every template and field plain text."""
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = parse_yaml(read_config_text(path))
     except yaml.YAMLError as exc:
         raise TemplateError(yaml_error_message(path, exc)) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise TemplateError(f"cannot read template file {path}: {reason(exc)}") from None
+    except UnicodeDecodeError as exc:
         raise TemplateError(f"cannot read template file {path}: {exc}") from None
     if isinstance(data, list):  # a bare list of templates is accepted too
         data = {"templates": data}
     if not isinstance(data, dict) or not isinstance(data.get("templates"), list) or not data["templates"]:
         raise TemplateError(f"{path}: expected a mapping with a non-empty 'templates' list")
-    templates = [str(t) for t in data["templates"]]
+    templates = [yaml_text(t, path, f"template {n}", TemplateError) for n, t in enumerate(data["templates"], 1)]
     for template in templates:
         _check_template(path, template)
-    return TemplateSet(
-        name=str(data.get("name") or path.stem),
-        description=str(data.get("description") or ""),
-        source=str(data.get("source") or ""),
-        templates=templates,
-        path=path,
-    )
+    name, description, source = (yaml_text(data.get(key) or "", path, key, TemplateError)
+                                 for key in ("name", "description", "source"))
+    return TemplateSet(name or path.stem, description, source, templates, path)
 
 
 def _check_template(path: Path, template: str) -> None:

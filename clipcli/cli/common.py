@@ -65,7 +65,8 @@ def _quiet_broken_pipe() -> None:
 
 
 def handles_errors(command: F) -> F:
-    """User errors -> one line on stderr and their exit code; Ctrl-C -> 130; closed pipe -> quiet."""
+    """User errors -> one line on stderr and their exit code; Ctrl-C -> 130; closed pipe -> quiet; a full or
+    failing disk under any output (standard output, a head, a store) -> one line and WriteError's code."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -80,5 +81,19 @@ def handles_errors(command: F) -> F:
         except BrokenPipeError:
             _quiet_broken_pipe()
             raise typer.Exit(EXIT_OK) from None
+        except SystemExit as exc:
+            if not isinstance(exc.__context__, BrokenPipeError):
+                raise
+            raise typer.Exit(EXIT_OK) from None  # rich's Console ends a closed pipe with exit 1 (on_broken_pipe)
+        except OSError as exc:
+            from ..fsutil import disk_error
+
+            error = disk_error(exc, exc.filename or "standard output")
+            if error is None:
+                raise
+            if exc.filename is None:
+                _quiet_broken_pipe()  # what is left in stdout's buffer must not fail again at exit
+            output.error(str(error))
+            raise typer.Exit(error.exit_code) from None
 
     return wrapper  # type: ignore[return-value]

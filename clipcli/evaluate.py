@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from .errors import InputError, UsageError
+from .errors import InputError, UsageError, yaml_error_message
 from .images import walk_images
 from .paths import display_path
 from .results import error_record
@@ -45,18 +45,23 @@ def _read_mapping(path: str | None) -> dict[str, str]:
     """Folder (or manifest) name -> label text, from .yaml/.json (a mapping) or .csv/.txt (name,label)."""
     if path is None:
         return {}
+    from .fsutil import parse_yaml, read_config_text, reason, yaml_text
+
     source = Path(path)
     try:
-        text = source.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot read class mapping {path}: {exc.strerror or exc}") from None
+        text = read_config_text(source)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read class mapping {path}: {reason(exc)}") from None
     if source.suffix.lower() in (".yaml", ".yml", ".json"):
         import yaml
 
-        data = yaml.safe_load(text)
+        try:
+            data = parse_yaml(text)
+        except yaml.YAMLError as exc:
+            raise InputError(yaml_error_message(source, exc)) from None
         if not isinstance(data, dict):
             raise InputError(f"{path}: expected a mapping of folder name to label")
-        return {str(k): str(v) for k, v in data.items()}
+        return {str(k): yaml_text(v, path, f"the label of {k!r}", InputError) for k, v in data.items()}
     return {row[0].strip(): row[1].strip() for row in csv.reader(text.splitlines()) if len(row) >= 2}
 
 
@@ -71,7 +76,10 @@ def load_dataset(path: str, mapping_file: str | None = None) -> Dataset:
 
 
 def _image_folder(root: str, mapping: dict[str, str]) -> Dataset:
-    folders = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    try:
+        folders = sorted(e.name for e in os.scandir(root) if not e.name.startswith(".") and _is_folder(e))
+    except OSError as exc:
+        raise InputError(f"cannot list {root}: {exc.strerror or exc}") from None
     if not folders:
         raise InputError(f"{root}: no class subfolders (expected {root}/<class name>/<images>)")
     paths, targets = [], []
@@ -82,6 +90,14 @@ def _image_folder(root: str, mapping: dict[str, str]) -> Dataset:
     if not paths:
         raise InputError(f"{root}: the class subfolders hold no images")
     return Dataset(paths, targets, _unique_names(root, [mapping.get(f, folder_to_label(f)) for f in folders]))
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    """A class subfolder (a looping or broken symlink is none)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def _manifest(path: str, mapping: dict[str, str]) -> Dataset:

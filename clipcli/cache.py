@@ -150,7 +150,7 @@ class CachedModel:
     @property
     def name(self) -> str:
         info = self.info
-        name = info.get("alias") or info.get("model") or self.key
+        name = info.get("alias") or info.get("name") or info.get("model") or self.key
         return f"{name}:{info['pretrained']}" if info.get("pretrained") and not info.get("alias") else name
 
 

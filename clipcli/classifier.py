@@ -108,7 +108,7 @@ def build_classifier(loaded, labels: list[Label], templates: TemplateSet, cache:
 
 
 def open_cache(loaded, templates: TemplateSet, root) -> EmbeddingCache:
-    info = {**loaded.identity, "alias": loaded.spec.alias}
+    info = {**loaded.identity, "alias": loaded.spec.alias, "name": loaded.spec.name}  # shown by `clip cache info`
     return EmbeddingCache.for_model(root, loaded.identity_key(), info, templates.templates)
 
 def as_labels(labels: Iterable[str | Label]) -> list[Label]:

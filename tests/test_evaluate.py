@@ -144,7 +144,10 @@ def test_compare_frees_each_model_before_loading_the_next():
     import gc
     import weakref
 
+    import contextlib
+
     from clipcli.cli.compare import one_model_at_a_time
+    from clipcli.cli.options import Ui
 
     class Model:
         pass
@@ -152,16 +155,17 @@ def test_compare_frees_each_model_before_loading_the_next():
     alive_at_load = []
     previous = []
 
-    def load(spec):
+    @contextlib.contextmanager
+    def load(spec):  # what open_encoder is to compare: a context holding the model
         gc.collect()
         alive_at_load.append([ref() is not None for ref in previous])
-        return Model()
+        yield Model()
 
     def work(spec, loaded, progress):
         previous.append(weakref.ref(loaded))
         return spec.upper()
 
-    assert one_model_at_a_time(["a", "b", "c"], load, True, work) == ["A", "B", "C"]
+    assert one_model_at_a_time(["a", "b", "c"], load, Ui(quiet=True, progress=False), work) == ["A", "B", "C"]
     assert alive_at_load == [[], [False], [False, False]]
 
 

@@ -45,7 +45,8 @@ def classify(
 
     check_format(fmt)
     check_choice("--score", score, ("softmax", "sigmoid"))
-    warn_single_label(labels.labels, score)
+    if labels.head is None:
+        warn_single_label(labels.required(), score)  # no labels: refused before anything else
     whole_store = store is not None and not inputs and sources.files_from is None
     paths = [] if whole_store else sources.paths(inputs)
     check_outputs(files={"--output": output_path}, folders={} if whole_store else {"--store": store})

@@ -42,6 +42,7 @@ def one_model_at_a_time(specs: list[str], encoder_of: Callable, ui, work: Callab
     for spec in specs:
         with output.progress_bar(spec, ui.progress) as progress, encoder_of(spec) as encoder:
             results.append(work(spec, encoder, progress))
+        del encoder  # before the next model loads
         gc.collect()
         _empty_cuda_cache()
     return results

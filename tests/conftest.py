@@ -7,7 +7,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.pop("CLIPCLI_MODEL", None)
 os.environ.pop("CLIPCLI_PRETRAINED", None)
 
+import tempfile  # noqa: E402
+
 import pytest  # noqa: E402
+
+# Never the user's cache, also for fixtures wider than one test (each test gets its own below).
+os.environ["CLIPCLI_CACHE_DIR"] = tempfile.mkdtemp(prefix="clipcli-test-cache-")
 
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -99,7 +99,7 @@ def test_folds_are_stratified_and_cover_every_example():
 
 def demo_features(style, per_label, seed):
     """Demo-model features of freshly drawn shapes of the 60 seen labels, and the zero-shot text embeddings."""
-    from clipcli.api import prepare_classifier
+    from clipcli.api import zero_shot_classifier
     from clipcli.models import load_model
 
     loaded = load_model("demo")
@@ -112,7 +112,7 @@ def demo_features(style, per_label, seed):
     pixels = torch.stack([loaded.preprocess(Image.fromarray(i.permute(1, 2, 0).numpy())) for i in images])
     with torch.no_grad():
         features = torch.nn.functional.normalize(loaded.model.encode_image(pixels), dim=-1)
-    classifier = prepare_classifier(loaded, labels, "simple")
+    classifier = zero_shot_classifier(loaded, labels, "simple")
     targets = [i for i in range(len(labels)) for _ in range(per_label)]
     return features, targets, classifier
 
@@ -239,12 +239,17 @@ def test_fit_from_the_store_encodes_nothing_the_second_time(shape_sets, tmp_path
     from clipcli import embeddings
 
     calls = []
-    original = embeddings.encode_pixels
-    embeddings.encode_pixels = lambda *a, **k: calls.append(1) or original(*a, **k)
+    original = embeddings.Encoder._encode
+
+    def counted(self, paths, progress=None):
+        calls.extend(paths)  # the images the model is asked to encode
+        return original(self, paths, progress)
+
+    embeddings.Encoder._encode = counted
     try:
         result = cli("fit", shape_sets / "train", "-m", "demo", "-o", tmp_path / "h2.safetensors", "--store", store)
     finally:
-        embeddings.encode_pixels = original
+        embeddings.Encoder._encode = original
     assert result.exit_code == 0 and calls == []
 
 

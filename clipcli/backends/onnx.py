@@ -37,8 +37,13 @@ def exports_root(cache_root: Path) -> Path:
     return Path(cache_root) / "onnx"
 
 
+# Bumped when what a model's identity holds changes (2: no install paths or mtimes), so that exports remembered by
+# an older clipcli, whose identity is of the old kind, are made again instead of reused.
+IDENTITY_SCHEME = 2
+
+
 def _spec_path(cache_root: Path, spec: ModelSpec, weights_dir: str | None) -> Path:
-    blob = json.dumps([spec.name, spec.pretrained, weights_dir or ""]).encode()
+    blob = json.dumps([IDENTITY_SCHEME, spec.name, spec.pretrained, weights_dir or ""]).encode()
     return exports_root(cache_root) / "specs" / (hashlib.sha256(blob).hexdigest()[:24] + ".json")
 
 

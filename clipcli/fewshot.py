@@ -14,6 +14,10 @@ Methods (features x, zero-shot class embeddings t_c, the model's logit scale s):
 - `tip-adapter`: Tip-Adapter (Zhang et al., 2022), training-free: a cache of the shots' features,
   logits = s x.t_c + alpha exp(-beta (1 - x.K)) L, alpha and beta by cross-validation.
 - `zero-shot`: the text embeddings alone (for curves: the 0-shot point).
+
+numpy throughout (scipy's L-BFGS-B for the logistic probe, imported when it fits), never torch: fitting a head
+and scoring with one stay on the torch-free path.  Shots and folds are drawn exactly as torch.randperm drew them
+(the same Mersenne Twister, seeded the same way), so a seed picks the same images as before.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import torch
+import numpy as np
 
 from .errors import HeadFileError, UsageError
 
@@ -38,9 +42,33 @@ TIP_BETA = (1.0, 3.0, 5.5, 8.0, 12.0)
 MAX_FOLDS = 5
 
 
-def as_tensor(values) -> torch.Tensor:
-    """float32 torch from numpy (stored or ONNX features) or torch."""
-    return torch.as_tensor(values).float()
+def as_tensor(values) -> np.ndarray:
+    """float32 numpy from numpy (stored or ONNX features), lists, or a torch tensor (converted without importing
+    torch)."""
+    if hasattr(values, "detach"):  # a torch tensor, on any device
+        values = values.detach().float().cpu().numpy()
+    return np.asarray(values, dtype=np.float32)
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, as torch.nn.functional.normalize (norms below 1e-12 count as 1e-12)."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12).astype(x.dtype)
+
+
+def _permutations(seed: int):
+    """torch.randperm(n, generator=torch.Generator().manual_seed(seed)) one call after another, without torch:
+    the same MT19937 stream (numpy's legacy seeding is torch's) and the same Fisher-Yates draws."""
+    bits = np.random.RandomState(int(seed) % 2 ** 32)._bit_generator
+
+    def randperm(n: int) -> list[int]:
+        order = list(range(n))
+        if n > 1:
+            for i, draw in enumerate(bits.random_raw(n - 1).tolist()):
+                j = i + draw % (n - i)
+                order[i], order[j] = order[j], order[i]
+        return order
+
+    return randperm
 
 
 @dataclass
@@ -49,37 +77,41 @@ class FewShotHead:
 
     labels: list[str]
     method: str
-    text: torch.Tensor  # [C, d] zero-shot class embeddings, L2-normalised
+    text: np.ndarray  # [C, d] zero-shot class embeddings, L2-normalised, float32
     logit_scale: float
     params: dict = field(default_factory=dict)  # chosen hyper-parameters
-    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # weight, bias, keys, values
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)  # weight, bias, keys, values (float32)
     meta: dict = field(default_factory=dict)  # model identity, shots, seed, cv accuracy, ...
     logit_bias = None
 
-    def logits(self, features) -> torch.Tensor:
+    def logits(self, features) -> np.ndarray:
         x = as_tensor(features)
-        zero_shot = self.logit_scale * x @ self.text.T.to(x)
+        t = {k: as_tensor(v) for k, v in self.tensors.items()}
+        zero_shot = self.logit_scale * x @ as_tensor(self.text).T
         if self.method == "zero-shot":
             return zero_shot
         if self.method == "logistic":
-            return x @ self.tensors["weight"].T.to(x) + self.tensors["bias"].to(x)
+            return x @ t["weight"].T + t["bias"]
         if self.method == "gda":
-            return zero_shot + self.params["alpha"] * (x @ self.tensors["weight"].T.to(x) + self.tensors["bias"].to(x))
+            return zero_shot + self.params["alpha"] * (x @ t["weight"].T + t["bias"])
         if self.method == "tip-adapter":
-            affinity = torch.exp(-self.params["beta"] * (1 - x @ self.tensors["keys"].T.to(x)))
-            return zero_shot + self.params["alpha"] * affinity @ self.tensors["values"].to(x)
+            affinity = np.exp(-self.params["beta"] * (1 - x @ t["keys"].T))
+            return zero_shot + self.params["alpha"] * affinity @ t["values"]
         raise UsageError(f"unknown few-shot method {self.method!r}")
 
     def check_score(self, score: str) -> None:
         if score != "softmax":
             raise UsageError("a few-shot head gives softmax scores; use --score softmax with --head")
 
-    def scores(self, features: torch.Tensor, score: str = "softmax") -> torch.Tensor:
+    def scores(self, features, score: str = "softmax") -> np.ndarray:
+        """Softmax probabilities [N, labels], float32, for features [N, dim] (numpy or torch)."""
         self.check_score(score)
-        return self.logits(features).softmax(dim=-1)
+        logits = self.logits(features)
+        exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return exp / exp.sum(axis=-1, keepdims=True)
 
-    def predict(self, features: torch.Tensor) -> torch.Tensor:
-        return self.logits(features).argmax(dim=-1)
+    def predict(self, features) -> np.ndarray:
+        return self.logits(features).argmax(axis=-1)
 
 
 def sample_shots(targets: Sequence[int], shots: int | None, seed: int = 0) -> list[int]:
@@ -91,10 +123,10 @@ def sample_shots(targets: Sequence[int], shots: int | None, seed: int = 0) -> li
     by_class: dict[int, list[int]] = {}
     for index, target in enumerate(targets):
         by_class.setdefault(target, []).append(index)
-    generator = torch.Generator().manual_seed(seed)
+    randperm = _permutations(seed)
     chosen = []
     for members in by_class.values():
-        order = torch.randperm(len(members), generator=generator).tolist()
+        order = randperm(len(members))
         chosen += [members[i] for i in order[:shots]]
     return sorted(chosen)
 
@@ -108,19 +140,19 @@ def make_folds(targets: Sequence[int], seed: int = 0) -> list[tuple[list[int], l
     for index, target in enumerate(targets):
         by_class.setdefault(target, []).append(index)
     smallest = min(len(v) for v in by_class.values())
-    generator = torch.Generator().manual_seed(seed)
+    randperm = _permutations(seed)
     fold_of = [0] * len(targets)
     if smallest >= 2:
         k = min(MAX_FOLDS, smallest)
         for members in by_class.values():
-            order = [members[i] for i in torch.randperm(len(members), generator=generator).tolist()]
+            order = [members[i] for i in randperm(len(members))]
             for rank, index in enumerate(order):
                 fold_of[index] = rank % k
     else:
         k = min(MAX_FOLDS, len(targets))
         if k < 2:
             return []
-        for rank, index in enumerate(torch.randperm(len(targets), generator=generator).tolist()):
+        for rank, index in enumerate(randperm(len(targets))):
             fold_of[index] = rank % k
     folds = []
     for fold in range(k):
@@ -132,35 +164,34 @@ def make_folds(targets: Sequence[int], seed: int = 0) -> list[tuple[list[int], l
 
 # --- GDA ----------------------------------------------------------------------------------------------
 
-def _gda_parts(x: torch.Tensor, y: torch.Tensor, text: torch.Tensor, shrinkage: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _gda_parts(x: np.ndarray, y: np.ndarray, text: np.ndarray, shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
     """(weight [C, d], bias [C]).  A class with no example (a cross-validation fold at one shot per class) gets
     a stand-in mean: its text embedding moved by the modality gap (mean image mean - mean text embedding of
     the classes that have examples), so the fold still measures all classes."""
-    x = x.double()
-    text = text.double()
+    x = np.asarray(x, dtype=np.float64)
+    text = np.asarray(text, dtype=np.float64)
     classes, d = text.shape
-    present = torch.zeros(classes, dtype=torch.bool)
-    means = torch.zeros(classes, d, dtype=torch.float64)
-    for c in y.unique().tolist():
-        means[c] = x[y == c].mean(dim=0)
+    present = np.zeros(classes, dtype=bool)
+    means = np.zeros((classes, d), dtype=np.float64)
+    for c in np.unique(y).tolist():
+        means[c] = x[y == c].mean(axis=0)
         present[c] = True
     centred = x - means[y]
     if not present.all():
-        gap = means[present].mean(dim=0) - text[present].mean(dim=0)
+        gap = means[present].mean(axis=0) - text[present].mean(axis=0)
         means[~present] = text[~present] + gap
     covariance = centred.T @ centred / max(1, len(x))
-    level = float(torch.trace(covariance)) / d
+    level = float(np.trace(covariance)) / d
     level = level if level > 1e-8 else 1.0 / d  # one shot per class: no spread to measure
-    covariance = (1 - shrinkage) * covariance + shrinkage * level * torch.eye(d, dtype=torch.float64)
-    precision = torch.linalg.inv(covariance)
-    weight = means @ precision
-    bias = -0.5 * (weight * means).sum(dim=1)
-    return weight.float(), bias.float()
+    covariance = (1 - shrinkage) * covariance + shrinkage * level * np.eye(d, dtype=np.float64)
+    weight = np.linalg.solve(covariance, means.T).T  # means @ covariance^-1 (symmetric), without the inverse
+    bias = -0.5 * (weight * means).sum(axis=1)
+    return weight.astype(np.float32), bias.astype(np.float32)
 
 
-def _spread_ratio(zero_shot: torch.Tensor, other: torch.Tensor) -> float:
-    spread = float(other.std())
-    return float(zero_shot.std()) / spread if spread > 0 else 1.0
+def _spread_ratio(zero_shot: np.ndarray, other: np.ndarray) -> float:
+    spread = float(np.std(other, ddof=1, dtype=np.float64))  # torch's std: unbiased
+    return float(np.std(zero_shot, ddof=1, dtype=np.float64)) / spread if spread > 0 else 1.0
 
 
 def _smallest_fitting_alpha(x, y, text, zero_shot, shrinkage) -> float:
@@ -170,13 +201,13 @@ def _smallest_fitting_alpha(x, y, text, zero_shot, shrinkage) -> float:
     weight, bias = _gda_parts(x, y, text, shrinkage)
     part = x @ weight.T + bias
     ratio = _spread_ratio(zero_shot, part)
-    hits = [int(((zero_shot + a * ratio * part).argmax(dim=1) == y).sum()) for a in GDA_ALPHA]
+    hits = [int(((zero_shot + a * ratio * part).argmax(axis=1) == y).sum()) for a in GDA_ALPHA]
     return GDA_ALPHA[hits.index(max(hits))]
 
 
 def fit_gda(x, y, text, scale, folds) -> tuple[dict, dict, float | None]:
     zero_shot = scale * x @ text.T
-    shots = int(torch.bincount(y).min())
+    shots = int(np.bincount(y).min())
     if shots < 2:
         folds = []
     held_out: dict[tuple[float, float], int] = {}  # (shrinkage, alpha) -> held-out shots classified right
@@ -186,7 +217,7 @@ def fit_gda(x, y, text, scale, folds) -> tuple[dict, dict, float | None]:
             part = x[held] @ weight.T + bias
             ratio = _spread_ratio(zero_shot[kept], x[kept] @ weight.T + bias)
             for alpha in GDA_ALPHA:
-                predicted = (zero_shot[held] + alpha * ratio * part).argmax(dim=1)
+                predicted = (zero_shot[held] + alpha * ratio * part).argmax(axis=1)
                 held_out[(shrinkage, alpha)] = held_out.get((shrinkage, alpha), 0) + int((predicted == y[held]).sum())
     cv = None
     if shots <= 2:
@@ -208,27 +239,43 @@ def fit_gda(x, y, text, scale, folds) -> tuple[dict, dict, float | None]:
 
 # --- logistic regression (the paper's probe) ---------------------------------------------------------------
 
-def _logistic(x: torch.Tensor, y: torch.Tensor, classes: int, c: float, start=None,
-              max_iter: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+def _logistic(x: np.ndarray, y: np.ndarray, classes: int, c: float, start=None,
+              max_iter: int = 100) -> tuple[np.ndarray, np.ndarray]:
     """argmin sum_i CE(x_i W^T + b, y_i) + ||W||^2 / (2C): scikit-learn's multinomial objective (bias free),
     divided by n (same minimiser, a gradient tolerance that does not grow with n); scikit-learn's
-    LogisticRegressionCV default of 100 L-BFGS iterations, warm-started along the C path."""
-    x = x.double()
-    weight = torch.zeros(classes, x.shape[1], dtype=torch.float64) if start is None else start[0].clone()
-    bias = torch.zeros(classes, dtype=torch.float64) if start is None else start[1].clone()
-    weight.requires_grad_(True)
-    bias.requires_grad_(True)
-    optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, tolerance_grad=1e-6,
-                                  tolerance_change=1e-12, history_size=10, line_search_fn="strong_wolfe")
+    LogisticRegressionCV default of 100 L-BFGS iterations, warm-started along the C path.  Float64, the
+    analytic gradient, scipy's L-BFGS-B (no bounds): max |gradient| <= 1e-6 or at most 125 evaluations."""
+    from scipy.optimize import minimize
 
-    def closure():
-        optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(x @ weight.T + bias, y) + (weight * weight).sum() / (2 * c * len(y))
-        loss.backward()
-        return loss
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.int64)
+    n, d = x.shape
+    rows = np.arange(n)
+    size = classes * d
+    if start is None:
+        theta = np.zeros(size + classes, dtype=np.float64)
+    else:
+        theta = np.concatenate([np.asarray(start[0], dtype=np.float64).ravel(), np.asarray(start[1], dtype=np.float64)])
 
-    optimizer.step(closure)
-    return weight.detach(), bias.detach()
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        weight, bias = theta[:size].reshape(classes, d), theta[size:]
+        z = x @ weight.T + bias
+        z -= z.max(axis=1, keepdims=True)
+        exp = np.exp(z)
+        total = exp.sum(axis=1)
+        loss = (np.log(total) - z[rows, y]).mean() + (weight * weight).sum() / (2 * c * n)
+        residual = exp / total[:, None]  # softmax
+        residual[rows, y] -= 1
+        residual /= n
+        gradient = np.concatenate([(residual.T @ x + weight / (c * n)).ravel(), residual.sum(axis=0)])
+        return float(loss), gradient
+
+    # torch.optim.LBFGS(max_iter=100, tolerance_grad=1e-6, tolerance_change=1e-12, history_size=10,
+    # line_search_fn="strong_wolfe") before: the same limits (its max_eval was 1.25 max_iter)
+    result = minimize(objective, theta, jac=True, method="L-BFGS-B",
+                      options={"maxiter": max_iter, "maxfun": max_iter * 5 // 4, "gtol": 1e-6, "ftol": 1e-12,
+                               "maxcor": 10, "maxls": 25})
+    return result.x[:size].reshape(classes, d).copy(), result.x[size:].copy()
 
 
 def fit_logistic(x, y, text, scale, folds, grid: Sequence[float] = C_GRID) -> tuple[dict, dict, float | None]:
@@ -238,10 +285,10 @@ def fit_logistic(x, y, text, scale, folds, grid: Sequence[float] = C_GRID) -> tu
         start = None
         for i, c in enumerate(grid):  # warm start along the path: each C begins at the last solution
             start = _logistic(x[kept], y[kept], classes, c, start)
-            correct[i] += int(((x[held].double() @ start[0].T + start[1]).argmax(dim=1) == y[held]).sum())
+            correct[i] += int(((x[held].astype(np.float64) @ start[0].T + start[1]).argmax(axis=1) == y[held]).sum())
     best = max(range(len(grid)), key=lambda i: (correct[i], -i)) if folds else len(grid) // 2
     weight, bias = _logistic(x, y, classes, grid[best])
-    return ({"C": grid[best]}, {"weight": weight.float(), "bias": bias.float()},
+    return ({"C": grid[best]}, {"weight": weight.astype(np.float32), "bias": bias.astype(np.float32)},
             correct[best] / len(y) if folds else None)
 
 
@@ -250,33 +297,34 @@ def fit_logistic(x, y, text, scale, folds, grid: Sequence[float] = C_GRID) -> tu
 def fit_tip_adapter(x, y, text, scale, folds) -> tuple[dict, dict, float | None]:
     classes = text.shape[0]
     zero_shot = scale * x @ text.T
-    values = torch.nn.functional.one_hot(y, classes).float()
+    values = np.eye(classes, dtype=np.float32)[y]
     correct: dict[tuple[float, float], int] = {}
     for kept, held in folds:
         affinity = x[held] @ x[kept].T
         for beta in TIP_BETA:
-            cache = torch.exp(-beta * (1 - affinity)) @ values[kept]
+            cache = np.exp(-beta * (1 - affinity)) @ values[kept]
             for alpha in TIP_ALPHA:
-                predicted = (zero_shot[held] + alpha * cache).argmax(dim=1)
+                predicted = (zero_shot[held] + alpha * cache).argmax(axis=1)
                 correct[(alpha, beta)] = correct.get((alpha, beta), 0) + int((predicted == y[held]).sum())
     if folds:
         alpha, beta = max(correct, key=lambda k: (correct[k], -k[0], -k[1]))
     else:
         alpha, beta = 1.0, 5.5  # the paper's defaults
-    return ({"alpha": alpha, "beta": beta}, {"keys": x.clone(), "values": values},
+    return ({"alpha": alpha, "beta": beta}, {"keys": x.copy(), "values": values},
             correct[(alpha, beta)] / len(y) if folds else None)
 
 
 FITTERS = {"gda": fit_gda, "logistic": fit_logistic, "tip-adapter": fit_tip_adapter}
 
 
-def fit_head(features: torch.Tensor, targets: Sequence[int], labels: Sequence[str], text: torch.Tensor,
+def fit_head(features, targets: Sequence[int], labels: Sequence[str], text,
              logit_scale: float, method: str = DEFAULT_METHOD, seed: int = 0, meta: dict | None = None) -> FewShotHead:
-    """Fit a head on L2-normalised features [n, d] with class indexes; hyper-parameters by cross-validation."""
+    """Fit a head on L2-normalised features [n, d] with class indexes; hyper-parameters by cross-validation.
+    Features and text embeddings: numpy (or torch tensors, converted)."""
     if method not in METHODS:
         raise UsageError(f"unknown --method {method!r}; use one of {', '.join(METHODS)}")
-    x = torch.nn.functional.normalize(as_tensor(features), dim=-1)
-    y = torch.as_tensor(list(targets), dtype=torch.long)
+    x = _normalize(as_tensor(features))
+    y = np.asarray([int(t) for t in targets], dtype=np.int64)
     text = as_tensor(text)
     if method == "zero-shot":
         params, tensors, cv = {}, {}, None
@@ -299,11 +347,12 @@ HEAD_TEXT_FIELDS = ("model", "model_key", "templates_name")
 
 def save_head(head: FewShotHead, path: str | Path) -> None:
     """safetensors: the tensors, and every fact about the head as JSON in the metadata; written atomically."""
-    from safetensors.torch import save
+    from safetensors.numpy import save
 
     from .fsutil import atomic_write_bytes
 
-    tensors = {"text": head.text.contiguous(), **{k: v.contiguous() for k, v in head.tensors.items()}}
+    tensors = {"text": np.ascontiguousarray(as_tensor(head.text)),
+               **{k: np.ascontiguousarray(as_tensor(v)) for k, v in head.tensors.items()}}  # float32, as before
     document = {"format": "clipcli-head", "version": 1, "labels": head.labels, "method": head.method,
                 "logit_scale": head.logit_scale, "params": head.params, **head.meta}
     atomic_write_bytes(path, save(tensors, metadata={"clipcli": json.dumps(document, ensure_ascii=False)}))
@@ -312,7 +361,7 @@ def save_head(head: FewShotHead, path: str | Path) -> None:
 def load_head(path: str | Path) -> FewShotHead:
     """A head file from save_head, checked whole (see _head_problem): a damaged or crafted file is one
     HeadFileError here, never a crash or NaN scores later."""
-    from safetensors.torch import load
+    from safetensors.numpy import load
 
     from .errors import first_line
     from .fsutil import open_regular, reason
@@ -368,10 +417,10 @@ def _head_problem(document: dict, tensors: dict) -> str | None:
         if tensor is None:
             return f"tensor {key!r} is missing"
         shape = TENSOR_SHAPES[key]
-        if tensor.dim() != len(shape) or any(sizes.setdefault(name, n) != n for name, n in zip(shape, tensor.shape)):
+        if tensor.ndim != len(shape) or any(sizes.setdefault(name, n) != n for name, n in zip(shape, tensor.shape)):
             return (f"tensor {key!r} has shape {list(tensor.shape)}, which does not fit {len(labels)} labels "
                     "and the other tensors")
-        if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
+        if not np.issubdtype(tensor.dtype, np.floating) or not bool(np.isfinite(tensor).all()):
             return f"tensor {key!r} must hold finite floating-point numbers"
     return None
 
@@ -382,11 +431,11 @@ def check_head_model(head: FewShotHead, path, model_key: str, model_name: str) -
                          f"{model_name}. Use the head's model (--model {head.meta.get('model', '?')})")
 
 
-def accuracy(head: FewShotHead, features: torch.Tensor, targets: Sequence[int]) -> float:
+def accuracy(head: FewShotHead, features, targets: Sequence[int]) -> float:
     if not len(targets):
         return math.nan
-    predicted = head.predict(torch.nn.functional.normalize(as_tensor(features), dim=-1))
-    return float((predicted == torch.as_tensor(list(targets))).float().mean())
+    predicted = head.predict(_normalize(as_tensor(features)))
+    return float((predicted == np.asarray([int(t) for t in targets])).mean())
 
 
 # --- jobs: fit a head on a dataset, measure the few-shot curve ---------------------------------------------

@@ -3,8 +3,12 @@ GDA and Tip-Adapter formulas in numpy), never below zero-shot where zero-shot is
 weak, head files, and the CLI (fit, classify/eval/sort --head, the curve and its page in a browser)."""
 
 import json
+import os
 import shutil
 import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,8 +37,14 @@ def digits():
         members = rng.permutation(np.flatnonzero(data.target == c))
         train += members[: len(members) // 2].tolist()
         test += members[len(members) // 2:].tolist()
-    return (torch.tensor(x[train], dtype=torch.float32), data.target[train].tolist(),
-            torch.tensor(x[test], dtype=torch.float32), data.target[test].tolist())
+    return (x[train].astype(np.float32), data.target[train].tolist(),
+            x[test].astype(np.float32), data.target[test].tolist())
+
+
+def random_text(classes, dim, seed=None):
+    """Unit vectors standing in for class embeddings (float32 numpy, like the classifier's)."""
+    text = np.random.default_rng(seed).standard_normal((classes, dim))
+    return (text / np.linalg.norm(text, axis=1, keepdims=True)).astype(np.float32)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # scikit-learn's notices of its own API changes
@@ -45,13 +55,13 @@ def test_logistic_matches_scikit_learn_logistic_regression_cv(digits, shots):
     x, y, test_x, test_y = digits
     chosen = fewshot.sample_shots(y, shots, seed=1)
     xs, ys = x[chosen], [y[i] for i in chosen]
-    text = torch.nn.functional.normalize(torch.randn(10, x.shape[1]), dim=-1)  # unused by the logistic probe
+    text = random_text(10, x.shape[1])  # unused by the logistic probe
     head = fewshot.fit_head(xs, ys, [str(i) for i in range(10)], text, 100.0, "logistic", seed=1)
     folds = [(np.array(kept), np.array(held)) for kept, held in fewshot.make_folds(ys, seed=1)]
     reference = LogisticRegressionCV(Cs=list(fewshot.C_GRID), cv=folds, max_iter=1000, tol=1e-6)
-    reference.fit(xs.numpy(), ys)
+    reference.fit(xs, ys)
     ours = fewshot.accuracy(head, test_x, test_y)
-    theirs = reference.score(test_x.numpy(), test_y)
+    theirs = reference.score(test_x, test_y)
     assert abs(ours - theirs) <= 0.01, (ours, theirs, head.params, reference.C_)
     assert ours > 0.8
 
@@ -59,8 +69,8 @@ def test_logistic_matches_scikit_learn_logistic_regression_cv(digits, shots):
 def test_gda_equals_the_closed_form(digits):
     x, y, test_x, _ = digits
     chosen = fewshot.sample_shots(y, 8, seed=0)
-    xs, ys = x[chosen].double().numpy(), np.array([y[i] for i in chosen])
-    text = torch.nn.functional.normalize(torch.randn(10, x.shape[1]), dim=-1)
+    xs, ys = x[chosen].astype(np.float64), np.array([y[i] for i in chosen])
+    text = random_text(10, x.shape[1])
     head = fewshot.fit_head(x[chosen], ys.tolist(), list("0123456789"), text, 50.0, "gda")
     gamma, alpha = head.params["shrinkage"], head.params["alpha"]
     means = np.stack([xs[ys == c].mean(axis=0) for c in range(10)])
@@ -69,22 +79,22 @@ def test_gda_equals_the_closed_form(digits):
     cov = (1 - gamma) * cov + gamma * np.trace(cov) / cov.shape[0] * np.eye(cov.shape[0])
     weight = means @ np.linalg.inv(cov)
     bias = -0.5 * (weight * means).sum(axis=1)
-    t = test_x.double().numpy()
-    expected = 50.0 * t @ text.double().numpy().T + alpha * (t @ weight.T + bias)
-    got = head.logits(test_x).double().numpy()
+    t = test_x.astype(np.float64)
+    expected = 50.0 * t @ text.astype(np.float64).T + alpha * (t @ weight.T + bias)
+    got = head.logits(test_x).astype(np.float64)
     assert np.abs(got - expected).max() / np.abs(expected).max() < 1e-4
 
 
 def test_tip_adapter_equals_its_formula(digits):
     x, y, test_x, _ = digits
     chosen = fewshot.sample_shots(y, 4, seed=0)
-    text = torch.nn.functional.normalize(torch.randn(10, x.shape[1]), dim=-1)
+    text = random_text(10, x.shape[1])
     head = fewshot.fit_head(x[chosen], [y[i] for i in chosen], list("0123456789"), text, 30.0, "tip-adapter")
     a, b = head.params["alpha"], head.params["beta"]
-    keys, labels = x[chosen].numpy(), np.eye(10)[[y[i] for i in chosen]]
-    t = test_x.numpy()
-    expected = 30.0 * t @ text.numpy().T + a * np.exp(-b * (1 - t @ keys.T)) @ labels
-    assert np.allclose(head.logits(test_x).numpy(), expected, atol=1e-3)
+    keys, labels = x[chosen], np.eye(10)[[y[i] for i in chosen]]
+    t = test_x
+    expected = 30.0 * t @ text.T + a * np.exp(-b * (1 - t @ keys.T)) @ labels
+    assert np.allclose(head.logits(test_x), expected, atol=1e-3)
 
 
 def test_folds_are_stratified_and_cover_every_example():
@@ -114,7 +124,7 @@ def demo_features(style, per_label, seed):
         features = torch.nn.functional.normalize(loaded.model.encode_image(pixels), dim=-1)
     classifier = zero_shot_classifier(loaded, labels, "simple")
     targets = [i for i in range(len(labels)) for _ in range(per_label)]
-    return features, targets, classifier
+    return features.numpy(), targets, classifier
 
 
 @pytest.mark.parametrize("style,strong", [(shapes.TRAINING, True), (shapes.OUTLINE, False)])
@@ -139,25 +149,25 @@ def test_two_shots_that_do_not_tell_the_classes_apart_leave_the_head_at_zero_sho
     """At two shots per class the held-out folds veto a head that fits the shots but does worse on the other
     shot than zero-shot; shots that do tell the classes apart keep their head."""
     classes, d = 8, 64
-    text = torch.nn.functional.normalize(torch.randn(classes, d, generator=torch.Generator().manual_seed(0)), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(classes, d, generator=torch.Generator().manual_seed(0)), dim=-1).numpy()
     labels = [str(c) for c in range(classes)]
 
     def draw(per_class, centres, signal, seed):
         y = torch.arange(classes).repeat(per_class)
         noise = torch.nn.functional.normalize(torch.randn(len(y), d, generator=torch.Generator().manual_seed(seed)), dim=-1)
-        return signal * centres[y] + noise, y.tolist()
+        return (signal * torch.as_tensor(centres)[y] + noise).numpy(), y.tolist()
 
     # noisy shots: a weak text-aligned signal under noise; zero-shot is the better guess
     x, y = draw(2, text, 0.2, 1)
-    unit = torch.nn.functional.normalize(x, dim=-1)
-    fitting = fewshot._smallest_fitting_alpha(unit, torch.tensor(y), text, 10.0 * unit @ text.T, 0.5)
+    unit = x / np.linalg.norm(x, axis=-1, keepdims=True)
+    fitting = fewshot._smallest_fitting_alpha(unit, np.array(y), text, 10.0 * unit @ text.T, 0.5)
     head = fewshot.fit_head(x, y, labels, text, 10.0)
     assert fitting > 0 and head.params["alpha_relative"] == 0.0  # vetoed
     test_x, test_y = draw(50, text, 0.2, 101)
     zero_shot = fewshot.fit_head(x, y, labels, text, 10.0, method="zero-shot")
     assert fewshot.accuracy(head, test_x, test_y) == fewshot.accuracy(zero_shot, test_x, test_y)
     # informative shots: tight clusters the text knows nothing about; the head learns them
-    centres = torch.nn.functional.normalize(torch.randn(classes, d, generator=torch.Generator().manual_seed(5)), dim=-1)
+    centres = torch.nn.functional.normalize(torch.randn(classes, d, generator=torch.Generator().manual_seed(5)), dim=-1).numpy()
     x, y = draw(2, centres, 3.0, 2)
     head = fewshot.fit_head(x, y, labels, text, 10.0)
     test_x, test_y = draw(50, centres, 3.0, 102)
@@ -167,7 +177,7 @@ def test_two_shots_that_do_not_tell_the_classes_apart_leave_the_head_at_zero_sho
 
 def test_head_file_round_trip(tmp_path, digits):
     x, y, test_x, _ = digits
-    text = torch.nn.functional.normalize(torch.randn(10, x.shape[1]), dim=-1)
+    text = random_text(10, x.shape[1])
     for method in ("gda", "logistic", "tip-adapter"):
         head = fewshot.fit_head(x[:200], y[:200], list("abcdefghij"), text, 42.0, method, seed=5,
                                 meta={"model": "m", "model_key": "k", "templates": ["a {}."]})
@@ -176,10 +186,58 @@ def test_head_file_round_trip(tmp_path, digits):
         loaded = fewshot.load_head(path)
         assert loaded.labels == head.labels and loaded.method == method and loaded.params == head.params
         assert loaded.meta["seed"] == 5 and loaded.meta["model_key"] == "k" and loaded.meta["train_images"] == 200
-        assert torch.allclose(loaded.logits(test_x), head.logits(test_x))
+        assert np.allclose(loaded.logits(test_x), head.logits(test_x))
     (tmp_path / "bad.safetensors").write_bytes(b"not a head")
     with pytest.raises(fewshot.UsageError, match="not a head file"):
         fewshot.load_head(tmp_path / "bad.safetensors")
+
+
+def test_fit_save_and_load_without_torch(tmp_path):
+    """fewshot neither imports torch nor needs it: a subprocess where torch cannot be imported fits GDA and
+    logistic heads, writes them and reads them back; the files are the torch-era format (float32 tensors of the
+    same names, the JSON metadata), read here by safetensors' torch loader, and a torch-written head loads."""
+    script = textwrap.dedent("""
+        import sys
+        sys.modules["torch"] = None  # `import torch` now raises ImportError
+        import numpy as np
+        from clipcli import fewshot
+
+        rng = np.random.default_rng(0)
+        classes, dim = 4, 16
+        centres = rng.standard_normal((classes, dim))
+        y = [c for c in range(classes) for _ in range(6)]
+        x = (centres[y] + 0.3 * rng.standard_normal((len(y), dim))).astype(np.float32)
+        text = (centres / np.linalg.norm(centres, axis=1, keepdims=True)).astype(np.float32)
+        for method in ("gda", "logistic"):
+            head = fewshot.fit_head(x, y, list("abcd"), text, 20.0, method, meta={"model_key": "k"})
+            path = sys.argv[1] + "/" + method + ".safetensors"
+            fewshot.save_head(head, path)
+            loaded = fewshot.load_head(path)
+            probabilities = loaded.scores(x, "softmax")
+            assert isinstance(probabilities, np.ndarray) and probabilities.shape == (len(y), classes)
+            assert np.allclose(probabilities, head.scores(x)) and loaded.params == head.params
+            assert fewshot.accuracy(loaded, x, y) > 0.9, method
+        assert "torch" not in [name.split(".")[0] for name, module in sys.modules.items() if module is not None]
+    """)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, env=env,
+                            cwd=root, timeout=300)
+    assert result.returncode == 0, result.stderr
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(tmp_path / "logistic.safetensors"))
+    assert set(tensors) == {"text", "weight", "bias"} and all(t.dtype == torch.float32 for t in tensors.values())
+    with safe_open(str(tmp_path / "gda.safetensors"), framework="pt") as handle:
+        document = json.loads(handle.metadata()["clipcli"])
+    assert document["format"] == "clipcli-head" and document["method"] == "gda" and document["labels"] == list("abcd")
+    save_file(tensors, str(tmp_path / "torch.safetensors"), metadata={"clipcli": json.dumps(
+        {"format": "clipcli-head", "version": 1, "labels": list("abcd"), "method": "logistic", "logit_scale": 20.0,
+         "params": {"C": 1.0}})})
+    head = fewshot.load_head(tmp_path / "torch.safetensors")
+    assert head.tensors["weight"].dtype == np.float32 and head.scores(np.eye(4, 16, dtype=np.float32)).shape == (4, 4)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import sys
 from contextlib import ExitStack
 from dataclasses import replace
 from typing import Callable, List
@@ -49,9 +50,8 @@ def one_model_at_a_time(specs: list[str], encoder_of: Callable, ui, work: Callab
 
 
 def _empty_cuda_cache() -> None:
-    import torch
-
-    if torch.cuda.is_available():
+    torch = sys.modules.get("torch")  # only when a model ran on torch: never import it for this
+    if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 

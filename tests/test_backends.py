@@ -144,6 +144,7 @@ def test_onnx_equals_torch_on_the_demo_model(images):
     assert [r["predictions"][0]["label"] for r in onnx["results"]] == ["red circle", "blue square", "green star"]
 
 
+@pytest.mark.slow
 def test_onnx_equals_torch_on_a_random_vit_b_32(tmp_path, images):
     model = open_clip.create_model("ViT-B-32")
     from safetensors.torch import save_file
@@ -295,6 +296,7 @@ PROBE = ("import sys, json\nfrom clipcli.cli import main\nsys.argv = ['clip', *s
          "file=sys.stderr)\nsys.exit(code)\n")
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_warm_classify_imports_neither_torch_torchvision_nor_open_clip(images, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CLIPCLI_CACHE_DIR": str(tmp_path)}

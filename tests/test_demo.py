@@ -26,6 +26,7 @@ def top1_by_folder(document) -> Counter:
     return hits
 
 
+@pytest.mark.slow
 def test_red_circle_is_red_circle_with_high_probability(tmp_path):
     image = tmp_path / "red.png"
     shapes.draw_pil("red", "circle", size=96, seed=77).save(image)
@@ -36,6 +37,7 @@ def test_red_circle_is_red_circle_with_high_probability(tmp_path):
     assert top["label"] == "red circle" and top["score"] >= 0.8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("style,minimum", [("training", 0.90), ("shifted", 0.75)])
 def test_folder_of_drawn_shapes_reaches_accuracy(tmp_path, style, minimum):
     draw_dataset(tmp_path, per_label=3, style=style, which="seen", size=80, seed=99)
@@ -49,6 +51,7 @@ def test_folder_of_drawn_shapes_reaches_accuracy(tmp_path, style, minimum):
     assert hits[True] / (60 * 3) >= minimum, hits
 
 
+@pytest.mark.slow
 def test_training_script_smoke_run_gives_a_loadable_model(tmp_path):
     out = tmp_path / "smoke"
     result = subprocess.run([sys.executable, str(REPO / "tools" / "train_demo_model.py"), "--steps", "3",

@@ -47,6 +47,7 @@ def random_text(classes, dim, seed=None):
     return (text / np.linalg.norm(text, axis=1, keepdims=True)).astype(np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # scikit-learn's notices of its own API changes
 @pytest.mark.parametrize("shots", [4, 16])
 def test_logistic_matches_scikit_learn_logistic_regression_cv(digits, shots):

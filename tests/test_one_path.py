@@ -41,6 +41,7 @@ def jsonl(result) -> list[dict]:
 
 
 # --- write-through -------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_store_run_streams_records_batch_by_batch(tiny_model, tmp_path):
     """The first record comes after one batch, not after the whole folder was encoded and read back."""
     from clipcli.api import DecodeOptions, ModelOptions, classify_paths, open_encoder, zero_shot_classifier

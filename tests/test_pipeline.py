@@ -32,6 +32,7 @@ def run(model, folder, **options):
         return list(classify_paths(encoder, classifier, discover([str(folder)]), ScoreOptions(top_k=0)))
 
 
+@pytest.mark.slow
 def test_workers_and_batch_sizes_do_not_change_results(tiny_model, folder):
     baseline = run(tiny_model, folder, workers=0, batch_size=1)
     assert len(baseline) == 40
@@ -66,6 +67,7 @@ def test_reduced_jpeg_decoding_keeps_the_model_input_size(tmp_path):
     assert open_image(str(tmp_path / "big.jpg"), None, None).size == (2000, 1200)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_ctrl_c_stops_quickly_and_leaves_complete_lines(tiny_model, tmp_path, workers):
     for i in range(300):

@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 
 from clipcli.cli import app
 
+pytestmark = pytest.mark.slow  # a real local Ray: seconds to start, minutes in all
+
 ray = pytest.importorskip("ray")
 
 LABELS = "red circle,blue square,green star,yellow heart"

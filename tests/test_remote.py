@@ -109,6 +109,7 @@ def test_store_keys_objects_by_uri_and_sees_them_change(bucket, local_set, tmp_p
                                                          "s3://photos/b/sub/green_star.webp"]
 
 
+@pytest.mark.slow
 def test_ray_workers_read_objects_too(bucket, local_set):
     pytest.importorskip("ray")
     upload(bucket, local_set, "c")

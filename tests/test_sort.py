@@ -227,6 +227,7 @@ def test_preview_page_renders_in_headless_chromium(photos, tmp_path):
     assert "broken.jpg" in dom.split('id="errors"', 1)[1]
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_sigkill_mid_move_loses_nothing_and_rerun_finishes(tmp_path):
     source = tmp_path / "inbox"

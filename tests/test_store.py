@@ -237,6 +237,7 @@ def open_rows(store: Path) -> int:
     return live_table(store)[1].num_rows
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_interrupted_embed_resumes_with_every_image_once(tiny_model, tmp_path, sig):

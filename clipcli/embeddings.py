@@ -116,8 +116,11 @@ class Encoder:
                     row = rows[key]
                     item, vector = BatchItem(paths[i], row.error), row.embedding
                     report.stored += 1
-                else:  # not stored, or its row vanished (pruned by hand meanwhile)
-                    item, vector = next(fresh) if not stored[i] else (BatchItem(paths[i], NOT_FOUND), None)
+                elif stored[i]:  # its row vanished meanwhile (a shard deleted by hand): reported, not stored
+                    item, vector = BatchItem(paths[i], NOT_FOUND), None
+                    report.failed += 1
+                else:
+                    item, vector = next(fresh)
                     self._note(item, vector, keys[i], states[i], located.get(key))
                 items.append(item)
                 if vector is not None:

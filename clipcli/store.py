@@ -215,8 +215,9 @@ class ImageStore:
         for name, shard in self._shards():
             shards += 1
             rows += shard.metadata.num_rows
-            size += (self.directory / SHARD_DIR / name).stat().st_size
-            for batch in shard.iter_batches(columns=["error_type"]):
+            size += shard.metadata.serialized_size + sum(shard.metadata.row_group(g).total_byte_size
+                                                         for g in range(shard.metadata.num_row_groups))
+            for batch in self._batches(shard, name, ["error_type"], READ_ROWS):
                 errors += batch.num_rows - batch.column(0).null_count
         return {"store": str(self.directory), "model": self.model.display(), "model_key": self.model.key,
                 "dim": self.dim, "dtype": self.dtype, "images": rows - errors, "errors": errors,
@@ -227,16 +228,21 @@ class ImageStore:
 
     # --- reading ------------------------------------------------------------------------------------
     def _open(self, name: str):
-        """A ParquetFile over an open handle of one shard, pages checked against their checksums."""
+        """A ParquetFile of one shard, pages checked against their checksums (FileNotFoundError passes)."""
         import pyarrow.parquet as pq
 
-        path = self.directory / SHARD_DIR / name
         try:
-            return pq.ParquetFile(open(path, "rb"), page_checksum_verification=True)
+            return pq.ParquetFile(str(self.directory / SHARD_DIR / name), page_checksum_verification=True)
+        except FileNotFoundError:
+            raise
         except (OSError, ValueError) as exc:
-            if isinstance(exc, FileNotFoundError):
-                raise
-            raise self._damaged(name, exc) from None
+            raise self._unreadable(name, exc) from None
+
+    def _unreadable(self, name: str, exc: BaseException) -> StoreError:
+        """A shard that cannot be read: damaged (pyarrow's own error), or the system's (no errno: damage)."""
+        if isinstance(exc, OSError) and exc.errno:
+            return StoreError(f"store {self.directory}: cannot read shard {name} ({exc.strerror or exc})")
+        return self._damaged(name, exc)
 
     def _damaged(self, name: str, exc: BaseException) -> StoreError:
         return StoreError(f"store {self.directory}: shard {name} is damaged ({str(exc).splitlines()[0][:120]}); "
@@ -244,26 +250,24 @@ class ImageStore:
                           "images again")
 
     def _shards(self) -> Iterator[tuple[str, object]]:
-        """(name, ParquetFile) of every live shard.  Every shard is opened before the first is read, so a
-        writer that replaces or deletes one meanwhile cannot pull it away; one deleted before it was opened
-        held only pruned rows."""
-        opened = []
-        try:
-            for name in self.shard_names():
-                try:
-                    opened.append((name, self._open(name)))
-                except FileNotFoundError:
-                    continue
-            yield from opened
-        finally:
-            for _, shard in opened:
+        """(name, ParquetFile) of every live shard, opened one at a time.  A row never moves between shards, so
+        a writer replacing shards meanwhile cannot make a reader see a row twice or miss one; a shard deleted
+        before it was opened held only pruned rows."""
+        for name in self.shard_names():
+            try:
+                shard = self._open(name)
+            except FileNotFoundError:
+                continue
+            try:
+                yield name, shard
+            finally:
                 shard.close()
 
     def _batches(self, shard, name: str, columns: Sequence[str] | None, rows: int) -> Iterator:
         try:
             yield from shard.iter_batches(batch_size=rows, columns=list(columns) if columns else None)
         except (OSError, ValueError) as exc:
-            raise self._damaged(name, exc) from None
+            raise self._unreadable(name, exc) from None
 
     def iter_record_batches(self, columns: Sequence[str] | None = None, rows: int = READ_ROWS) -> Iterator:
         """pyarrow RecordBatches over every live row, shard by shard (memory does not grow with the store)."""
@@ -310,6 +314,9 @@ class ImageStore:
             if table is None:
                 lost += keys
                 continue
+            inside = [k for k in keys if located[k].row < table.num_rows]
+            lost += [k for k in keys if located[k].row >= table.num_rows]
+            keys = inside
             names, vectors, errors = batch_embeddings(table.take([located[k].row for k in keys]), self.dim)
             bad = {row: (kind, message) for row, kind, message in errors}
             for i, (key, name_found) in enumerate(zip(keys, names)):
@@ -319,7 +326,7 @@ class ImageStore:
                     lost.append(key)
         if lost and again:
             self._group = None
-            found.update(self.read(self.locate(lost), again=False))
+            found.update(self.read(self.locate(lost, {located[k].shard for k in lost}), again=False))
         return found
 
     def _row_group(self, name: str, group: int):
@@ -357,6 +364,9 @@ def check_store(directory: str | os.PathLike, repair: bool = False) -> tuple[int
         except FileNotFoundError:
             continue
         except (OSError, ValueError) as exc:
+            if isinstance(exc, OSError) and exc.errno:  # the system's trouble (permissions, handles): not damage
+                raise StoreError(f"store {store.directory}: cannot read shard {name} ({exc.strerror or exc})") \
+                    from None
             damaged.append((name, str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__))
     if repair and damaged:
         lock = _take_lock(store.directory)
@@ -481,7 +491,7 @@ class StoreWriter(ImageStore):
         self.shard_rows = shard_rows
         self.pending: dict[str | None, Rows] = {}  # shard a row replaces one of (None: a new key) -> rows
         self.removed: dict[str, set[str]] = {}  # shard -> keys whose rows go at the next commit
-        self.queued: set[str] = set()
+        self.queued: set[str] = set()  # keys added by this writer (each is written once per session)
         self.last_commit = time.monotonic()
 
     # --- writing ----------------------------------------------------------------------------------------
@@ -508,8 +518,9 @@ class StoreWriter(ImageStore):
         count = 0
         for name, _, paths, _, _ in self.iter_keys():
             gone = {p for p in paths if not exists(p)}
-            self.removed.setdefault(name, set()).update(gone)
-            count += len(gone)
+            if gone:
+                self.removed.setdefault(name, set()).update(gone)
+                count += len(gone)
         self.commit()
         return count
 
@@ -554,7 +565,6 @@ class StoreWriter(ImageStore):
             touched.add(final.name)
         if touched:
             self._write_manifest({**self.manifest, "updated": _now()})
-        self.queued = set()
         self._group = None
         self.last_commit = time.monotonic()
 

@@ -299,3 +299,26 @@ def test_python_facade_names(tiny_model):
                                model="demo", templates="simple")
     assert len(records) == 4 and all(np.isclose(sum(p["score"] for p in r["predictions"]), 1.0) for r in records)
     assert {"open_encoder", "classify_paths", "zero_shot_classifier", "ModelOptions"} <= set(clipcli.__all__)
+
+
+def test_one_file_named_twice_across_commits_is_stored_once(tiny_model, tmp_path):
+    """The same file under two names (a symlink), with a commit between them: one row."""
+    folder = tmp_path / "photos"
+    draw(folder, 6)
+    (tmp_path / "alias.png").symlink_to(folder / "img_0000.png")
+    store = tmp_path / "store"
+    result = cli("embed", folder, tmp_path / "alias.png", "--store", store, "-m", tiny_model, "--shard-size", "2",
+                 "--batch-size", "2")
+    assert result.exit_code == 0, result.output
+    paths = ds.dataset(store).to_table().column("path").to_pylist()
+    assert sorted(paths) == sorted(set(paths)) and len(paths) == 6
+
+
+def test_prune_with_nothing_gone_rewrites_no_shard(tiny_model, tmp_path):
+    folder = tmp_path / "photos"
+    draw(folder, 6)
+    store = tmp_path / "store"
+    assert cli("embed", folder, "--store", store, "-m", tiny_model, "--shard-size", "3").exit_code == 0
+    before = {p.name: p.stat().st_ino for p in (store / "shards").glob("*.parquet")}
+    assert cli("embed", "--store", store, "-m", tiny_model, "--prune").exit_code == 0
+    assert {p.name: p.stat().st_ino for p in (store / "shards").glob("*.parquet")} == before

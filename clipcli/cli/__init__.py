@@ -47,9 +47,10 @@ class Readable:
                                 **extra)
             code = code if isinstance(code, int) else 0
         except UsageError as exc:
-            where = exc.ctx.command_path if exc.ctx is not None else "clip"
-            message = " ".join(exc.format_message().split())
-            output.error(f"{message[0].lower()}{message[1:]} (see `{where} --help`)")
+            message = " ".join(exc.format_message().split()).rstrip(".")
+            if message:  # (no message: a group called with no arguments, whose help is already printed)
+                where = exc.ctx.command_path if exc.ctx is not None else "clip"
+                output.error(f"{message[:1].lower()}{message[1:]} (see `{where} --help`)")
             code = EXIT_PARSE
         except ClickException as exc:
             output.error(" ".join(exc.format_message().split()))

@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from typing_extensions import Annotated
 
+from .. import config
 from . import output
 from .common import handles_errors
 from .options import WeightsDirOpt
@@ -23,7 +24,7 @@ def models(
     """List pretrained models (architecture and tag); no model is built."""
     from ..models import list_pretrained
 
-    rows = list_pretrained(filter_text, weights_dir)
+    rows = list_pretrained(filter_text, config.weights_dir(weights_dir))
     if cached:
         rows = [row for row in rows if row["cached"]]
     table = output.plain_table(None, "architecture", "pretrained", "cached")

@@ -131,7 +131,7 @@ def _model(model, pretrained, device, precision, backend, weights_dir, cache_dir
 
     check_choice("--precision", precision, PRECISIONS)
     return ModelOptions(model, pretrained, device or config.default_device(), precision, backend or default_backend(),
-                        config.weights_dir(weights_dir), str(cache_dir) if cache_dir else None, not no_cache)
+                        weights_dir, str(cache_dir) if cache_dir else None, not no_cache)
 
 
 MODEL_OPTIONS = (

@@ -426,14 +426,48 @@ def _is_cached(cfg: dict, weights_dir: str | None) -> bool:
                                                      os.path.basename(url)))
 
 
+def _pretrained_table():
+    """open_clip's table of pretrained tags (its `pretrained` module), read without importing open_clip's package,
+    whose __init__ builds every model class and imports torch (6 s here for `clip models`).  Falls back to the
+    real import if the module cannot be read on its own."""
+    import importlib.util
+    import sys
+    import types
+
+    if "open_clip" in sys.modules:
+        return sys.modules["open_clip"]
+    try:
+        spec = importlib.util.find_spec("open_clip")
+        folder = list(spec.submodule_search_locations)[0]
+        package = types.ModuleType("_clipcli_open_clip")  # a stand-in parent: `.constants` resolve beside it
+        package.__path__ = [folder]
+        sys.modules[package.__name__] = package
+        module_spec = importlib.util.spec_from_file_location(f"{package.__name__}.pretrained",
+                                                             os.path.join(folder, "pretrained.py"))
+        module = importlib.util.module_from_spec(module_spec)
+        saved = sys.modules.get("safetensors.torch", False)
+        sys.modules["safetensors.torch"] = None  # its optional torch import: not needed to read the table
+        try:
+            module_spec.loader.exec_module(module)
+        finally:
+            if saved is False:
+                sys.modules.pop("safetensors.torch", None)
+            else:
+                sys.modules["safetensors.torch"] = saved
+        return module
+    except Exception:  # noqa: BLE001  (any surprise: the slow, sure way)
+        import open_clip
+
+        return open_clip
+
+
 def list_pretrained(filter_text: str | None = None, weights_dir: str | None = None) -> list[dict]:
     """open_clip's (architecture, tag) pairs, filtered by a case-insensitive substring, with cache status."""
-    import open_clip
-
+    table = _pretrained_table()
     rows = []
-    for arch, tag in open_clip.list_pretrained():
+    for arch, tag in table.list_pretrained():
         if filter_text and filter_text.lower() not in f"{arch}:{tag}".lower():
             continue
-        cfg = open_clip.get_pretrained_cfg(arch, tag)
+        cfg = table.get_pretrained_cfg(arch, tag)
         rows.append({"architecture": arch, "pretrained": tag, "cached": _is_cached(cfg, weights_dir)})
     return rows

@@ -44,7 +44,7 @@ from .paths import display_path
 from .vectors import l2_normalize
 
 MANIFEST = "_clip-store.json"
-LEGACY_MANIFEST = "clip-store.json"  # schema version 1
+LEGACY_MANIFEST = "clip-store.json"  # schema version 1; in a version 2 store, an empty folder (see _guard)
 SHARD_DIR = "shards"
 LOCK_FILE = ".clip-store.lock"
 FORMAT = "clipcli-image-store"
@@ -610,6 +610,7 @@ class StoreWriter(ImageStore):
         manifest = {k: v for k, v in self.manifest.items() if k != "shards"}
         self._write_manifest({**manifest, "schema_version": SCHEMA_VERSION})
         (self.directory / LEGACY_MANIFEST).unlink(missing_ok=True)
+        _guard(self.directory)
 
     def close(self) -> None:
         """Commit what is pending and release the lock."""
@@ -627,9 +628,19 @@ class StoreWriter(ImageStore):
         return self
 
     def __exit__(self, kind, value, traceback) -> None:
-        if kind is None or issubclass(kind, KeyboardInterrupt):
-            self.close()  # Ctrl-C keeps every image finished so far
-        else:
+        if kind is None:
+            self.close()
+            return
+        # Ctrl-C, a reader that went away (`... | head`) or a failure elsewhere keep every image finished so far;
+        # a failure of the store or the disk itself does not try to write again.
+        store_trouble = issubclass(kind, StoreError) or (issubclass(kind, OSError) and
+                                                         not issubclass(kind, BrokenPipeError))
+        try:
+            if not store_trouble:
+                self.commit()
+        except Exception:  # noqa: BLE001  (the error on its way out is the one to report)
+            pass
+        finally:
             self.release()
 
 
@@ -648,6 +659,16 @@ def _take_lock(directory: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     return fd
+
+
+def _guard(directory: Path) -> None:
+    """An empty folder where version 1 kept its manifest: a clipcli of schema version 1 then refuses the store
+    ("cannot read clip-store.json") instead of taking it for a new one and deleting its shards as left-overs.
+    Parquet readers see no file in it."""
+    try:
+        (directory / LEGACY_MANIFEST).mkdir()
+    except FileExistsError:
+        pass
 
 
 def open_for_writing(directory: str | os.PathLike, model: StoreModel, dim: int, dtype: str | None = None,
@@ -671,6 +692,7 @@ def open_for_writing(directory: str | os.PathLike, model: StoreModel, dim: int, 
                                   "identity": model.identity, "scoring": model.scoring},
                         "dim": int(dim), "dtype": dtype or "float16", "created": _now(), "updated": _now()}
             atomic_write_bytes(directory / MANIFEST, json.dumps(manifest, indent=2).encode())
+            _guard(directory)
         else:
             check_model(directory, manifest, model)
             if dtype is not None and dtype != manifest["dtype"]:

@@ -117,7 +117,7 @@ def test_store_root_reads_with_every_parquet_reader(tiny_model, tmp_path):
     duckdb = pytest.importorskip("duckdb")
     rows = duckdb.sql(f"SELECT path FROM read_parquet('{store}/**/*.parquet')").fetchall()
     assert sorted(r[0] for r in rows) == want
-    assert (store / "_clip-store.json").is_file() and not (store / "clip-store.json").exists()
+    assert (store / "_clip-store.json").is_file() and not (store / "clip-store.json").is_file()
 
 
 @pytest.mark.slow
@@ -145,12 +145,13 @@ def test_version_1_store_opens_and_is_upgraded_in_place(tiny_model, tmp_path):
     manifest = json.loads((store / "_clip-store.json").read_text())
     shards = sorted(p.name for p in (store / "shards").glob("*.parquet"))
     legacy = {**manifest, "schema_version": 1, "shards": [{"file": f"shards/{n}", "rows": 4} for n in shards[:1]]}
+    (store / "clip-store.json").rmdir()  # the guard folder a version 2 store keeps there
     (store / "clip-store.json").write_text(json.dumps(legacy))
     (store / "_clip-store.json").unlink()  # shards[1:] are now left-overs the manifest does not name
     relabel = cli("classify", "--store", store, "-l", LABELS, "-f", "jsonl")
     assert relabel.exit_code == 0 and len(jsonl(relabel)) == 4
     assert cli("embed", folder, "--store", store, "-m", tiny_model).stderr.count("4 already stored, 4 encoded") == 1
-    assert not (store / "clip-store.json").exists()
+    assert not (store / "clip-store.json").is_file()
     assert json.loads((store / "_clip-store.json").read_text())["schema_version"] == 2
     assert sorted(ds.dataset(store).to_table().column("path").to_pylist()) == \
         sorted(str(p.resolve()) for p in folder.iterdir())
@@ -322,3 +323,28 @@ def test_prune_with_nothing_gone_rewrites_no_shard(tiny_model, tmp_path):
     before = {p.name: p.stat().st_ino for p in (store / "shards").glob("*.parquet")}
     assert cli("embed", "--store", store, "-m", tiny_model, "--prune").exit_code == 0
     assert {p.name: p.stat().st_ino for p in (store / "shards").glob("*.parquet")} == before
+
+
+def test_a_reader_that_goes_away_keeps_what_was_encoded(tiny_model, tmp_path):
+    """`clip classify DIR --store S -f jsonl | head -1`: the images encoded before the pipe closed are stored."""
+    folder = tmp_path / "photos"
+    draw(folder, 40)
+    store = tmp_path / "store"
+    command = (f"{sys.executable} -m clipcli classify {folder} --store {store} -m {tiny_model} -l '{LABELS}' "
+               f"-f jsonl --batch-size 4 --workers 0 -q | head -1")
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0 and result.stdout.count("\n") == 1, result.stderr
+    assert ds.dataset(store).to_table().num_rows >= 4
+
+
+def test_an_older_clipcli_refuses_an_upgraded_store(tiny_model, tmp_path):
+    """Version 1 read `STORE/clip-store.json`; a version 2 store keeps an empty folder there, so the old reader
+    fails to read it and refuses, instead of taking the store for a new one and deleting its shards."""
+    folder = tmp_path / "photos"
+    draw(folder, 3)
+    store = tmp_path / "store"
+    assert cli("embed", folder, "--store", store, "-m", tiny_model).exit_code == 0
+    with pytest.raises(IsADirectoryError):
+        (store / "clip-store.json").read_text()  # what version 1's read_manifest did first
+    assert ds.dataset(store).to_table().num_rows == 3

@@ -9,6 +9,7 @@ DEFAULT_MODEL = "ViT-B-32-256"
 DEFAULT_PRETRAINED = "datacomp_s34b_b86k"
 DEFAULT_TEMPLATES = "imagenet"
 DEFAULT_MAX_MEGAPIXELS = 178.0  # Pillow's own decompression-bomb error threshold
+DEFAULT_SHARD_ROWS = 4096  # rows per committed store shard (`clip embed --shard-size`)
 
 ENV_MODEL = "CLIPCLI_MODEL"
 ENV_PRETRAINED = "CLIPCLI_PRETRAINED"

@@ -37,7 +37,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from . import remote
+from . import config, remote
 from .errors import StoreBusyError, StoreError, StoreModelError, UsageError
 from .fsutil import atomic_write_bytes, fsync_dir, temp_beside
 from .paths import display_path
@@ -50,7 +50,7 @@ LOCK_FILE = ".clip-store.lock"
 FORMAT = "clipcli-image-store"
 SCHEMA_VERSION = 2
 DTYPES = ("float16", "float32")
-DEFAULT_SHARD_ROWS = 4096
+DEFAULT_SHARD_ROWS = config.DEFAULT_SHARD_ROWS
 COMMIT_SECONDS = 30.0  # a long run commits at least this often, so an interruption loses little
 GROUP_ROWS = 8192  # rows per Parquet row group: the unit a keyed read decodes (8 MB at 512-d float16)
 READ_ROWS = 65536

@@ -138,7 +138,7 @@ def test_a_store_moves_with_its_package(tmp_path):
     shutil.copytree(package, copy / "clipcli")
     if not (copy / "clipcli" / "prompts").is_dir():  # a source checkout keeps the bundled templates beside it
         shutil.copytree(package.parent / "prompts", copy / "clipcli" / "prompts")
-    images = package.parent / "examples"
+    images = Path(__file__).parent.parent / "examples"  # the checkout's drawn examples
     store = tmp_path / "store"
     assert cli("embed", images, "--store", store, "-m", "demo").exit_code == 0
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(copy)}

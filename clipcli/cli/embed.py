@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from ..store import DEFAULT_SHARD_ROWS
+from .. import config
 from . import output
 from .classify import store_summary
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors
@@ -29,7 +29,7 @@ def embed(
         "--prune", rich_help_panel=STORE, help="Remove stored rows whose files no longer exist.")] = False,
     shard_size: Annotated[int, typer.Option(
         "--shard-size", min=1, rich_help_panel=STORE,
-        help="Rows per committed shard (a run also commits every 30 s).")] = DEFAULT_SHARD_ROWS,
+        help="Rows per committed shard (a run also commits every 30 s).")] = config.DEFAULT_SHARD_ROWS,
     *, sources, model, decode, engine, ui,
 ) -> None:
     """Encode images once into an embedding store; later classify/eval runs with --store reuse them."""

@@ -63,8 +63,8 @@ def classify(
             described = encoder.describe()
             records = lambda progress: classify_paths(encoder, scorer, paths, options, progress)  # noqa: E731
         scorer.check_score(score)
-        failures = _write(records, fmt, open_sink(stack, output_path), header_of(labels, scorer, described, score, store),
-                          ui)
+        header = header_of(labels, scorer, described, score, store)
+        failures = _write(records, fmt, open_sink(stack, output_path), header, ui)
     if store is not None and not whole_store and not ui.quiet:
         output.info(store_summary(encoder.report, store))
     raise typer.Exit(EXIT_SOME_FAILED if failures else EXIT_OK)
@@ -77,7 +77,8 @@ def _from_store(store, labels, model, options, ui):
     from ..store import open_store
 
     reader = open_store(store)
-    scorer = scorer_without_model(reader, labels.required() if labels.head is None else None, labels.templates, labels.head, labels.head_path, model)
+    label_list = labels.required() if labels.head is None else None
+    scorer = scorer_without_model(reader, label_list, labels.templates, labels.head, labels.head_path, model)
     described = {"name": reader.model.name, "pretrained": reader.model.pretrained, "backend": None, "precision": None}
     if scorer is None:
         from ..embeddings import load_model, store_model

@@ -40,6 +40,14 @@ class ImageBatch:
     decoded: list[int] = field(default_factory=list)  # indexes into items that have pixels
 
 
+def flat_items(batches) -> Iterator[tuple[BatchItem, Any]]:
+    """(items, features of the readable items) batches flattened to (item, its feature row or None), in order."""
+    for items, features in batches:
+        rows = iter(features if features is not None else [])
+        for item in items:
+            yield item, (None if item.error else next(rows))
+
+
 def default_workers(threads: bool = False) -> int:
     """Decoding processes (torch): one core is left to the model.  Decoding threads (ONNX Runtime): one per
     core, as ORT's threads do not spin and the scheduler interleaves them (2 cores, 1-4 MP JPEGs: 2 threads

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from . import __version__
-from .batches import BatchItem, DecodeLimits
+from .batches import BatchItem, DecodeLimits, flat_items
 from .options import DecodeOptions, EngineOptions, ModelOptions
 from .paths import display_path, identity_hash
 from .store import DEFAULT_SHARD_ROWS, StoreModel, StoreWriter, file_state, open_for_writing, resolve
@@ -99,7 +99,7 @@ class Encoder:
                   and loc.state == states[i] for i in range(len(paths))]
         encoded = self._encode([p for p, s in zip(paths, stored) if not s])
         try:
-            yield from self._merge(paths, keys, states, located, stored, _items(encoded), progress)
+            yield from self._merge(paths, keys, states, located, stored, flat_items(encoded), progress)
         finally:
             encoded.close()  # stops the decoding workers at once when the consumer stops early
 
@@ -144,14 +144,6 @@ class Encoder:
         for _ in self.batches(paths, progress):
             pass
         return self.report
-
-
-def _items(batches: Batches) -> Iterator[tuple[BatchItem, "np.ndarray | None"]]:
-    """Batches flattened to (item, its feature row or None), in order."""
-    for items, features in batches:
-        rows = iter(features if features is not None else [])
-        for item in items:
-            yield item, (None if item.error else next(rows))
 
 
 def load_model(options: ModelOptions, store: str | Path | None = None):

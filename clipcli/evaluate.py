@@ -195,15 +195,15 @@ class EvalResult:
 def encode_dataset(encoder: "Encoder", paths: Sequence[str],
                    progress: Progress | None = None) -> tuple[list[int], np.ndarray | None, list[dict]]:
     """(indexes of the readable paths, their features stacked, error records of the others)."""
+    from .batches import flat_items
+
     kept, features, errors = [], [], []
-    for items, batch_features in encoder.batches(paths, progress):
-        rows = iter(batch_features if batch_features is not None else [])
-        for index, item in enumerate(items, start=len(kept) + len(errors)):
-            if item.error:
-                errors.append(error_record(display_path(item.path), *item.error))
-            else:
-                kept.append(index)
-                features.append(next(rows))
+    for index, (item, vector) in enumerate(flat_items(encoder.batches(paths, progress))):
+        if item.error:
+            errors.append(error_record(display_path(item.path), *item.error))
+        else:
+            kept.append(index)
+            features.append(vector)
     return kept, (np.stack(features) if features else None), errors
 
 

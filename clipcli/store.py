@@ -54,6 +54,7 @@ DEFAULT_SHARD_ROWS = config.DEFAULT_SHARD_ROWS
 COMMIT_SECONDS = 30.0  # a long run commits at least this often, so an interruption loses little
 GROUP_ROWS = 8192  # rows per Parquet row group: the unit a keyed read decodes (8 MB at 512-d float16)
 READ_ROWS = 65536
+GROUPS_KEPT = 4  # decoded row groups a keyed read keeps (8 MB each at 512-d float16)
 MANIFEST_KEYS = {"format": str, "schema_version": int, "model": dict, "dim": int, "dtype": str}
 
 
@@ -176,7 +177,7 @@ class ImageStore:
     def __init__(self, directory: str | os.PathLike, manifest: dict) -> None:
         self.directory = Path(directory)
         self.manifest = manifest
-        self._group: tuple[tuple[str, int], object] | None = None  # the last row group a keyed read decoded
+        self._groups: dict[tuple[str, int], object] = {}  # the last few row groups keyed reads decoded
 
     # --- what it holds --------------------------------------------------------------------------------
     @property
@@ -325,13 +326,15 @@ class ImageStore:
                 else:
                     lost.append(key)
         if lost and again:
-            self._group = None
+            self._groups = {}
             found.update(self.read(self.locate(lost, {located[k].shard for k in lost}), again=False))
         return found
 
     def _row_group(self, name: str, group: int):
-        if self._group is not None and self._group[0] == (name, group):
-            return self._group[1]
+        """One row group's path, embedding and error columns (the last GROUPS_KEPT are kept: inputs that
+        alternate between a few shards do not decode the same group again); None when it is gone."""
+        if (name, group) in self._groups:
+            return self._groups[(name, group)]
         try:
             shard = self._open(name)
         except FileNotFoundError:
@@ -341,10 +344,12 @@ class ImageStore:
                 return None
             table = shard.read_row_group(group, columns=["path", "embedding", "error_type", "error_message"])
         except (OSError, ValueError) as exc:
-            raise self._damaged(name, exc) from None
+            raise self._unreadable(name, exc) from None
         finally:
             shard.close()
-        self._group = ((name, group), table)
+        self._groups[(name, group)] = table
+        while len(self._groups) > GROUPS_KEPT:
+            self._groups.pop(next(iter(self._groups)))
         return table
 
 
@@ -565,7 +570,7 @@ class StoreWriter(ImageStore):
             touched.add(final.name)
         if touched:
             self._write_manifest({**self.manifest, "updated": _now()})
-        self._group = None
+        self._groups = {}
         self.last_commit = time.monotonic()
 
     def _write_manifest(self, manifest: dict) -> None:

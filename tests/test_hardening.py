@@ -235,38 +235,38 @@ def test_deeply_nested_yaml_is_refused(tmp_path):
         load_template_set(str(path))
 
 
-@pytest.mark.parametrize("content, message", [
-    ("a: [b, {c: d}]\n", "a synonym of 'a' is a mapping, not text"),
-    ("a: [b, null]\n", "a synonym of 'a' is empty, not text"),
-    ("a: [b, [c]]\n", "a synonym of 'a' is a list, not text"),
-    ("- cat\n- {dog: puppy}\n", "label 2 is a mapping, not text"),
-    ("~: [kitten]\n", "a label name is empty, not text"),
-])
-def test_nested_label_values_are_refused_naming_the_label(tmp_path, content, message):
+def load_labels(path):
     from clipcli.errors import LabelError
     from clipcli.labels import load_labels_file
 
-    path = tmp_path / "labels.yaml"
-    path.write_text(content)
     with pytest.raises(LabelError) as caught:
         load_labels_file(path)
-    assert str(caught.value) == f"{path}: {message}"
+    return caught.value
 
 
-@pytest.mark.parametrize("content, message", [
-    ("templates:\n  - 'a {}.'\n  - {x: y}\n", "template 2 is a mapping, not text"),
-    ("templates:\n  - 'a {}.'\n  - null\n", "template 2 is empty, not text"),
-    ("name: {x: y}\ntemplates: ['a {}.']\n", "name is a mapping, not text"),
-])
-def test_nested_template_values_are_refused(tmp_path, content, message):
+def load_templates(path):
     from clipcli.errors import TemplateError
     from clipcli.templates import load_template_set
 
-    path = tmp_path / "mine.yaml"
-    path.write_text(content)
     with pytest.raises(TemplateError) as caught:
         load_template_set(str(path))
-    assert str(caught.value) == f"{path}: {message}"
+    return caught.value
+
+
+@pytest.mark.parametrize("load, name, content, message", [
+    (load_labels, "labels.yaml", "a: [b, {c: d}]\n", "a synonym of 'a' is a mapping, not text"),
+    (load_labels, "labels.yaml", "a: [b, null]\n", "a synonym of 'a' is empty, not text"),
+    (load_labels, "labels.yaml", "a: [b, [c]]\n", "a synonym of 'a' is a list, not text"),
+    (load_labels, "labels.yaml", "- cat\n- {dog: puppy}\n", "label 2 is a mapping, not text"),
+    (load_labels, "labels.yaml", "~: [kitten]\n", "a label name is empty, not text"),
+    (load_templates, "mine.yaml", "templates:\n  - 'a {}.'\n  - {x: y}\n", "template 2 is a mapping, not text"),
+    (load_templates, "mine.yaml", "templates:\n  - 'a {}.'\n  - null\n", "template 2 is empty, not text"),
+    (load_templates, "mine.yaml", "name: {x: y}\ntemplates: ['a {}.']\n", "name is a mapping, not text"),
+])
+def test_nested_label_and_template_values_are_refused_naming_them(tmp_path, load, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    assert str(load(path)) == f"{path}: {message}"  # LabelError or TemplateError, naming the value
 
 
 # --- 6. crafted head files -------------------------------------------------------------------------------

@@ -24,14 +24,16 @@ from .fewshot import ShotPlan, few_shot_curve, fit, load_head, save_head  # noqa
 from .labels import Label
 from .options import DecodeOptions, EngineOptions, ModelOptions, ScoreOptions  # noqa: F401 (API)
 from .scoring import batch_records, classify_store, ranked  # noqa: F401 (API)
+from .adapt import AdaptSettings, adapt_logits, adapted_scores  # noqa: F401 (API)
 
 Progress = Callable[[int, int], None]
 
 
 def classify_paths(encoder: Encoder, scorer, paths: Sequence[str], options: ScoreOptions = ScoreOptions(),
-                   progress: Progress | None = None) -> Iterator[dict]:
-    """One record per path, in order, streamed batch by batch (written through the encoder's store, if any)."""
-    return batch_records(scorer, encoder.batches(paths, progress), options)
+                   progress: Progress | None = None, on_adapt: Callable[[dict], None] | None = None) -> Iterator[dict]:
+    """One record per path, in order, streamed batch by batch (written through the encoder's store, if any);
+    with options.adapt, after the last batch (on_adapt hears what the adaptation did)."""
+    return batch_records(scorer, encoder.batches(paths, progress), options, on_adapt)
 
 
 def classify(inputs: Sequence[str], labels: Sequence[str | Label], model: str | None = None,

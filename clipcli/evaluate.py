@@ -190,6 +190,7 @@ class EvalResult:
     templates: TemplateSet
     metrics: Metrics
     mistakes: list[dict]  # the most confident wrong predictions, most confident first
+    adapt: dict | None = None  # what --adapt did (clipcli.adapt), when asked
 
 
 def encode_dataset(encoder: "Encoder", paths: Sequence[str],
@@ -220,8 +221,9 @@ def head_scorer(head: "FewShotHead", dataset: Dataset) -> tuple[TemplateSet, lis
 
 def evaluate(encoder: "Encoder", dataset: Dataset, template_sets: Sequence[TemplateSet], cache_dir: str | None = None,
              use_cache: bool = True, progress: Progress | None = None, mistakes: int = 12,
-             head: "FewShotHead | None" = None) -> tuple[list[EvalResult], list[dict]]:
+             head: "FewShotHead | None" = None, adapt: bool = False) -> tuple[list[EvalResult], list[dict]]:
     """Accuracy of each template set (or of a few-shot head) on the dataset; images are encoded once for all.
+    adapt: the scores after a transductive pass over all the dataset's images (`adapt`), per template set.
 
     Returns the results and the error records of images that could not be read (left out of the metrics)."""
     from .classifier import zero_shot_classifier
@@ -239,13 +241,21 @@ def evaluate(encoder: "Encoder", dataset: Dataset, template_sets: Sequence[Templ
         return [], errors
     targets = [to_scorer[dataset.targets[i]] for i in kept]
     results = []
-    for template_set, scorer in scorers:
-        probabilities = as_array(scorer.scores(stacked, "softmax"))
+    for number, (template_set, scorer) in enumerate(scorers):
+        adaptation = None
+        if adapt:
+            from .adapt import adapted_scores
+
+            probabilities, adaptation = adapted_scores(scorer, stacked, "softmax", warn=number == 0)
+            probabilities = as_array(probabilities)
+        else:
+            probabilities = as_array(scorer.scores(stacked, "softmax"))
         top = ranked(probabilities, min(5, len(classes)))[1].tolist()
         wrong = [(float(probabilities[row, order[0]]), row, order[0]) for row, order in enumerate(top)
                  if order[0] != targets[row]]
         top_wrong = [{"path": display_path(dataset.paths[kept[row]]), "true": classes[targets[row]],
                       "predicted": classes[predicted], "confidence": confidence}
                      for confidence, row, predicted in sorted(wrong, reverse=True)[:mistakes]]
-        results.append(EvalResult(template_set, compute_metrics(targets, top, classes), top_wrong))
+        results.append(EvalResult(template_set, compute_metrics(targets, top, classes), top_wrong,
+                                  adaptation.as_header(classes) if adaptation is not None else None))
     return results, errors

@@ -51,3 +51,4 @@ class ScoreOptions:
 
     score: str = "softmax"  # or sigmoid (SigLIP-family models)
     top_k: int = 5  # 0: every label
+    adapt: bool = False  # transductive pass over all images of the run before any record (clipcli.adapt)

@@ -10,7 +10,7 @@ from typing_extensions import Annotated
 
 from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors
-from .options import (DECODE, ENGINE, LABEL_GROUP, LABELS, MODEL_GROUP, OUTPUT, SOURCES, UI, OutputOpt,
+from .options import (ADAPT, DECODE, ENGINE, LABEL_GROUP, LABELS, MODEL_GROUP, OUTPUT, SOURCES, UI, OutputOpt,
                       StoreOpt, check_choice, check_format, check_outputs, header_of, open_sink, scorer_for, uses,
                       warn_single_label)
 
@@ -24,7 +24,7 @@ def make_record_writer(fmt: str, stream, header: dict):
 
 
 @handles_errors
-@uses(SOURCES, LABEL_GROUP, MODEL_GROUP, DECODE, ENGINE, UI)
+@uses(SOURCES, LABEL_GROUP, MODEL_GROUP, DECODE, ENGINE, UI, ADAPT)
 def classify(
     inputs: Annotated[Optional[List[str]], typer.Argument(
         help="Image files, folders (recursed) and glob patterns. With --store and no inputs: every stored image.",
@@ -38,7 +38,7 @@ def classify(
         "--score", rich_help_panel=LABELS,
         help="softmax (probabilities over the labels) or sigmoid (independent, SigLIP models).")] = "softmax",
     store: StoreOpt = None,
-    *, sources, labels, model, decode, engine, ui,
+    *, sources, labels, model, decode, engine, ui, adapt,
 ) -> None:
     """Classify images into the labels you give (zero-shot, with a CLIP model)."""
     from ..options import ScoreOptions
@@ -50,10 +50,11 @@ def classify(
     whole_store = store is not None and not inputs and sources.files_from is None
     paths = [] if whole_store else sources.paths(inputs)
     check_outputs(files={"--output": output_path}, folders={} if whole_store else {"--store": store})
-    options = ScoreOptions(score, top_k)
+    options = ScoreOptions(score, top_k, adapt)
+    adapted: dict = {}  # what --adapt did: filled before the first record, shown in the JSON header
     with ExitStack() as stack:
         if whole_store:
-            scorer, described, records = _from_store(store, labels, model, options, ui)
+            scorer, described, records = _from_store(store, labels, model, options, ui, adapted.update)
         else:
             from ..api import classify_paths
             from ..embeddings import open_encoder
@@ -61,16 +62,19 @@ def classify(
             encoder = stack.enter_context(open_encoder(model, decode, engine, store))
             scorer = scorer_for(encoder.model, labels, model, ui)
             described = encoder.describe()
-            records = lambda progress: classify_paths(encoder, scorer, paths, options, progress)  # noqa: E731
+            records = lambda progress: classify_paths(encoder, scorer, paths, options, progress,  # noqa: E731
+                                                     adapted.update)
         scorer.check_score(score)
         header = header_of(labels, scorer, described, score, store)
+        if adapt:
+            header["adapt"] = adapted
         failures = _write(records, fmt, open_sink(stack, output_path), header, ui)
     if store is not None and not whole_store and not ui.quiet:
         output.info(store_summary(encoder.report, store))
     raise typer.Exit(EXIT_SOME_FAILED if failures else EXIT_OK)
 
 
-def _from_store(store, labels, model, options, ui):
+def _from_store(store, labels, model, options, ui, on_adapt=None):
     """Every stored image, scored from the store: without loading the model when the labels are cached or a
     head is given."""
     from ..api import classify_store, scorer_without_model
@@ -87,22 +91,25 @@ def _from_store(store, labels, model, options, ui):
         loaded = load_model(model, store)
         check_model(reader.directory, reader.manifest, store_model(loaded))
         scorer, described = scorer_for(loaded, labels, model, ui), loaded.describe()
-    return scorer, described, lambda progress: classify_store(scorer, reader, options, progress)
+    return scorer, described, lambda progress: classify_store(scorer, reader, options, progress,
+                                                              on_adapt=on_adapt)
 
 
 def _write(records, fmt: str, stream, header: dict, ui) -> int:
-    """Render the records as they come; returns how many were errors."""
+    """Render the records as they come; returns how many were errors.  The writer starts with the first record
+    (or at the end), so the header holds what was learnt before it (--adapt)."""
     failures = 0
-    writer = make_record_writer(fmt, stream, header)
+    writer = None
     try:
         with output.progress_bar("classifying", ui.progress) as progress:
             for record in records(progress):
                 if "error" in record:
                     failures += 1
                     output.error(f"{record['path']}: {record['error']['message']}")
+                writer = writer or make_record_writer(fmt, stream, header)
                 writer.write(record)
     finally:
-        writer.close()
+        (writer or make_record_writer(fmt, stream, header)).close()
     return failures
 
 

@@ -15,7 +15,7 @@ from typing_extensions import Annotated
 from .. import config
 from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors
-from .options import (DECODE, ENGINE, INPUTS, LABELS, MODEL_GROUP, OUTPUT, UI, HeadOpt, OutputOpt, StoreOpt,
+from .options import (ADAPT, DECODE, ENGINE, INPUTS, LABELS, MODEL_GROUP, OUTPUT, UI, HeadOpt, OutputOpt, StoreOpt,
                       check_format, check_outputs, open_sink, option, scorer_for, uses)
 
 MappingOpt = option("--mapping", panel=INPUTS, help="Folder or manifest name -> label text (.yaml/.json mapping, or "
@@ -35,11 +35,11 @@ def per_class_table(result: dict) -> Table:
 
 def result_dicts(results) -> list[dict]:
     return [{"templates": r.templates.name, "template_count": len(r.templates.templates), **r.metrics.as_dict(),
-             "mistakes": r.mistakes} for r in results]
+             "mistakes": r.mistakes, **({"adapt": r.adapt} if r.adapt is not None else {})} for r in results]
 
 
 @handles_errors
-@uses(MODEL_GROUP, DECODE, ENGINE, UI)
+@uses(MODEL_GROUP, DECODE, ENGINE, UI, ADAPT)
 def evaluate(
     dataset: Annotated[str, typer.Argument(help="A folder of class subfolders, or a .csv/.jsonl manifest (path,label).")],
     templates: Annotated[Optional[str], typer.Option(
@@ -53,7 +53,7 @@ def evaluate(
     output_path: OutputOpt = None,
     store: StoreOpt = None,
     head: HeadOpt = None,
-    *, model, decode, engine, ui,
+    *, model, decode, engine, ui, adapt,
 ) -> None:
     """Measure zero-shot accuracy on a labelled dataset (metrics as in CLIP_benchmark)."""
     check_format(fmt, ("table", "json"))
@@ -73,14 +73,15 @@ def evaluate(
             scorer_for(encoder.model, head_model, model, ui)  # checked against the model
         with output.progress_bar("encoding images", ui.progress) as progress:
             results, errors = run_evaluation(encoder, data, template_sets, model.cache_dir, model.use_cache, progress,
-                                             head=head_model.head if head_model else None)
+                                             head=head_model.head if head_model else None, adapt=adapt)
     for error in errors:
         output.error(f"{error['path']}: {error['error']['message']}")
     if not results:
         output.error("no image in the dataset could be read")
         raise typer.Exit(EXIT_SOME_FAILED)
     rows = result_dicts(results)
-    header = {"model": encoder.describe(), "dataset": dataset, "classes": data.class_names}
+    header = {"model": encoder.describe(), "dataset": dataset, "classes": data.class_names,
+              **({"adapt": rows[0]["adapt"]} if adapt else {})}
     with ExitStack() as stack:
         stream = open_sink(stack, output_path)
         if fmt == "json":

@@ -266,6 +266,16 @@ LABEL_GROUP = Group("labels", (
 ), _labels)
 
 
+def _adapt(adapt: bool) -> bool:
+    return adapt
+
+
+ADAPT = Group("adapt", (
+    ("adapt", option("--adapt", panel=LABELS, kind=bool, help="Refine the answers with all the images of the run "
+                     "together (transductive; records come once every image is encoded; see README)."), False),
+), _adapt)
+
+
 # --- helpers ----------------------------------------------------------------------------------------------------
 def read_labels(labels: str | None, labels_file: Path | None):
     from ..labels import load_labels_file, parse_labels, require_labels

@@ -11,7 +11,7 @@ from typing_extensions import Annotated
 
 from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors
-from .options import (DECODE, ENGINE, LABEL_GROUP, MODEL_GROUP, OUTPUT, SOURCES, UI, StoreOpt, check_format,
+from .options import (ADAPT, DECODE, ENGINE, LABEL_GROUP, MODEL_GROUP, OUTPUT, SOURCES, UI, StoreOpt, check_format,
                       check_outputs, open_sink, scorer_for, uses, warn_single_label)
 
 SORT = "Sorting"
@@ -19,7 +19,7 @@ PLAN_COLUMNS = ("source", "destination", "label", "score", "operation", "folder"
 
 
 @handles_errors
-@uses(SOURCES, LABEL_GROUP, MODEL_GROUP, DECODE, ENGINE, UI)
+@uses(SOURCES, LABEL_GROUP, MODEL_GROUP, DECODE, ENGINE, UI, ADAPT)
 def sort(
     inputs: Annotated[Optional[List[str]], typer.Argument(
         help="Image files, folders (recursed) and glob patterns.", show_default=False)] = None,
@@ -52,7 +52,7 @@ def sort(
         "--output", "-o", rich_help_panel=OUTPUT, help="Write the plan/result records to FILE.", show_default=False)
     ] = None,
     store: StoreOpt = None,
-    *, sources, labels, model, decode, engine, ui,
+    *, sources, labels, model, decode, engine, ui, adapt,
 ) -> None:
     """File images into label folders: previewed with --dry-run, journaled, reversible with --undo."""
     check_format(fmt)
@@ -81,13 +81,16 @@ def sort(
     with open_encoder(model, decode, engine, store) as encoder:
         classifier = scorer_for(encoder.model, labels, model, ui)
         with output.progress_bar("classifying", ui.progress) as progress:
-            records = list(classify_paths(encoder, classifier, paths, ScoreOptions(top_k=2), progress))
+            adapted: dict = {}
+            records = list(classify_paths(encoder, classifier, paths, ScoreOptions(top_k=2, adapt=adapt), progress,
+                                          adapted.update))
     plan = plan_sort(paths, records, classifier.labels, rules, manifest=manifest)
 
     operations = []
     with ExitStack() as stack:
         sink = open_sink(stack, output_path) if (fmt != "table" or output_path) else None
-        record_writer = _plan_writer(fmt, sink, {"into": str(into), "mode": mode, "dry_run": dry_run})
+        record_writer = _plan_writer(fmt, sink, {"into": str(into), "mode": mode, "dry_run": dry_run,
+                                                 **({"adapt": adapted} if adapt else {})})
         if dry_run:
             operations = [op.as_record() for op in plan]
         else:

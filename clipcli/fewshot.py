@@ -10,7 +10,8 @@ Methods (features x, zero-shot class embeddings t_c, the model's logit scale s):
   alpha (0 = zero-shot) and the shrinkage costs milliseconds.  Training-free baseline of Wang et al.,
   "A Hard-to-Beat Baseline for Training-free CLIP-based Adaptation" (ICLR 2024).
 - `logistic`: the CLIP paper's linear probe: multinomial logistic regression on the features, L2 penalty,
-  L-BFGS, C from a grid scored by cross-validation (scikit-learn's LogisticRegressionCV objective).
+  L-BFGS, C by cross-validation (scikit-learn's LogisticRegressionCV objective), searched as the paper did:
+  a coarse sweep over 1e-6 ... 1e6 (decades), then a finer one (quarter decades) around the best.
 - `tip-adapter`: Tip-Adapter (Zhang et al., 2022), training-free: a cache of the shots' features,
   logits = s x.t_c + alpha exp(-beta (1 - x.K)) L, alpha and beta by cross-validation.
 - `zero-shot`: the text embeddings alone (for curves: the 0-shot point).
@@ -34,7 +35,9 @@ from .errors import HeadFileError, UsageError
 
 METHODS = ("gda", "logistic", "tip-adapter", "zero-shot")
 DEFAULT_METHOD = "gda"
-C_GRID = tuple(float(10 ** (k / 2)) for k in range(-4, 9))  # 1e-2 ... 1e4, half decades
+C_GRID = tuple(float(10.0 ** k) for k in range(-6, 7))  # 1e-6 ... 1e6, decades: the coarse sweep
+C_FINE = (-0.75, -0.5, -0.25, 0.25, 0.5, 0.75)  # then these steps (in decades) around the best coarse C
+LOGISTIC_MAX_ITER = 1000  # L-BFGS iterations (scikit-learn's 100 stop short of the optimum at large C)
 GDA_SHRINKAGE = (0.01, 0.05, 0.2, 0.5, 0.8, 0.95)
 GDA_ALPHA = (0.0, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 1000.0)  # times zero-shot / GDA logit spread
 TIP_ALPHA = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0)
@@ -240,11 +243,12 @@ def fit_gda(x, y, text, scale, folds) -> tuple[dict, dict, float | None]:
 # --- logistic regression (the paper's probe) ---------------------------------------------------------------
 
 def _logistic(x: np.ndarray, y: np.ndarray, classes: int, c: float, start=None,
-              max_iter: int = 100) -> tuple[np.ndarray, np.ndarray]:
+              max_iter: int = LOGISTIC_MAX_ITER) -> tuple[np.ndarray, np.ndarray]:
     """argmin sum_i CE(x_i W^T + b, y_i) + ||W||^2 / (2C): scikit-learn's multinomial objective (bias free),
-    divided by n (same minimiser, a gradient tolerance that does not grow with n); scikit-learn's
-    LogisticRegressionCV default of 100 L-BFGS iterations, warm-started along the C path.  Float64, the
-    analytic gradient, scipy's L-BFGS-B (no bounds): max |gradient| <= 1e-6 or at most 125 evaluations."""
+    divided by n (same minimiser, a gradient tolerance that does not grow with n), warm-started along the C
+    path.  Float64, the analytic gradient, scipy's L-BFGS-B (no bounds): max |gradient| <= 1e-6 or at most
+    1.25 max_iter evaluations.  (With scikit-learn's 100 iterations the probe stopped short at large C:
+    80.8% on the digits where LogisticRegressionCV reaches 84.2%; issue 20.)"""
     from scipy.optimize import minimize
 
     x = np.asarray(x, dtype=np.float64)
@@ -278,18 +282,33 @@ def _logistic(x: np.ndarray, y: np.ndarray, classes: int, c: float, start=None,
     return result.x[:size].reshape(classes, d).copy(), result.x[size:].copy()
 
 
-def fit_logistic(x, y, text, scale, folds, grid: Sequence[float] = C_GRID) -> tuple[dict, dict, float | None]:
-    classes = text.shape[0]
+def _cv_correct(x, y, classes: int, folds, grid: Sequence[float]) -> list[int]:
+    """Held-out images classified right, per C of the grid (summed over the folds)."""
     correct = [0] * len(grid)
     for kept, held in folds:
         start = None
         for i, c in enumerate(grid):  # warm start along the path: each C begins at the last solution
             start = _logistic(x[kept], y[kept], classes, c, start)
             correct[i] += int(((x[held].astype(np.float64) @ start[0].T + start[1]).argmax(axis=1) == y[held]).sum())
-    best = max(range(len(grid)), key=lambda i: (correct[i], -i)) if folds else len(grid) // 2
-    weight, bias = _logistic(x, y, classes, grid[best])
-    return ({"C": grid[best]}, {"weight": weight.astype(np.float32), "bias": bias.astype(np.float32)},
-            correct[best] / len(y) if folds else None)
+    return correct
+
+
+def fit_logistic(x, y, text, scale, folds, grid: Sequence[float] = C_GRID,
+                 fine: Sequence[float] = C_FINE) -> tuple[dict, dict, float | None]:
+    """C by cross-validation, coarse to fine (the CLIP paper's search): the grid, then `fine` steps in decades
+    around its best C.  Ties go to the smaller C (the stronger penalty)."""
+    classes = text.shape[0]
+    if not folds:
+        c, score = 1.0, None
+    else:
+        correct = _cv_correct(x, y, classes, folds, grid)
+        best = max(range(len(grid)), key=lambda i: (correct[i], -i))
+        refined = sorted(grid[best] * 10.0 ** step for step in fine)
+        scores = dict(zip(grid, correct)) | dict(zip(refined, _cv_correct(x, y, classes, folds, refined)))
+        c = max(scores, key=lambda value: (scores[value], -value))
+        score = scores[c] / len(y)
+    weight, bias = _logistic(x, y, classes, c)
+    return ({"C": c}, {"weight": weight.astype(np.float32), "bias": bias.astype(np.float32)}, score)
 
 
 # --- Tip-Adapter ----------------------------------------------------------------------------------------

@@ -188,5 +188,6 @@ def adapted_scores(scorer, features, score: str = "softmax", settings: AdaptSett
     x = as_array(features)
     result = adapt_logits(x, class_embeddings_of(scorer), scorer.logits(x), settings, warn)
     if score == "sigmoid":
-        return sigmoid(result.logits + scorer.logit_bias), result
+        with np.errstate(over="ignore"):  # exp of a very negative adapted logit: the score is 0, as it should be
+            return sigmoid(result.logits + scorer.logit_bias), result
     return softmax(result.logits), result

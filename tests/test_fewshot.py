@@ -349,3 +349,31 @@ def test_fit_option_errors(shape_sets, tmp_path):
             args += ["-o", tmp_path / "h.safetensors"]
         result = cli(*args)
         assert result.exit_code == 2 and message in result.stderr, (extra, result.output)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_logistic_probe_on_demo_digit_features_reaches_logistic_regression_cv(tmp_path):
+    """Issue 20: every training digit, demo-model features; the probe's coarse-to-fine C search comes within one
+    point of scikit-learn's LogisticRegressionCV (its defaults: 10 C values, 5 folds; max_iter raised so that it
+    converges)."""
+    from sklearn.linear_model import LogisticRegressionCV
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from digits_dataset import save_digits
+
+    from clipcli.api import ModelOptions, open_encoder
+    from clipcli.evaluate import encode_dataset, load_dataset
+
+    save_digits(tmp_path / "digits")
+    split = {}
+    with open_encoder(ModelOptions("demo")) as encoder:
+        for name in ("train", "test"):
+            data = load_dataset(str(tmp_path / "digits" / name))
+            kept, x, _ = encode_dataset(encoder, data.paths)
+            split[name] = x, [data.targets[i] for i in kept]
+    (x, y), (test_x, test_y) = split["train"], split["test"]
+    head = fewshot.fit_head(x, y, [str(i) for i in range(10)], random_text(10, x.shape[1], 0), 100.0, "logistic")
+    reference = LogisticRegressionCV(max_iter=1000).fit(x, y)
+    ours, theirs = fewshot.accuracy(head, test_x, test_y), reference.score(test_x, test_y)
+    assert ours >= theirs - 0.01, (ours, theirs, head.params, reference.C_)

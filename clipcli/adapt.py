@@ -15,6 +15,7 @@ covariance diag(s^2) and class prior pi.  Each iteration:
     q_ik  ∝  p_ik^lambda * pi_k * N(x_i; mu_k, diag(s^2))          (assignments, KL-anchored to zero-shot)
     s_j^2 =  (1/N) sum_ik q_ik (x_ij - mu_kj)^2                     (shared diagonal covariance)
 
+Each stage stops early once settled (no top label moved, under `tolerance` of the mass did).
 Stage 1 (`tied_iterations`, uniform prior): the means are tied to the text, mu_k = a t_k + c (a scalar a and
 a vector c: the modality gap), fitted by weighted least squares.  With only two parameters per dimension
 the mixture cannot invent clusters for classes that are absent; the result is the statistical anchor
@@ -50,14 +51,15 @@ CHUNK_ROWS = 8192  # rows per block of the [N, K] work arrays (memory stays O(ch
 class AdaptSettings:
     """The adaptation's hyper-parameters (chosen on the measuring sets of bench/bench_adapt.py)."""
 
-    tied_iterations: int = 5
-    iterations: int = 10
+    tied_iterations: int = 2
+    iterations: int = 8
     beta: float = 3.0  # weight of the statistical anchor, in images
     anchor_weight: float = 1.0  # lambda: weight of the KL term to the zero-shot predictions
     min_images: int = 16  # below this, zero-shot is returned (with a warning)
+    tolerance: float = 1e-3  # a stage ends early once no top label moves and under this share of the mass does
 
     def check(self) -> None:
-        if self.tied_iterations < 0 or self.iterations < 0 or self.beta < 0 or self.anchor_weight < 0:
+        if min(self.tied_iterations, self.iterations, self.beta, self.anchor_weight, self.tolerance) < 0:
             raise UsageError("adapt settings must be >= 0")
         if self.min_images < 2:
             raise UsageError("adapt min_images must be at least 2")
@@ -74,13 +76,14 @@ class Adaptation:
     reason: str | None = None  # why it did not run
     changed: int = 0  # images whose top label changed
     prior: np.ndarray | None = None  # estimated class proportions [K]
+    steps: int = 0  # iterations run (both stages; a stage stops early once settled)
 
     def as_header(self, labels: list[str] | None = None, shown: int = 10) -> dict:
         header = {"method": METHOD, "ran": self.ran, "images": self.images, **asdict(self.settings)}
         if not self.ran:
             header["reason"] = self.reason
             return header
-        header["changed"] = self.changed
+        header["changed"], header["steps"] = self.changed, self.steps
         if self.prior is not None and labels is not None:
             order = np.argsort(-self.prior, kind="stable")[:shown]
             header["prior"] = {labels[i]: round(float(self.prior[i]), 4) for i in order if self.prior[i] >= 0.005}
@@ -120,33 +123,54 @@ def adapt_logits(features, class_embeddings, logits, settings: AdaptSettings = A
         if warn:
             warnings.warn(f"--adapt: {reason}", ClipCliWarning, stacklevel=2)
         return Adaptation(logits, False, n, settings, reason)
-    k, d = text.shape
+    mu, var, log_prior, steps = _fit(x, logits, text, settings)
+    adapted = np.empty_like(logits)
+    changed, counts = 0, np.zeros(text.shape[0])
+    for s in _chunks(n):
+        zero = _log_softmax(logits[s])
+        block = _assign(x[s], settings.anchor_weight * zero, mu, var, log_prior)
+        adapted[s] = logits[s] + block - zero
+        changed += int((block.argmax(axis=1) != zero.argmax(axis=1)).sum())
+        counts += np.exp(block).sum(axis=0, dtype=np.float64)
+    return Adaptation(adapted, True, n, settings, None, changed, counts / n, steps)
+
+
+def _fit(x: np.ndarray, logits: np.ndarray, text: np.ndarray, settings: AdaptSettings):
+    """The mixture's parameters (mu, var, log prior) and the iterations run, by the updates of the module doc."""
+    n, k = len(x), text.shape[0]
     x64_sq = (x.astype(np.float64) ** 2).sum(axis=0)  # sum_i x_ij^2
     x_mean = x.astype(np.float64).mean(axis=0)
     log_prior = np.full(k, -np.log(k))
     log_p = [_log_softmax(logits[s]) for s in _chunks(n)]
     anchored = log_p if settings.anchor_weight == 1 else [np.float32(settings.anchor_weight) * b for b in log_p]
-    log_q = log_p  # start: q = p (the zero-shot posterior)
-    sums, counts = _statistics(x, log_q)
-    anchor = None
-    for step in range(settings.tied_iterations + settings.iterations):
-        if step < settings.tied_iterations:
-            mu = _tied_means(text, sums, counts, x_mean, n)
-        else:
-            if anchor is None:
-                anchor = _tied_means(text, sums, counts, x_mean, n)
-            mu = (sums + settings.beta * anchor) / (counts + settings.beta)[:, None]
-            log_prior = np.log(np.maximum(counts / n, 1e-300))
-        var = (x64_sq - 2 * (mu * sums).sum(axis=0) + counts @ (mu * mu)) / n
-        var = np.maximum(var, VARIANCE_FLOOR)
-        log_q = [_assign(x[s], a, mu, var, log_prior) for s, a in zip(_chunks(n), anchored)]
-        sums, counts = _statistics(x, log_q)
-    adapted = np.empty_like(logits)
-    changed = 0
-    for s, block, zero in zip(_chunks(n), log_q, log_p):
-        adapted[s] = logits[s] + block - zero
-        changed += int((block.argmax(axis=1) != logits[s].argmax(axis=1)).sum())
-    return Adaptation(adapted, True, n, settings, None, changed, counts / n)
+    sums, counts = _statistics(x, log_p)  # start: q = p (the zero-shot posterior)
+    top = [block.argmax(axis=1) for block in log_p]
+    steps = 0
+    mu = _tied_means(text, sums, counts, x_mean, n)
+    var = _variance(x64_sq, mu, sums, counts, n)
+    for tied, limit in ((True, settings.tied_iterations), (False, settings.iterations)):
+        if not tied:
+            anchor = _tied_means(text, sums, counts, x_mean, n)
+        for _ in range(limit):
+            if tied:
+                mu = _tied_means(text, sums, counts, x_mean, n)
+            else:
+                mu = (sums + settings.beta * anchor) / (counts + settings.beta)[:, None]
+                log_prior = np.log(np.maximum(counts / n, 1e-300))
+            var = _variance(x64_sq, mu, sums, counts, n)
+            log_q = [_assign(x[s], a, mu, var, log_prior) for s, a in zip(_chunks(n), anchored)]
+            before, (sums, counts) = counts, _statistics(x, log_q)
+            top, last = [block.argmax(axis=1) for block in log_q], top
+            steps += 1
+            if (np.abs(counts - before).sum() <= settings.tolerance * n
+                    and all(np.array_equal(a, b) for a, b in zip(top, last))):
+                break  # settled: no top label moved, and at most `tolerance` of the mass
+    return mu, var, log_prior, steps
+
+
+def _variance(x_sq, mu, sums, counts, n) -> np.ndarray:
+    """s_j^2 = (1/N) sum_ik q_ik (x_ij - mu_kj)^2, from the statistics; floored."""
+    return np.maximum((x_sq - 2 * (mu * sums).sum(axis=0) + counts @ (mu * mu)) / n, VARIANCE_FLOOR)
 
 
 def _chunks(n: int) -> list[slice]:

@@ -243,7 +243,7 @@ def fit_gda(x, y, text, scale, folds) -> tuple[dict, dict, float | None]:
 # --- logistic regression (the paper's probe) ---------------------------------------------------------------
 
 def _logistic(x: np.ndarray, y: np.ndarray, classes: int, c: float, start=None,
-              max_iter: int = LOGISTIC_MAX_ITER) -> tuple[np.ndarray, np.ndarray]:
+              max_iter: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """argmin sum_i CE(x_i W^T + b, y_i) + ||W||^2 / (2C): scikit-learn's multinomial objective (bias free),
     divided by n (same minimiser, a gradient tolerance that does not grow with n), warm-started along the C
     path.  Float64, the analytic gradient, scipy's L-BFGS-B (no bounds): max |gradient| <= 1e-6 or at most
@@ -251,6 +251,7 @@ def _logistic(x: np.ndarray, y: np.ndarray, classes: int, c: float, start=None,
     80.8% on the digits where LogisticRegressionCV reaches 84.2%; issue 20.)"""
     from scipy.optimize import minimize
 
+    max_iter = max_iter or LOGISTIC_MAX_ITER
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
     n, d = x.shape

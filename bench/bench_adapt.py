@@ -135,14 +135,15 @@ def logistic_digits() -> None:
     (x, y), (test_x, test_y) = split["train"], split["test"]
     text = np.eye(10, x.shape[1], dtype=np.float32)  # unused by the probe
     print(f"\n2. logistic probe, digits, demo features ({len(y)} train / {len(test_y)} test)")
-    for label, grid, fine, iterations in (("before (1e-2..1e4, 100 it.)", tuple(10 ** (k / 2) for k in range(-4, 9)), (), 100),
-                                          ("now (1e-6..1e6 coarse-to-fine)", fewshot.C_GRID, fewshot.C_FINE, 1000)):
+    for label, grid, fine, patience, iterations in (
+            ("before (1e-2..1e4, 100 it.)", tuple(10 ** (k / 2) for k in range(-4, 9)), (), None, 100),
+            ("now (1e-6..1e6 coarse-to-fine)", fewshot.C_GRID, fewshot.C_FINE, fewshot.C_PATIENCE, 1000)):
         start = time.perf_counter()
         saved = fewshot.LOGISTIC_MAX_ITER
         fewshot.LOGISTIC_MAX_ITER = iterations
         try:
             params, tensors, _ = fewshot.fit_logistic(np.asarray(x), np.asarray(y), text, 100.0,
-                                                      fewshot.make_folds(y, 0), grid, fine)
+                                                      fewshot.make_folds(y, 0), grid, fine, patience)
         finally:
             fewshot.LOGISTIC_MAX_ITER = saved
         head = fewshot.FewShotHead([str(i) for i in range(10)], "logistic", text, 100.0, params, tensors)

@@ -95,13 +95,25 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
-def _assign(x, anchored, mu, var, log_prior):
-    """log q for rows of x: lambda log p (anchored) + log N(x; mu, diag var) + log pi (constants dropped),
-    normalised."""
-    z = x @ (mu / var).astype(np.float32).T
-    z += (log_prior - 0.5 * (mu * mu / var).sum(axis=1)).astype(np.float32)[None, :]
-    z += anchored
-    return _log_softmax(z)
+def _step(x: np.ndarray, anchored: list[np.ndarray], mu, var, log_prior):
+    """One pass over the rows, chunk by chunk: log q = normalised lambda log p + log N(x; mu, diag var) + log pi
+    (constants dropped), and with it the next statistics.  Returns (log q blocks, sum_i q_ik x_i, sum_i q_ik)."""
+    weight = (mu / var).astype(np.float32).T
+    offset = (log_prior - 0.5 * (mu * mu / var).sum(axis=1)).astype(np.float32)[None, :]
+    blocks, sums, counts = [], 0.0, 0.0
+    for s, anchor in zip(_chunks(len(x)), anchored):
+        z = x[s] @ weight
+        z += offset
+        z += anchor
+        z -= z.max(axis=1, keepdims=True)
+        q = np.exp(z)
+        total = q.sum(axis=1, keepdims=True)
+        q /= total
+        z -= np.log(total)
+        blocks.append(z)
+        sums = sums + (q.T @ x[s]).astype(np.float64)
+        counts = counts + q.sum(axis=0, dtype=np.float64)
+    return blocks, sums, counts
 
 
 def adapt_logits(features, class_embeddings, logits, settings: AdaptSettings = AdaptSettings(),
@@ -123,31 +135,30 @@ def adapt_logits(features, class_embeddings, logits, settings: AdaptSettings = A
         if warn:
             warnings.warn(f"--adapt: {reason}", ClipCliWarning, stacklevel=2)
         return Adaptation(logits, False, n, settings, reason)
-    mu, var, log_prior, steps = _fit(x, logits, text, settings)
+    log_p, log_q, counts, steps = _fit(x, logits, text, settings)
     adapted = np.empty_like(logits)
-    changed, counts = 0, np.zeros(text.shape[0])
-    for s in _chunks(n):
-        zero = _log_softmax(logits[s])
-        block = _assign(x[s], settings.anchor_weight * zero, mu, var, log_prior)
+    changed = 0
+    for s, zero, block in zip(_chunks(n), log_p, log_q):
         adapted[s] = logits[s] + block - zero
         changed += int((block.argmax(axis=1) != zero.argmax(axis=1)).sum())
-        counts += np.exp(block).sum(axis=0, dtype=np.float64)
     return Adaptation(adapted, True, n, settings, None, changed, counts / n, steps)
 
 
 def _fit(x: np.ndarray, logits: np.ndarray, text: np.ndarray, settings: AdaptSettings):
-    """The mixture's parameters (mu, var, log prior) and the iterations run, by the updates of the module doc."""
+    """The updates of the module doc.  Returns (log p blocks, log q blocks, sum_i q_ik, iterations run)."""
     n, k = len(x), text.shape[0]
     x64_sq = (x.astype(np.float64) ** 2).sum(axis=0)  # sum_i x_ij^2
     x_mean = x.astype(np.float64).mean(axis=0)
     log_prior = np.full(k, -np.log(k))
     log_p = [_log_softmax(logits[s]) for s in _chunks(n)]
     anchored = log_p if settings.anchor_weight == 1 else [np.float32(settings.anchor_weight) * b for b in log_p]
-    sums, counts = _statistics(x, log_p)  # start: q = p (the zero-shot posterior)
+    log_q = log_p  # start: q = p (the zero-shot posterior)
+    sums, counts = 0.0, 0.0
+    for s, block in zip(_chunks(n), log_p):
+        q = np.exp(block)
+        sums, counts = sums + (q.T @ x[s]).astype(np.float64), counts + q.sum(axis=0, dtype=np.float64)
     top = [block.argmax(axis=1) for block in log_p]
     steps = 0
-    mu = _tied_means(text, sums, counts, x_mean, n)
-    var = _variance(x64_sq, mu, sums, counts, n)
     for tied, limit in ((True, settings.tied_iterations), (False, settings.iterations)):
         if not tied:
             anchor = _tied_means(text, sums, counts, x_mean, n)
@@ -157,15 +168,14 @@ def _fit(x: np.ndarray, logits: np.ndarray, text: np.ndarray, settings: AdaptSet
             else:
                 mu = (sums + settings.beta * anchor) / (counts + settings.beta)[:, None]
                 log_prior = np.log(np.maximum(counts / n, 1e-300))
-            var = _variance(x64_sq, mu, sums, counts, n)
-            log_q = [_assign(x[s], a, mu, var, log_prior) for s, a in zip(_chunks(n), anchored)]
-            before, (sums, counts) = counts, _statistics(x, log_q)
+            before = counts
+            log_q, sums, counts = _step(x, anchored, mu, _variance(x64_sq, mu, sums, counts, n), log_prior)
             top, last = [block.argmax(axis=1) for block in log_q], top
             steps += 1
             if (np.abs(counts - before).sum() <= settings.tolerance * n
                     and all(np.array_equal(a, b) for a, b in zip(top, last))):
                 break  # settled: no top label moved, and at most `tolerance` of the mass
-    return mu, var, log_prior, steps
+    return log_p, log_q, counts, steps
 
 
 def _variance(x_sq, mu, sums, counts, n) -> np.ndarray:
@@ -175,16 +185,6 @@ def _variance(x_sq, mu, sums, counts, n) -> np.ndarray:
 
 def _chunks(n: int) -> list[slice]:
     return [slice(start, min(start + CHUNK_ROWS, n)) for start in range(0, n, CHUNK_ROWS)]
-
-
-def _statistics(x: np.ndarray, log_q: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(sum_i q_ik x_i [K, d], sum_i q_ik [K]) in float64."""
-    sums, counts = None, None
-    for s, block in zip(_chunks(len(x)), log_q):
-        q = np.exp(block)
-        part, count = (q.T @ x[s]).astype(np.float64), q.sum(axis=0, dtype=np.float64)
-        sums, counts = (part, count) if sums is None else (sums + part, counts + count)
-    return sums, counts
 
 
 def _tied_means(text: np.ndarray, sums: np.ndarray, counts: np.ndarray, x_mean: np.ndarray, n: int) -> np.ndarray:

@@ -288,18 +288,20 @@ def _logistic(x: np.ndarray, y: np.ndarray, classes: int, c: float, start=None,
 def _cv_correct(x, y, classes: int, folds, grid: Sequence[float], patience: int | None = None) -> list[int]:
     """Held-out images classified right, per C of the grid (summed over the folds; each fold warm-starts along
     the grid).  With `patience`, the sweep stops once that many C values in a row score below the best so far
-    (the rest count 0): larger C costs the most iterations and, past the peak, is not chosen anyway."""
+    (the rest count 0; a flat start does not stop it): larger C costs the most iterations and, past the peak,
+    is not chosen anyway."""
     correct: list[int] = []
     starts = [None] * len(folds)
+    below = 0  # C values in a row that scored under the best before them
     for c in grid:
         total = 0
         for f, (kept, held) in enumerate(folds):
             starts[f] = _logistic(x[kept], y[kept], classes, c, starts[f])
             weight, bias = starts[f]
             total += int(((x[held].astype(np.float64) @ weight.T + bias).argmax(axis=1) == y[held]).sum())
+        below = below + 1 if correct and total < max(correct) else 0
         correct.append(total)
-        best = correct.index(max(correct))
-        if patience is not None and len(correct) - 1 - best >= patience:
+        if patience is not None and below >= patience:
             break
     return correct + [0] * (len(grid) - len(correct))
 

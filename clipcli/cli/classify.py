@@ -69,6 +69,8 @@ def classify(
         if adapt:
             header["adapt"] = adapted
         failures = _write(records, fmt, open_sink(stack, output_path), header, ui)
+    if adapted.get("ran") and not ui.quiet:
+        output.info(f"--adapt: {adapted['changed']} of {adapted['images']} answers changed")
     if store is not None and not whole_store and not ui.quiet:
         output.info(store_summary(encoder.report, store))
     raise typer.Exit(EXIT_SOME_FAILED if failures else EXIT_OK)

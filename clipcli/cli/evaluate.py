@@ -88,7 +88,8 @@ def evaluate(
             stream.write(json.dumps({**header, "errors": errors, "results": rows}, ensure_ascii=False, indent=2) + "\n")
         else:
             console = Console(file=stream, highlight=False)
-            console.print(output.metrics_table(f"{output.escape(dataset)}: {len(data.class_names)} classes",
+            console.print(output.metrics_table(f"{output.escape(dataset)}: {len(data.class_names)} classes"
+                                               + (" (--adapt)" if adapt else ""),
                                                "templates", rows, "templates"))
             if len(data.class_names) <= 60:
                 console.print()

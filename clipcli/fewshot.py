@@ -11,8 +11,8 @@ Methods (features x, zero-shot class embeddings t_c, the model's logit scale s):
   "A Hard-to-Beat Baseline for Training-free CLIP-based Adaptation" (ICLR 2024).
 - `logistic`: the CLIP paper's linear probe: multinomial logistic regression on the features, L2 penalty,
   L-BFGS, C by cross-validation (scikit-learn's LogisticRegressionCV objective), searched as the paper did:
-  a coarse sweep over 1e-6 ... 1e6 (decades, stopped two decades past its peak), then a finer one (quarter
-  decades) around the best.
+  a coarse sweep over 1e-6 ... 1e6 (decades; past C = 1 it stops two decades after its peak), then a finer
+  one (quarter decades) around the best.
 - `tip-adapter`: Tip-Adapter (Zhang et al., 2022), training-free: a cache of the shots' features,
   logits = s x.t_c + alpha exp(-beta (1 - x.K)) L, alpha and beta by cross-validation.
 - `zero-shot`: the text embeddings alone (for curves: the 0-shot point).
@@ -38,7 +38,7 @@ METHODS = ("gda", "logistic", "tip-adapter", "zero-shot")
 DEFAULT_METHOD = "gda"
 C_GRID = tuple(float(10.0 ** k) for k in range(-6, 7))  # 1e-6 ... 1e6, decades: the coarse sweep
 C_FINE = (-0.5, -0.25, 0.25, 0.5)  # then these steps (in decades) around the best coarse C
-C_PATIENCE = 2  # the coarse sweep stops after this many C values in a row below its best
+C_PATIENCE = 2  # from C = 1 on, the coarse sweep stops after this many C values in a row below its best
 LOGISTIC_MAX_ITER = 1000  # L-BFGS iterations (scikit-learn's 100 stop short of the optimum at large C)
 GDA_SHRINKAGE = (0.01, 0.05, 0.2, 0.5, 0.8, 0.95)
 GDA_ALPHA = (0.0, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 1000.0)  # times zero-shot / GDA logit spread
@@ -287,9 +287,10 @@ def _logistic(x: np.ndarray, y: np.ndarray, classes: int, c: float, start=None,
 
 def _cv_correct(x, y, classes: int, folds, grid: Sequence[float], patience: int | None = None) -> list[int]:
     """Held-out images classified right, per C of the grid (summed over the folds; each fold warm-starts along
-    the grid).  With `patience`, the sweep stops once that many C values in a row score below the best so far
-    (the rest count 0; a flat start does not stop it): larger C costs the most iterations and, past the peak,
-    is not chosen anyway."""
+    the grid).  With `patience`, the sweep stops at C >= 1 once that many C values in a row score below the
+    best so far (the rest count 0): larger C costs the most iterations and, past the peak, is not chosen
+    anyway.  Below C = 1 it never stops: the curve can dip there and rise again (16 shots of digits: 134
+    held-out right at 1e-6, 128 at 1e-3, 143 at 1e3)."""
     correct: list[int] = []
     starts = [None] * len(folds)
     below = 0  # C values in a row that scored under the best before them
@@ -301,7 +302,7 @@ def _cv_correct(x, y, classes: int, folds, grid: Sequence[float], patience: int 
             total += int(((x[held].astype(np.float64) @ weight.T + bias).argmax(axis=1) == y[held]).sum())
         below = below + 1 if correct and total < max(correct) else 0
         correct.append(total)
-        if patience is not None and below >= patience:
+        if patience is not None and below >= patience and c >= 1:
             break
     return correct + [0] * (len(grid) - len(correct))
 
@@ -309,16 +310,18 @@ def _cv_correct(x, y, classes: int, folds, grid: Sequence[float], patience: int 
 def fit_logistic(x, y, text, scale, folds, grid: Sequence[float] = C_GRID,
                  fine: Sequence[float] = C_FINE, patience: int | None = C_PATIENCE) -> tuple[dict, dict, float | None]:
     """C by cross-validation, coarse to fine (the CLIP paper's search): the grid, then `fine` steps in decades
-    around its best C.  Ties go to the smaller C (the stronger penalty)."""
+    around its best C.  Ties go to the larger C: at the smallest C values every weight is tiny and the probe
+    is the nearest-class-mean rule, which can tie a better probe on a few held-out shots (16 shots of
+    digits: 88.8% at C = 3e-7 against 92.1% at C = 1e3)."""
     classes = text.shape[0]
     if not folds:
         c, score = 1.0, None
     else:
         correct = _cv_correct(x, y, classes, folds, grid, patience)
-        best = max(range(len(grid)), key=lambda i: (correct[i], -i))
+        best = max(range(len(grid)), key=lambda i: (correct[i], i))
         refined = sorted(grid[best] * 10.0 ** step for step in fine)
         scores = dict(zip(grid, correct)) | dict(zip(refined, _cv_correct(x, y, classes, folds, refined)))
-        c = max(scores, key=lambda value: (scores[value], -value))
+        c = max(scores, key=lambda value: (scores[value], value))
         score = scores[c] / len(y)
     weight, bias = _logistic(x, y, classes, c)
     return ({"C": c}, {"weight": weight.astype(np.float32), "bias": bias.astype(np.float32)}, score)

@@ -91,7 +91,7 @@ def adapted_records(scorer, batches: Iterable[tuple[Sequence[BatchItem], object]
                     options: ScoreOptions = ScoreOptions(), on_adapt: OnAdapt | None = None) -> Iterator[dict]:
     """Every batch collected, one transductive pass over all readable images (`adapt.adapted_scores`), then the
     records in input order with errors in place."""
-    from .adapt import adapted_scores
+    from .adapt import METHOD, adapted_scores
 
     items, parts = [], []
     for batch_items, features in batches:
@@ -103,7 +103,7 @@ def adapted_records(scorer, batches: Iterable[tuple[Sequence[BatchItem], object]
         scores, adaptation = adapted_scores(scorer, features, options.score)
         header = adaptation.as_header(scorer.labels)
     else:
-        scores, header = None, {"method": "anchored-gmm", "ran": False, "images": 0, "reason": "no readable image"}
+        scores, header = None, {"method": METHOD, "ran": False, "images": 0, "reason": "no readable image"}
     if on_adapt is not None:
         on_adapt(header)
     yield from score_records(scorer, items, None, options, scores)

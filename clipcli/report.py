@@ -133,6 +133,35 @@ def render_sort_preview(title: str, header: dict, operations: Sequence[dict]) ->
 """
 
 
+def _card(path: str, caption: str, extra: str = "") -> str:
+    """A thumbnail with a caption and the file's name (its whole path on hover)."""
+    return (f'<div class="card"{extra}><img src="{_thumbnail(path, 150)}" alt=""><div class="score">{caption}</div>'
+            f'<div title="{html.escape(path)}">{html.escape(path.rsplit("/", 1)[-1])}</div></div>')
+
+
+def render_search(title: str, header: dict, hits: Sequence[dict]) -> str:
+    """The hits as thumbnails, best first, with rank and cosine similarity."""
+    cards = "".join(_card(h["path"], f'#{h["rank"]} &middot; {h["score"]:.3f}', f' data-rank="{h["rank"]}"')
+                    for h in hits)
+    return page_start(title, header, PREVIEW_STYLE) + f"""<div class="cards" id="hits">{cards or "<p>no match</p>"}</div>
+</body></html>
+"""
+
+
+def render_dupes(title: str, header: dict, groups: Sequence[Sequence]) -> str:
+    """Each group of near-duplicates side by side, the best copy first (search.Copy items)."""
+    sections = []
+    for number, group in enumerate(groups, start=1):
+        cards = "".join(_card(c.path, ("best copy" if i == 0 else f"similarity {c.similarity:.3f}")
+                              + (f" &middot; {c.width}x{c.height}" if c.width else ""))
+                        for i, c in enumerate(group))
+        sections.append(f'<section class="group" data-group="{number}"><h2>group {number}: {len(group)} images'
+                        f'</h2><div class="cards">{cards}</div></section>')
+    return page_start(title, header, PREVIEW_STYLE) + f"""{"".join(sections) or "<p>no near-duplicates</p>"}
+</body></html>
+"""
+
+
 CURVE_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
 

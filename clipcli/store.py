@@ -281,6 +281,16 @@ class ImageStore:
         for batch in self.iter_record_batches(["path", "embedding", "error_type", "error_message"], rows):
             yield batch_embeddings(batch, self.dim)
 
+    def iter_vectors(self, rows: int = READ_ROWS) -> Iterator[tuple[object, np.ndarray, np.ndarray | None]]:
+        """(paths as a pyarrow array, embeddings [n, dim] as stored (float16 or float32, not renormalised),
+        validity [n] or None when every row is valid) per batch: for scans that need only a few paths."""
+        for batch in self.iter_record_batches(["path", "embedding"], rows):
+            column = batch.column(1)
+            start = column.offset * self.dim
+            values = column.values.to_numpy(zero_copy_only=False)[start:start + len(column) * self.dim]
+            valid = column.is_valid().to_numpy(zero_copy_only=False) if column.null_count else None
+            yield batch.column(0), values.reshape(len(column), self.dim), valid
+
     def iter_keys(self, shards: Iterable[str] | None = None) -> Iterator[tuple[str, int, int, list, list, list]]:
         """(shard, row group, paths, sizes, mtimes) for each row group: the small columns only."""
         names = set(shards) if shards is not None else None

@@ -55,13 +55,18 @@ def cosines(vectors: np.ndarray, query: np.ndarray, valid: np.ndarray | None = N
     """Cosine similarity of each row to the (unit) query, rows of any float dtype (float16 store rows are cast
     a few at a time and renormalised); rows marked invalid, and all-zero rows, score -inf."""
     out = np.empty(len(vectors), dtype=np.float32)
-    buffer = np.empty((min(SCORE_ROWS, len(vectors)), vectors.shape[1]), dtype=np.float32)
-    for start in range(0, len(vectors), SCORE_ROWS):
-        part = buffer[:min(SCORE_ROWS, len(vectors) - start)]
-        np.copyto(part, vectors[start:start + len(part)])
-        norms = np.sqrt(np.einsum("ij,ij->i", part, part))
-        dots = part @ query
-        out[start:start + len(part)] = np.divide(dots, norms, out=np.full_like(dots, -np.inf), where=norms > 0)
+    if vectors.dtype == np.float32:
+        norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
+        np.divide(vectors @ query, norms, out=out, where=norms > 0)
+        out[norms <= 0] = -np.inf
+    else:
+        buffer = np.empty((min(SCORE_ROWS, len(vectors)), vectors.shape[1]), dtype=np.float32)
+        for start in range(0, len(vectors), SCORE_ROWS):
+            part = buffer[:min(SCORE_ROWS, len(vectors) - start)]
+            np.copyto(part, vectors[start:start + len(part)])
+            norms = np.sqrt(np.einsum("ij,ij->i", part, part))
+            dots = part @ query
+            out[start:start + len(part)] = np.divide(dots, norms, out=np.full_like(dots, -np.inf), where=norms > 0)
     if valid is not None:
         out[~valid] = -np.inf
     return out
@@ -115,21 +120,35 @@ def search(chunks: Iterable[tuple[Sequence[str], np.ndarray]], query: np.ndarray
 
 
 def search_store(store, query: np.ndarray, k: int = 10, min_score: float | None = None,
-                 progress: Progress | None = None) -> list[Hit]:
-    """Every stored image ranked against the query, streamed row group by row group (memory does not grow
-    with the store); rows of unreadable images are left out."""
+                 progress: Progress | None = None, rows: int = 16384) -> list[Hit]:
+    """Every stored image ranked against the query, streamed batch by batch, one shard per core at a time
+    (memory does not grow with the store); rows of unreadable images are left out."""
+    import os
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
     if len(query) != store.dim:
         from .errors import StoreError
 
         raise StoreError(f"store {store.directory}: its embeddings have {store.dim} dimensions, the query "
                          f"{len(query)}; use the store's model")
-    best, done = TopK(k, min_score), 0
-    for paths, vectors, valid in store.iter_vectors():
-        best.add(cosines(vectors, query, valid), lambda rows, paths=paths: paths.take(rows).to_pylist())
-        done += len(vectors)
-        if progress is not None:
-            progress(done, store.rows)
-    return best.hits()
+    lock, done = threading.Lock(), [0]
+
+    def one_shard(name: str) -> list[Hit]:
+        best = TopK(k, min_score)
+        for paths_of, vectors in store.iter_vectors(rows, shards=[name]):
+            best.add(vectors @ query, paths_of)  # unit rows: the dot product is the cosine (NaN: unreadable)
+            if progress is not None:
+                with lock:
+                    done[0] += len(vectors)
+                    progress(done[0], store.rows)
+        return best.hits()
+
+    merged = TopK(k, min_score)
+    with ThreadPoolExecutor(max(1, min(len(os.sched_getaffinity(0)), 4))) as pool:  # numpy and arrow release the GIL
+        for hits in pool.map(one_shard, store.shard_names()):
+            merged.add(np.array([h.score for h in hits], dtype=np.float32), [h.path for h in hits])
+    return merged.hits()
 
 
 # --- queries ------------------------------------------------------------------------------------------------

@@ -208,3 +208,40 @@ def test_duplicate_groups_library_and_threshold(photo_dupes):
     assert json.loads(strict.stdout)["results"] == []
     wrong = cli("dupes", photo_dupes, "-m", "demo", "--threshold", "3")
     assert wrong.exit_code == 2 and "--threshold" in wrong.output and "Traceback" not in wrong.output
+
+
+# --- scan copies --------------------------------------------------------------------------------------------------
+def _hits(result) -> list[tuple[str, float]]:
+    assert result.exit_code == 0, result.output
+    return [(r["path"], r["score"]) for r in json.loads(result.stdout)["results"]]
+
+
+def test_scan_copies_equal_the_parquet_rows_and_follow_every_commit(tmp_path):
+    from clipcli.store import SCAN_DIR, SHARD_DIR
+
+    folder, store = tmp_path / "imgs", tmp_path / "s.store"
+    folder.mkdir()
+    for i, (colour, kind) in enumerate(LABELS * 2):
+        shapes.draw_pil(colour, kind, size=48, seed=i).save(folder / f"{i}.png")
+    (folder / "broken.png").write_bytes(b"not an image")
+    assert cli("embed", folder, "--store", store, "-m", "demo", "--shard-size", "3", "-q").exit_code == 1
+    shards = sorted(p.name for p in (store / SHARD_DIR).glob("part-*.parquet"))
+    copies = sorted(p.name for p in (store / SCAN_DIR).iterdir())
+    assert len(shards) == 3 and [c.split(".parquet.")[0] + ".parquet" for c in copies] == shards
+    query = ("search", "--like", folder / "2.png", "--store", store, "-k", "0", "-f", "json")
+    with_copies = _hits(cli(*query))
+    assert len(with_copies) == 8 and str(folder / "broken.png") not in dict(with_copies)
+    for copy in (store / SCAN_DIR).iterdir():
+        copy.unlink()
+    from_parquet = _hits(cli(*query))
+    assert [p for p, _ in from_parquet] == [p for p, _ in with_copies]
+    assert np.allclose([s for _, s in from_parquet], [s for _, s in with_copies], atol=1e-6)
+    # a changed image: its shard is rewritten, its copy replaced, and the missing copies are made again
+    shapes.draw_pil("white", "heart", size=48, seed=99).save(folder / "2.png")
+    assert cli("embed", folder, "--store", store, "-m", "demo", "-q").exit_code == 0  # the broken file: stored
+    shards = sorted(p.name for p in (store / SHARD_DIR).glob("part-*.parquet"))
+    copies = sorted(p.name for p in (store / SCAN_DIR).iterdir())
+    assert [c.split(".parquet.")[0] + ".parquet" for c in copies] == shards
+    after = _hits(cli(*query))
+    assert after[0][0] == str(folder / "2.png") and after[0][1] == pytest.approx(1.0, abs=1e-5)
+    assert after[1][1] < 0.999  # the old drawing is gone from the copies too

@@ -283,7 +283,7 @@ OPEN_SET = Group("open_set", (
                            help="With --other: the name of that answer (and of its folder in clip sort)."), "other"),
     ("other_threshold", option("--other-threshold", panel=LABELS, kind=Optional[float], metavar="X",
                                help="With --other: answer 'other' when its confidence is at least X (0-1; lower: "
-                               "more images go to 'other'). Default: 0.5."), None),
+                               "more images go to 'other'). Default: 0.2."), None),
 ), _open_set)
 
 

@@ -102,7 +102,7 @@ def render_report(title: str, header: dict, results: Sequence[dict], class_names
 def reliability_diagram(rows: Sequence[dict], ece: float, size: int = 320) -> str:
     """Inline SVG: per confidence bin, a bar to the accuracy of its images, the diagonal of perfect calibration,
     and the gap to it shaded (Guo et al. 2017, figure 1)."""
-    left, top, bottom = 44, 12, 36
+    left, top, bottom = 48, 12, 36
     plot = size - left - 12
 
     def px(value: float) -> float:
@@ -133,6 +133,8 @@ def reliability_diagram(rows: Sequence[dict], ece: float, size: int = 320) -> st
     parts.append(f'<line x1="{px(0):.1f}" y1="{py(0):.1f}" x2="{px(1):.1f}" y2="{py(1):.1f}" stroke="#555" '
                  f'stroke-dasharray="4 3"/>')
     parts.append(f'<text x="{px(0.5):.1f}" y="{py(0) + 30:.1f}" text-anchor="middle">top-1 confidence</text>')
+    parts.append(f'<text x="12" y="{py(0.5):.1f}" text-anchor="middle" transform="rotate(-90 12 {py(0.5):.1f})">'
+                 f'accuracy</text>')
     parts.append(f'<text x="{left + 6}" y="{top + 14}">ECE {ece:.3f}</text></svg>')
     return "".join(parts)
 

@@ -111,7 +111,7 @@ def reliability_diagram(rows: Sequence[dict], ece: float, size: int = 320) -> st
     def py(value: float) -> float:
         return top + plot * (1 - value)
 
-    parts = [f'<svg id="reliability-diagram" xmlns="http://www.w3.org/2000/svg" width="{size}" '
+    parts = [f'<svg id="reliability-diagram" width="{size}" '
              f'height="{plot + top + bottom}" font-size="11" font-family="system-ui, sans-serif">']
     for step in range(0, 11, 2):
         value = step / 10

@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from scipy.stats import rankdata
 
 BINS = 15
 
@@ -54,6 +53,8 @@ def auroc(positive_scores: Sequence[float], negative_scores: Sequence[float]) ->
     neg = np.asarray(negative_scores, dtype=np.float64)
     if not len(pos) or not len(neg):
         return None
+    from scipy.stats import rankdata
+
     ranks = rankdata(np.concatenate([pos, neg]))
     return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 

@@ -178,8 +178,14 @@ def test_sort_files_others_into_their_own_folder(drawn, tmp_path):
     assert len(others) == 12 and all("/unknown/" in op["source"] and not op["unsure"] for op in others)
     assert sorted(p.name for p in (into / "other").iterdir()) == sorted(p.name for p in (drawn / "unknown").iterdir())
     assert {p.name for p in into.iterdir() if p.is_dir()} <= {"other", "_unsure", *LABELS.split(",")}
-    clash = cli("sort", drawn / "unknown", "-m", "demo", "-l", "other,red circle", "--into", tmp_path / "x", "--other")
-    assert clash.exit_code == 2 and clash.stderr.count("\n") == 1 and "would share the folder 'other'" in clash.stderr
+    document = json.loads(cli("sort", drawn / "unknown", "-m", "demo", "-l", LABELS, "--into", tmp_path / "y",
+                              "--other", "--other-label", "no idea", "-n", "-f", "json", "-q").stdout)
+    assert document["other"]["label"] == "no idea" and document["other"]["threshold"] == 0.2
+    assert {op["folder"] for op in document["results"]} == {"no idea"}
+    for command in (("sort", "--into", tmp_path / "x"), ("classify",)):
+        clash = cli(*command, drawn / "unknown", "-m", "demo", "-l", "Other,red circle", "--other")
+        assert clash.exit_code == 2 and clash.stderr.count("\n") == 1, clash.output
+        assert "--other-label 'other' is one of the labels" in clash.stderr
 
 
 def test_other_from_the_store_and_with_a_head(drawn, tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors
 from .options import (DECODE, ENGINE, LABEL_GROUP, LABELS, MODEL_GROUP, OPEN_SET, OUTPUT, SOURCES, UI, OutputOpt,
                       StoreOpt, check_choice, check_format, check_outputs, header_of, open_sink, scorer_for, uses,
-                      warn_single_label, with_other)
+                      check_other, warn_single_label, with_other)
 
 
 def make_record_writer(fmt: str, stream, header: dict):
@@ -47,6 +47,7 @@ def classify(
     check_choice("--score", score, ("softmax", "sigmoid"))
     if labels.head is None:
         warn_single_label(labels.required(), score, open_set.enabled)  # no labels: refused before anything else
+    check_other(open_set, labels)
     whole_store = store is not None and not inputs and sources.files_from is None
     paths = [] if whole_store else sources.paths(inputs)
     check_outputs(files={"--output": output_path}, folders={} if whole_store else {"--store": store})

@@ -345,6 +345,15 @@ def scorer_for(model, choice: LabelChoice, options: ModelOptions, ui: Ui):
                                     progress)
 
 
+def check_other(open_set: OpenSetOptions, choice: LabelChoice) -> None:
+    """--other-label must not be one of the labels: refused before any slow work."""
+    if open_set.enabled:
+        from ..openset import check_other_label
+
+        names = choice.head.labels if choice.head is not None else [label.name for label in choice.required()]
+        check_other_label(open_set.label, names)
+
+
 def with_other(scorer, loaded, open_set: OpenSetOptions, score: str, options: ModelOptions, ui: Ui):
     """The run's scorer with the --other rule (the vocabulary encoded by the model, or from the cache)."""
     if not open_set.enabled:

@@ -12,7 +12,8 @@ from typing_extensions import Annotated
 from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors
 from .options import (DECODE, ENGINE, LABEL_GROUP, MODEL_GROUP, OPEN_SET, OUTPUT, SOURCES, UI, StoreOpt,
-                      check_format, check_outputs, open_sink, scorer_for, uses, warn_single_label, with_other)
+                      check_format, check_other, check_outputs, open_sink, scorer_for, uses, warn_single_label,
+                      with_other)
 
 SORT = "Sorting"
 PLAN_COLUMNS = ("source", "destination", "label", "score", "operation", "folder", "unsure", "note")
@@ -67,6 +68,7 @@ def sort(
     rules = SortRules(into, mode, min_score, min_margin, unsure_dir, open_set.label if open_set.enabled else None)
     rules.check()
     label_names = labels.head.labels if labels.head is not None else [label.name for label in labels.required()]
+    check_other(open_set, labels)
     folder_names(rules.folder_labels(label_names), unsure_dir)  # clashing folder names: refused now
     warn_single_label(labels.labels, other=open_set.enabled)
     refuse_remote(inputs or [])  # named ones before any listing; --files-from ones below
@@ -88,7 +90,8 @@ def sort(
     operations = []
     with ExitStack() as stack:
         sink = open_sink(stack, output_path) if (fmt != "table" or output_path) else None
-        record_writer = _plan_writer(fmt, sink, {"into": str(into), "mode": mode, "dry_run": dry_run})
+        record_writer = _plan_writer(fmt, sink, {"into": str(into), "mode": mode, "dry_run": dry_run,
+                                                 **({"other": classifier.describe()} if open_set.enabled else {})})
         if dry_run:
             operations = [op.as_record() for op in plan]
         else:

@@ -268,3 +268,12 @@ def test_one_label_warning_points_to_other(drawn):
     answered = cli("classify", image, "-m", "demo", "-l", "red circle", "--other", "-f", "jsonl")
     assert "always scores" not in answered.stderr
     assert json.loads(answered.stdout)["predictions"][0]["label"] == "other"
+
+
+def test_help_states_the_default_threshold():
+    from clipcli.cli.options import OPEN_SET
+
+    annotation = next(a for name, a, _ in OPEN_SET.options if name == "other_threshold")
+    help_text = annotation.__metadata__[0].help
+    assert f"Default: {openset.default_threshold('softmax')}." in help_text
+    assert openset.default_threshold("softmax") == openset.default_threshold("sigmoid") == 0.2

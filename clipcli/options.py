@@ -51,3 +51,12 @@ class ScoreOptions:
 
     score: str = "softmax"  # or sigmoid (SigLIP-family models)
     top_k: int = 5  # 0: every label
+
+
+@dataclass(frozen=True)
+class OpenSetOptions:
+    """`--other`: answer `label` for an image that fits none of the labels (see openset)."""
+
+    enabled: bool = False
+    label: str = "other"
+    threshold: float | None = None  # None: the default of the score kind (openset.DEFAULT_THRESHOLDS)

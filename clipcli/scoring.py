@@ -33,17 +33,22 @@ def ranked(scores: np.ndarray, top_k: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def score_records(scorer, items: Sequence[BatchItem], features, options: ScoreOptions = ScoreOptions()) -> Iterator[dict]:
     """One record per item, in order: ranked predictions, or the item's error."""
     rows = iter(())
+    others = getattr(scorer, "other_scores", None)  # an open-set scorer (openset): `other` first when it is
     if features is not None:
         values, indexes = ranked(as_array(scorer.scores(features, options.score)), options.top_k)
-        rows = zip(values.tolist(), indexes.tolist())
+        confidence = others(features).tolist() if others else [None] * len(values)
+        rows = zip(values.tolist(), indexes.tolist(), confidence)
     labels = scorer.labels
     for item in items:
         path = display_path(item.path)
         if item.error:
             yield error_record(path, *item.error)
         else:
-            values, indexes = next(rows)
-            yield prediction_record(path, [labels[i] for i in indexes], values)
+            values, indexes, other = next(rows)
+            record = prediction_record(path, [labels[i] for i in indexes], values)
+            if other is not None and scorer.is_other(other):
+                record["predictions"].insert(0, {"label": scorer.label, "score": float(other)})
+            yield record
 
 
 def classify_store(scorer, store, options: ScoreOptions = ScoreOptions(), progress: Callable[[int, int], None] | None = None,

@@ -357,7 +357,7 @@ def _store_described(reader) -> dict:
     return {"name": reader.model.name, "pretrained": reader.model.pretrained, "backend": None, "precision": None}
 
 
-def search_job(text: str | None = None, like: Sequence[str] = (), templates="imagenet", store=None,
+def search_job(text: str | None = None, like: Sequence[str] = (), templates="simple", store=None,
                inputs: Sequence[str] = (), model=None, decode=None, engine=None, k: int = 10,
                min_score: float | None = None, progress: Progress | None = None) -> Found:
     """Rank the store's images (or the inputs', written through the store when one is given) by similarity

@@ -301,7 +301,7 @@ class ImageStore:
             copy = self._scan_copy(name)
             if copy is None:
                 for batch in self._batches(shard, name, ["path", "embedding"], rows):
-                    yield (lambda found, paths=batch.column(0): paths.take(found).to_pylist()), \
+                    yield (lambda found, paths=batch.column(0): take_paths(paths, found)), \
                         scan_matrix(batch, self.dim)
                 continue
             paths: list = []
@@ -312,7 +312,7 @@ class ImageStore:
                         paths.append(shard.read(columns=["path"]).column(0))
                     except (OSError, ValueError) as exc:
                         raise self._unreadable(name, exc) from None
-                return paths[0].take(found + start).to_pylist()
+                return take_paths(paths[0], found + start)
 
             for start in range(0, len(copy), rows):
                 yield (lambda found, start=start, paths_of=paths_of: paths_of(found, start)), copy[start:start + rows]
@@ -458,6 +458,15 @@ def batch_embeddings(batch, dim: int) -> tuple[list[str], np.ndarray, list[tuple
 
 def scan_name(shard: str, st: os.stat_result) -> str:
     return f"{shard}.{st.st_size}-{st.st_mtime_ns}.npy"
+
+
+def take_paths(column, rows: np.ndarray) -> list[str]:
+    """column[rows] as Python strings, without arrow's `take` (which imports pyarrow.compute, a fifth of a
+    search's start-up)."""
+    if len(rows) > len(column) // 8:
+        every = column.to_pylist()
+        return [every[i] for i in rows.tolist()]
+    return [column[i].as_py() for i in rows.tolist()]
 
 
 def scan_matrix(table, dim: int) -> np.ndarray:

@@ -95,7 +95,7 @@ def test_text_search_over_a_store_finds_the_label_and_then_needs_no_model(drawn_
     doc = json.loads(first.stdout)
     assert [Path(r["path"]).parent.name for r in doc["results"]] == ["red_circle"] * 5
     assert [r["rank"] for r in doc["results"]] == [1, 2, 3, 4, 5]
-    assert doc["searched"] == 20 and doc["query"] == {"text": "red circle", "like": [], "templates": "imagenet"}
+    assert doc["searched"] == 20 and doc["query"] == {"text": "red circle", "like": [], "templates": "simple"}
     again = json.loads(cli("search", "red circle", "--store", drawn_store, "-k", "5", "-f", "json").stdout)
     assert again["model"]["backend"] is None  # the query's embedding came from the cache: no model loaded
     assert again["results"] == doc["results"]

@@ -26,7 +26,7 @@ from ..batches import DecodeLimits, thread_batches
 from ..errors import ExportError, first_line
 from ..fsutil import atomic_write_bytes, temp_beside
 from ..models import ModelSpec
-from ..preprocess import ImageTransform
+from ..preprocess import transform_from_config
 from ..vectors import l2_normalize
 
 TEXT_BATCH = 256
@@ -202,7 +202,8 @@ class OnnxModel:
         self.load_args = load_args or {}
         self.precision = "int8" if self.load_args.get("precision") == "int8" else "fp32"
         self.identity = {**self.facts["identity"], "precision": self.precision}
-        self.preprocess = ImageTransform.from_config(self.facts["preprocess"])
+        self.preprocess = transform_from_config(self.facts["preprocess"])
+        self._image_input = self.facts.get("image_input", "pixels")
         self._image_path = (quantized_image(self.directory, self.preprocess.size) if self.precision == "int8"
                             else self.directory / "image.onnx")
         self._threads = threads
@@ -247,7 +248,7 @@ class OnnxModel:
         if self._image is None:
             quick = self._images_expected is not None and self._images_expected <= QUICK_IMAGES
             self._image = ort_session(external_weights(self._image_path), self._threads, quick)
-        return self._image.run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})[0]
+        return self._image.run(None, {self._image_input: np.ascontiguousarray(pixels, dtype=np.float32)})[0]
 
     # --- text ----------------------------------------------------------------------------------------------
     @property
@@ -267,11 +268,30 @@ class OnnxModel:
     def tokenizer(self):
         if not self.text_on_onnx:
             return self._torch_model().tokenizer
-        if self._tokenizer is None:
+        if self._tokenizer is None and self.facts["text"].get("mode") == "transformers":
+            from ..hf_text import FastTokenizer, TextSettings
+
+            self._tokenizer = FastTokenizer(str(self.directory / "tokenizer.json"),
+                                            TextSettings.from_dict(self.facts["text"]["settings"]))
+        elif self._tokenizer is None:
             from ..tokenizer import ClipTokenizer
 
             self._tokenizer = ClipTokenizer(int(self.facts["text"]["context_length"]))
         return self._tokenizer
+
+    def _encode_transformers_texts(self, texts: Sequence[str], progress) -> np.ndarray:
+        """A transformers text tower: the tokenizer's inputs, batches of similar length padded to their longest."""
+        from ..hf_text import batch_rows, prompt_lengths
+
+        tokens = self.tokenizer(list(texts))
+        order = np.argsort(prompt_lengths(tokens), kind="stable")
+        out = np.empty((len(texts), self.embed_dim), dtype=np.float32)
+        for start in range(0, len(texts), TEXT_BATCH):
+            rows = order[start:start + TEXT_BATCH]
+            out[rows] = self._text.run(None, batch_rows(tokens, rows, self.tokenizer.settings))[0]
+            if progress is not None:
+                progress(min(start + TEXT_BATCH, len(texts)), len(texts))
+        return out
 
     def encode_texts(self, texts: Sequence[str], progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """L2-normalised float32 [len(texts), dim]: each batch runs at its own length (trimmed, exact)."""
@@ -281,6 +301,8 @@ class OnnxModel:
             self._text = ort_session(external_weights(self.directory / "text.onnx"), self._threads,
                                      quick=len(texts) <= QUICK_TEXTS)
         text = self.facts["text"]
+        if text.get("mode") == "transformers":
+            return self._encode_transformers_texts(texts, progress)
         tokens = self.tokenizer(list(texts))
         if text.get("mode") == "full":  # a tower that is not classic CLIP runs at its full context, as in torch
             ends = np.full(len(texts), tokens.shape[1] - 1)

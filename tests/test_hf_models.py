@@ -218,7 +218,7 @@ def test_every_command_runs_with_a_transformers_model(hf_dirs, zh_dataset, tmp_p
     assert row["count"] == 9 and sum(map(sum, row["confusion_matrix"])) == 9
 
     store = tmp_path / "store"
-    embedded = cli("embed", zh_dataset / "test", "--store", store, "-m", model)
+    embedded = cli("embed", zh_dataset / "test", "--store", store, "-m", model, "--dtype", "float32")
     assert embedded.exit_code == 0, embedded.output
     info = json.loads(cli("store", "info", store, "-f", "json").stdout)
     assert info["images"] == 9

@@ -242,3 +242,64 @@ def test_every_command_runs_with_a_transformers_model(hf_dirs, zh_dataset, tmp_p
     assert sorted_out.exit_code == 0, sorted_out.output
     moves = [json.loads(line) for line in sorted_out.stdout.splitlines()]
     assert len(moves) == 9 and {m["folder"] for m in moves} <= set(labels.split(","))
+
+
+# --- languages: Chinese templates, script warnings, wide characters in tables --------------------------------
+
+def test_chinese_template_sets_and_their_language(tmp_path):
+    from clipcli.templates import load_template_set
+
+    full, single = load_template_set("zh-imagenet"), load_template_set("zh-simple")
+    assert (full.language, single.language, load_template_set("imagenet").language) == ("zh", "zh", "en")
+    assert len(full.templates) == 80 and single.templates == ["一张{c}的照片。"] and single.templates[0] in full.templates
+    assert "Chinese-CLIP" in full.source and "MIT" in full.source
+    assert full.render("馄饨")[0] == "馄饨的照片。"
+    own = tmp_path / "mine.yaml"
+    own.write_text("language: ja\ntemplates:\n  - '{}の写真。'\n", encoding="utf-8")
+    assert load_template_set(str(own)).language == "ja"
+    own.write_text("templates:\n  - 'a {}'\n", encoding="utf-8")
+    assert load_template_set(str(own)).language is None
+
+    listed = cli("templates")
+    rows = {line.split("│")[0].strip(): [c.strip() for c in line.split("│")] for line in listed.stdout.splitlines()
+            if "│" in line and line.split("│")[0].strip()}
+    assert rows["zh-imagenet"][1:3] == ["zh", "80"] and rows["zh-simple"][1:3] == ["zh", "1"]
+    assert rows["imagenet"][1:3] == ["en", "80"]
+
+
+def test_scripts_of_label_text():
+    from clipcli.languages import scripts_of
+
+    assert scripts_of("小笼包") == ["Chinese/Japanese (Han)"]
+    assert scripts_of("wonton, café, Straße") == []
+    assert scripts_of("пельмени 餃子 ギョーザ 만두") == ["Cyrillic", "Chinese/Japanese (Han)", "Japanese", "Korean"]
+
+
+def test_cjk_labels_with_an_english_only_tokenizer_warn_once(tiny_model, hf_dirs, images, monkeypatch):
+    from clipcli import languages
+
+    monkeypatch.setattr(languages, "_warned", set())
+    english = cli("eval", images, "-m", tiny_model, "--templates", "simple,imagenet-7", "-f", "json")  # no CJK
+    assert "multilingual" not in english.stderr
+    result = cli("classify", images / "red_circle.png", "-m", tiny_model, "-l", "馄饨,小笼包,red circle")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("warning: labels in Chinese/Japanese (Han) script (e.g. '馄饨')") == 1
+    assert "--model transformers:OFA-Sys/chinese-clip-vit-base-patch16" in result.stderr
+    clip_bpe = cli("classify", images / "red_circle.png", "-m", f"local-dir:{hf_dirs['clip']}", "-l", "пельмени,b")
+    assert "Cyrillic script" in clip_bpe.stderr and "xlm-roberta-base-ViT-B-32" in clip_bpe.stderr
+    chinese = cli("classify", images / "red_circle.png", "-m", f"local-dir:{hf_dirs['chinese_clip']}", "-l",
+                  "馄饨,小笼包")
+    assert chinese.exit_code == 0 and "warning" not in chinese.stderr
+
+
+def test_tables_align_cjk_labels(hf_dirs, images):
+    from rich.cells import cell_len
+
+    labels = "馄饨,小笼包,red circle,一只很大的红色的圆"
+    result = cli("classify", images / "red_circle.png", images / "blue_square.jpg", "-m",
+                 f"local-dir:{hf_dirs['chinese_clip']}", "-l", labels, "-k", "4")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if any(bar in line for bar in "│┃")]
+    assert len(lines) >= 9 and any("小笼包" in line for line in lines)
+    offsets = {tuple(cell_len(line[:i]) for i, ch in enumerate(line) if ch in "│┃") for line in lines}
+    assert len(offsets) == 1, result.stdout  # every separator in the same screen column, wide characters or not

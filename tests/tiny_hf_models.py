@@ -5,7 +5,8 @@ made here from local files, never downloaded): what `save_pretrained` writes for
   `bpe_simple_vocab_16e6.txt.gz` (the same file OpenAI's tokenizer comes from);
 - chinese_clip: `ChineseCLIPModel` with a BERT WordPiece tokenizer whose vocabulary is Chinese characters (one token
   each, as Chinese-CLIP's own vocabulary tokenizes Chinese) plus a few English words;
-- siglip: `SiglipModel` with a SentencePiece-style Unigram tokenizer (Metaspace, `</s>` appended, pad to 64).
+- siglip: `SiglipModel` with a SentencePiece-style Unigram tokenizer (Metaspace, `</s>` appended, pad to 64);
+- metaclip_2: `MetaClip2Model` (MetaCLIP 2: CLIP's towers, a multilingual tokenizer) with that Unigram tokenizer.
 Each folder also gets the family's image processor (the Pillow one) saved beside the model.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-FAMILIES = ("clip", "chinese_clip", "siglip")
+FAMILIES = ("clip", "chinese_clip", "siglip", "metaclip_2")
 IMAGE = 32
 TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
 VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -93,6 +94,14 @@ def build(family: str, seed: int = 0):
                                  vision_config=VISION)
         model = tf.SiglipModel(config)
         processor = tf.SiglipImageProcessorPil(size={"height": IMAGE, "width": IMAGE})
+    elif family == "metaclip_2":  # CLIP's architecture with a multilingual (SentencePiece-style) tokenizer
+        tokenizer = siglip_tokenizer()
+        tokenizer.model_max_length = 77
+        config = tf.MetaClip2Config(text_config={**TEXT, "vocab_size": len(tokenizer), "max_position_embeddings": 77,
+                                                 "eos_token_id": 1, "pad_token_id": 0, "bos_token_id": None},
+                                    vision_config=VISION, projection_dim=32)
+        model = tf.MetaClip2Model(config)
+        processor = tf.CLIPImageProcessorPil(size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE})
     else:
         raise ValueError(family)
     with torch.no_grad():  # random init gives near-identical embeddings: spread them so probabilities differ

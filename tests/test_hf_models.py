@@ -263,8 +263,8 @@ def test_chinese_template_sets_and_their_language(tmp_path):
     listed = cli("templates")
     rows = {line.split("│")[0].strip(): [c.strip() for c in line.split("│")] for line in listed.stdout.splitlines()
             if "│" in line and line.split("│")[0].strip()}
-    assert rows["zh-imagenet"][1:3] == ["zh", "80"] and rows["zh-simple"][1:3] == ["zh", "1"]
-    assert rows["imagenet"][1:3] == ["en", "80"]
+    assert rows["zh-imagenet"][1:3] == ["80", "zh"] and rows["zh-simple"][1:3] == ["1", "zh"]
+    assert rows["imagenet"][1:3] == ["80", "en"]
 
 
 def test_scripts_of_label_text():

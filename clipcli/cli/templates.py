@@ -22,9 +22,9 @@ def templates(
 
     console = Console(highlight=False)
     if name is None:
-        table = output.plain_table(None, "name", "language", "templates", "description", right=("templates",))
+        table = output.plain_table(None, "name", "templates", "language", "description", right=("templates",))
         for template_set in list_template_sets():
-            table.add_row(template_set.name, template_set.language or "-", str(len(template_set.templates)),
+            table.add_row(template_set.name, str(len(template_set.templates)), template_set.language or "-",
                           output.escape(template_set.description))
         console.print(table)
         return

@@ -303,3 +303,31 @@ def test_tables_align_cjk_labels(hf_dirs, images):
     assert len(lines) >= 9 and any("小笼包" in line for line in lines)
     offsets = {tuple(cell_len(line[:i]) for i, ch in enumerate(line) if ch in "│┃") for line in lines}
     assert len(offsets) == 1, result.stdout  # every separator in the same screen column, wide characters or not
+
+
+# --- open_clip's multilingual models load offline from the Hugging Face cache --------------------------------
+
+@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.parametrize("repo", sorted(tiny_hf_models.MULTILINGUAL_OPEN_CLIP))
+def test_multilingual_open_clip_models_run_offline_once_cached(repo, images, tmp_path):
+    """xlm-roberta-base-ViT-B-32 and nllb-clip-base as their hub repositories (tiny weights, their text model's
+    config and tokenizer cached beside them), with HF_HUB_OFFLINE: probabilities equal open_clip's own."""
+    cache = tmp_path / "hub"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    labels = ["馄饨", "小笼包", "red circle"]
+    image = images / "red_circle.png"
+    built = subprocess.run([sys.executable, str(Path(tiny_hf_models.__file__)), str(cache), repo, str(image), *labels],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert built.returncode == 0, built.stderr
+    want = json.loads(built.stdout.strip().splitlines()[-1])
+    run = subprocess.run([sys.executable, "-m", "clipcli", "classify", str(image), "-m", f"hf-hub:{repo}", "-l",
+                          ",".join(labels), "--templates", "simple", "-f", "json", "-k", "0"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "warning" not in run.stderr  # a multilingual tokenizer: no script warning
+    got = {p["label"]: p["score"] for p in json.loads(run.stdout)["results"][0]["predictions"]}
+    for label, value in zip(labels, want):
+        assert got[label] == pytest.approx(value, abs=1e-5)
+    assert max(want) - min(want) > 1e-3

@@ -122,3 +122,102 @@ def save(family: str, directory: Path, seed: int = 0) -> Path:
     tokenizer.save_pretrained(str(directory))
     processor.save_pretrained(str(directory))
     return directory
+
+
+# --- open_clip's multilingual models (a Hugging Face text tower inside open_clip), cached offline ------------------
+
+MULTILINGUAL_OPEN_CLIP = {
+    # open_clip hub repository -> the transformers text model its open_clip_config.json names, and its pooling
+    "laion/CLIP-ViT-B-32-xlm-roberta-base-laion5B-s13B-b90k": ("xlm-roberta-base", "mean_pooler", "xlm-roberta"),
+    "visheratin/nllb-clip-base-oc": ("facebook/nllb-200-distilled-600M", "cls_pooler", "m2m_100"),
+}
+
+
+def _hub_put(cache: Path, repo: str, folder_writer) -> Path:
+    """Write a repository into a Hugging Face cache folder (models--org--name/snapshots/<commit>, refs/main)."""
+    entry = cache / f"models--{repo.replace('/', '--')}"
+    snapshot = entry / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    folder_writer(snapshot)
+    (entry / "refs").mkdir(exist_ok=True)
+    (entry / "refs" / "main").write_text("0" * 40)
+    return snapshot
+
+
+def _multilingual_tokenizer(kind: str):
+    """XLM-R's or NLLB's tokenizer class over a small vocabulary (Latin words or letters and Chinese characters)."""
+    pieces = [(f"▁{w}", -2.0) for w in WORDS] + [(c, -4.0) for c in dict.fromkeys(CHINESE)] + [("▁", -5.0)]
+    pieces += [(c, -6.0) for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+    if kind == "xlm-roberta":
+        from transformers import XLMRobertaTokenizer
+
+        specials = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+        return XLMRobertaTokenizer(vocab=specials + pieces + [("<mask>", 0.0)])
+    from transformers import NllbTokenizer  # byte-pair: characters, no merges; language codes as special tokens
+
+    chars = ["<s>", "<pad>", "</s>", "<unk>", "▁", *dict.fromkeys(CHINESE + "abcdefghijklmnopqrstuvwxyz0123456789.,"),
+             "eng_Latn", "zho_Hans", "<mask>"]
+    return NllbTokenizer(vocab={c: i for i, c in enumerate(chars)}, merges=[], src_lang="eng_Latn")
+
+
+def save_multilingual_open_clip(cache: Path, repo: str, seed: int = 0) -> None:
+    """A tiny open_clip model with a transformers text tower, in the Hugging Face cache layout: the open_clip repo
+    (open_clip_config.json + open_clip_model.safetensors) and the text model's repo (config.json + tokenizer), as
+    a first online run leaves them.  Run with HF_HUB_CACHE pointing at `cache` (open_clip reads the text model's
+    config from the default cache)."""
+    import json
+
+    import open_clip
+    import transformers as tf
+    from safetensors.torch import save_file
+
+    text_repo, pooler, kind = MULTILINGUAL_OPEN_CLIP[repo]
+    tokenizer = _multilingual_tokenizer(kind)
+    small = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    if kind == "xlm-roberta":
+        config = tf.XLMRobertaConfig(vocab_size=len(tokenizer), max_position_embeddings=80, pad_token_id=1, **small)
+    else:
+        config = tf.M2M100Config(vocab_size=len(tokenizer), d_model=32, encoder_layers=2, decoder_layers=2,
+                                 encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+                                 decoder_ffn_dim=64, max_position_embeddings=80, pad_token_id=1)
+    _hub_put(cache, text_repo, lambda folder: (config.save_pretrained(str(folder)),
+                                               tokenizer.save_pretrained(str(folder))))
+    model_cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8,
+                                                 "head_width": 32},
+                 "text_cfg": {"hf_model_name": text_repo, "hf_tokenizer_name": text_repo, "hf_pooler_type": pooler,
+                              "hf_proj_type": "linear", "context_length": 32}}
+    torch.manual_seed(seed)
+    model = open_clip.CustomTextCLIP(**{**model_cfg, "text_cfg": {**model_cfg["text_cfg"], "hf_model_pretrained": False}})
+    with torch.no_grad():
+        model.logit_scale.fill_(4.0)
+        for p in model.parameters():
+            if p.ndim >= 2:
+                p.mul_(3.0)
+
+    def write(folder: Path) -> None:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+        (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {
+            "mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}}))
+
+    _hub_put(cache, repo, write)
+
+
+def open_clip_reference(repo: str, image: str, labels: list[str], template: str) -> list[float]:
+    """open_clip's own zero-shot probabilities for one image (independent of clipcli)."""
+    import open_clip
+    from PIL import Image
+
+    model, preprocess = open_clip.create_model_from_pretrained(f"hf-hub:{repo}")
+    tokenizer = open_clip.get_tokenizer(f"hf-hub:{repo}")
+    with torch.no_grad():
+        weights = open_clip.build_zero_shot_classifier(model.eval(), tokenizer, labels, [template])
+        features = model.encode_image(preprocess(Image.open(image).convert("RGB")).unsqueeze(0), normalize=True)
+        return (model.logit_scale.exp() * features @ weights).softmax(dim=-1)[0].tolist()
+
+
+if __name__ == "__main__":  # python tiny_hf_models.py CACHE REPO IMAGE LABEL...: build (in the cache HF_HUB_CACHE
+    import json  # names), then print open_clip's probabilities; what the multilingual tests run in a subprocess
+    import sys
+
+    save_multilingual_open_clip(Path(sys.argv[1]), sys.argv[2])
+    print(json.dumps(open_clip_reference(sys.argv[2], sys.argv[3], sys.argv[4:], "a photo of a {}.")))

@@ -331,3 +331,51 @@ def test_multilingual_open_clip_models_run_offline_once_cached(repo, images, tmp
     for label, value in zip(labels, want):
         assert got[label] == pytest.approx(value, abs=1e-5)
     assert max(want) - min(want) > 1e-3
+
+
+@pytest.mark.slow  # a real local Ray
+def test_classify_on_ray_equals_local_with_a_transformers_model(hf_dirs, images):
+    pytest.importorskip("ray")
+    args = ["classify", images, "-m", f"local-dir:{hf_dirs['siglip']}", "-l", ",".join(LABELS), "-f", "json", "-k",
+            "0", "--score", "sigmoid"]
+    local, on_ray = cli(*args), cli(*args, "--engine", "ray")
+    assert on_ray.exit_code == 0, on_ray.output
+    rows = {r["path"]: r["predictions"] for r in json.loads(local.stdout)["results"]}
+    results = json.loads(on_ray.stdout)["results"]
+    assert sorted(r["path"] for r in results) == sorted(rows) and len(rows) == 3
+    for record in results:
+        want = {p["label"]: p["score"] for p in rows[record["path"]]}
+        assert {p["label"]: pytest.approx(want[p["label"]], abs=1e-6) for p in record["predictions"]} == want
+
+
+@pytest.mark.fresh_exports
+def test_a_transformers_model_that_does_not_export_stays_on_torch_remembered(hf_dirs, monkeypatch):
+    from clipcli.backends import export_hf, load_backend_model
+    from clipcli.errors import ExportError
+
+    calls = []
+
+    def broken(loaded, path):
+        calls.append(path)
+        raise RuntimeError("an operator the exporter does not know")
+
+    monkeypatch.setattr(export_hf, "_export_image", broken)
+    first = load_backend_model(f"local-dir:{hf_dirs['chinese_clip']}", device="cpu")
+    second = load_backend_model(f"local-dir:{hf_dirs['chinese_clip']}", device="cpu")
+    assert first.backend == second.backend == "torch" and len(calls) == 1  # the failure is remembered
+    with pytest.raises(ExportError, match="cannot run on ONNX Runtime"):
+        load_backend_model(f"local-dir:{hf_dirs['chinese_clip']}", backend="onnx")
+
+
+def test_a_slow_tokenizer_keeps_label_text_on_torch(hf_dirs, monkeypatch, tmp_path):
+    """No fast tokenizer (no tokenizer.json to run without transformers): images on ONNX Runtime, text on torch."""
+    from clipcli.backends import export_hf, load_backend_model
+    from clipcli.models import load_model
+
+    monkeypatch.setattr(export_hf, "_tokenizer_twin", lambda loaded, path: "tokenizer X is not a fast tokenizer")
+    monkeypatch.setenv("CLIPCLI_CACHE_DIR", str(tmp_path))
+    model = load_backend_model(f"local-dir:{hf_dirs['siglip']}", device="cpu", backend="onnx")
+    assert model.backend == "onnx" and not model.text_on_onnx
+    assert sorted(p.name for p in model.directory.iterdir()) == ["image.onnx", "model.json"]
+    want = load_model(f"local-dir:{hf_dirs['siglip']}", device="cpu").encode_texts(["小笼包", "a dog"])
+    assert np.abs(model.encode_texts(["小笼包", "a dog"]) - want).max() < 1e-6

@@ -379,3 +379,12 @@ def test_a_slow_tokenizer_keeps_label_text_on_torch(hf_dirs, monkeypatch, tmp_pa
     assert sorted(p.name for p in model.directory.iterdir()) == ["image.onnx", "model.json"]
     want = load_model(f"local-dir:{hf_dirs['siglip']}", device="cpu").encode_texts(["小笼包", "a dog"])
     assert np.abs(model.encode_texts(["小笼包", "a dog"]) - want).max() < 1e-6
+
+
+def test_int8_image_tower_of_a_transformers_model(hf_dirs, images):
+    args = ["classify", images, "-m", f"local-dir:{hf_dirs['clip']}", "-l", ",".join(LABELS), "-f", "json", "-k", "1"]
+    fp32, int8 = cli(*args), cli(*args, "--precision", "int8")
+    assert int8.exit_code == 0, int8.output
+    assert json.loads(int8.stdout)["model"]["precision"] == "int8"
+    assert [r["predictions"][0]["label"] for r in json.loads(int8.stdout)["results"]] == \
+        [r["predictions"][0]["label"] for r in json.loads(fp32.stdout)["results"]]

@@ -152,7 +152,7 @@ def ort_session(path: Path, threads: int | None = None, quick: bool = False):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def quantized_image(directory: Path, size: tuple[int, int]) -> Path:
+def quantized_image(directory: Path, size: tuple[int, int], input_name: str = "pixels") -> Path:
     """The image tower with int8 weights (ONNX Runtime's dynamic quantisation), made once beside the fp32
     one, atomically, and checked on probe inputs of the tower's input size (height, width); ExportError when
     it fails or strays too far."""
@@ -173,8 +173,8 @@ def quantized_image(directory: Path, size: tuple[int, int]) -> Path:
         finally:
             logging.getLogger().removeHandler(quiet)
         probe = np.random.default_rng(0).standard_normal((4, 3, *size)).astype(np.float32)
-        fp32 = ort_session(Path(directory) / "image.onnx").run(None, {"pixels": probe})[0]
-        int8 = ort_session(Path(temporary)).run(None, {"pixels": probe})[0]
+        fp32 = ort_session(Path(directory) / "image.onnx").run(None, {input_name: probe})[0]
+        int8 = ort_session(Path(temporary)).run(None, {input_name: probe})[0]
         cosine = float(np.min(np.sum(l2_normalize(fp32) * l2_normalize(int8), axis=1)))
         if not cosine >= INT8_MIN_COSINE:
             raise ExportError(f"int8 quantisation moves this model's image features too far (cosine {cosine:.3f} "
@@ -204,7 +204,8 @@ class OnnxModel:
         self.identity = {**self.facts["identity"], "precision": self.precision}
         self.preprocess = transform_from_config(self.facts["preprocess"])
         self._image_input = self.facts.get("image_input", "pixels")
-        self._image_path = (quantized_image(self.directory, self.preprocess.size) if self.precision == "int8"
+        self._image_path = (quantized_image(self.directory, self.preprocess.size, self._image_input)
+                            if self.precision == "int8"
                             else self.directory / "image.onnx")
         self._threads = threads
         self._image = self._text = self._tokenizer = None

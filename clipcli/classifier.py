@@ -80,7 +80,7 @@ def build_class_embeddings(loaded, labels: list[Label], templates: TemplateSet, 
     keys = [label.texts for label in labels]
     from .languages import warn_unsupported_script
 
-    warn_unsupported_script(loaded, [text for label in labels for text in label.texts])
+    warn_unsupported_script(loaded, [*(text for label in labels for text in label.texts), *templates.templates])
     packed = cache.get_pack(keys) if cache and len(labels) >= PACK_MIN_LABELS else None
     if packed is not None:
         return packed

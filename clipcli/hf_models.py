@@ -114,12 +114,14 @@ def image_transform(folder: Path):
     from .preprocess import HFImageTransform
 
     cfg = processor_config(folder)
+    kind = cfg.get("image_processor_type") or cfg.get("feature_extractor_type") or "?"
+    reference = _pil_processor(folder)
+    if reference is not None:  # its settings as the processor reads them (`size: 224` means the shortest edge
+        cfg = {**cfg, **reference.to_dict()}  # for CLIP's processor, a square for SigLIP's)
     try:
         transform = HFImageTransform.from_processor_config(cfg)
     except (ValueError, KeyError, TypeError) as exc:
-        raise ModelLoadError(f"{folder}: image processor {cfg.get('image_processor_type', '?')} is not supported "
-                             f"({exc})") from None
-    reference = _pil_processor(folder)
+        raise ModelLoadError(f"{folder}: image processor {kind} is not supported ({exc})") from None
     if reference is not None:
         from PIL import Image
 
@@ -128,8 +130,8 @@ def image_transform(folder: Path):
             want = np.asarray(reference(images=[probe], return_tensors="np")["pixel_values"][0])
             got = transform(probe)
             if got.shape != want.shape or float(np.abs(got - want).max()) > 1e-5:
-                raise ModelLoadError(f"{folder}: image processor {cfg.get('image_processor_type', '?')} does "
-                                     "something clipcli does not reproduce")
+                raise ModelLoadError(f"{folder}: image processor {kind} does something clipcli does not "
+                                     "reproduce")
     return transform
 
 

@@ -283,10 +283,12 @@ def test_cjk_labels_with_an_english_only_tokenizer_warn_once(tiny_model, hf_dirs
     assert "multilingual" not in english.stderr
     result = cli("classify", images / "red_circle.png", "-m", tiny_model, "-l", "馄饨,小笼包,red circle")
     assert result.exit_code == 0, result.output
-    assert result.stderr.count("warning: labels in Chinese/Japanese (Han) script (e.g. '馄饨')") == 1
+    assert result.stderr.count("warning: labels or templates in Chinese/Japanese (Han) script (e.g. '馄饨')") == 1
     assert "--model transformers:OFA-Sys/chinese-clip-vit-base-patch16" in result.stderr
     clip_bpe = cli("classify", images / "red_circle.png", "-m", f"local-dir:{hf_dirs['clip']}", "-l", "пельмени,b")
     assert "Cyrillic script" in clip_bpe.stderr and "xlm-roberta-base-ViT-B-32" in clip_bpe.stderr
+    templates = cli("classify", images / "red_circle.png", "-m", tiny_model, "-l", "dog,cat", "-t", "zh-simple")
+    assert "templates in Chinese/Japanese (Han) script (e.g. '一张{c}的照片。')" in templates.stderr
     chinese = cli("classify", images / "red_circle.png", "-m", f"local-dir:{hf_dirs['chinese_clip']}", "-l",
                   "馄饨,小笼包")
     assert chinese.exit_code == 0 and "warning" not in chinese.stderr
@@ -388,3 +390,22 @@ def test_int8_image_tower_of_a_transformers_model(hf_dirs, images):
     assert json.loads(int8.stdout)["model"]["precision"] == "int8"
     assert [r["predictions"][0]["label"] for r in json.loads(int8.stdout)["results"]] == \
         [r["predictions"][0]["label"] for r in json.loads(fp32.stdout)["results"]]
+
+
+def test_legacy_processor_config_with_an_int_size_is_read_as_transformers_reads_it(hf_dirs, tmp_path):
+    """openai/clip-vit-base-patch32's preprocessor_config.json says `size: 224`: the shortest edge, not a square."""
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    from clipcli.hf_models import image_transform
+
+    folder = shutil.copytree(hf_dirs["clip"], tmp_path / "legacy")
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "crop_size": 32, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+        "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "size": 32}))
+    transform = image_transform(folder)
+    assert transform.resize == (32,) and transform.crop == (32, 32)
+    image = Image.fromarray(np.random.default_rng(5).integers(0, 255, (40, 90, 3), dtype=np.uint8))
+    want = AutoImageProcessor.from_pretrained(str(folder), backend="pil")(images=[image], return_tensors="np")
+    assert float(np.abs(transform(image) - want["pixel_values"][0]).max()) <= 1e-6

@@ -270,11 +270,13 @@ def _resolve_folder(source: str, weights_dir: str | None, display: str) -> Path:
         raise ModelLoadError(f"{source} is not in the Hugging Face cache at {weights_dir or constants.HF_HUB_CACHE} "
                              f"and could not be downloaded{why}; run once with network access, or use a local "
                              "folder: --model local-dir:DIR")
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import list_repo_files, snapshot_download
 
-    try:
-        return Path(snapshot_download(source, cache_dir=weights_dir, allow_patterns=[
-            "*.json", "*.safetensors", "*.txt", "*.model"]))
+    try:  # config, tokenizer and processor files, and one weights format (safetensors where the repo has them)
+        files = list_repo_files(source)
+        weights = ["*.safetensors"] if any(name.endswith(".safetensors") for name in files) else ["*.bin"]
+        return Path(snapshot_download(source, cache_dir=weights_dir,
+                                      allow_patterns=["*.json", "*.txt", "*.model", *weights]))
     except Exception as exc:  # noqa: BLE001  (hub errors come in many types)
         raise ModelLoadError(f"cannot download {source}: {_first_line(str(exc))}") from None
 

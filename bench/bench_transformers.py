@@ -58,7 +58,8 @@ def main() -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     print(machine())
 
-    print(f"1. installed size: transformers {size_mb('transformers'):.0f} MB, tokenizers {size_mb('tokenizers'):.0f} MB")
+    print(f"1. installed size: transformers {size_mb('transformers'):.0f} MB, "
+          f"tokenizers {size_mb('tokenizers'):.0f} MB")
     imports = {"import transformers; transformers.CLIPModel": [], "import tokenizers": []}
     for _ in range(options.repeats):
         for code, times in imports.items():

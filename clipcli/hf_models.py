@@ -41,7 +41,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "voca
                    "spiece.model", "sentencepiece.bpe.model", "special_tokens_map.json", "added_tokens.json")
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 TEXT_BATCH = 256
-MULTILINGUAL_HINT = "transformers:OFA-Sys/chinese-clip-vit-base-patch16"
 
 
 def is_transformers_folder(directory: Path) -> bool:

@@ -55,8 +55,8 @@ def warn_unsupported_script(loaded, texts: Iterable[str]) -> None:
         return
     shown = ", ".join(f"{script} script (e.g. {text[:20]!r})" for script, text in examples.items())
     model = CHINESE_MODEL if any("Han" in s for s in examples) else MULTILINGUAL_MODEL
-    message = (f"labels or templates in {shown}: this model's tokenizer (OpenAI's CLIP BPE) was trained on English text only, "
-               f"so such prompts score as noise; use a multilingual model, e.g. --model {model}")
+    message = (f"labels or templates in {shown}: this model's tokenizer (OpenAI's CLIP BPE) was trained on English "
+               f"text only, so such prompts score as noise; use a multilingual model, e.g. --model {model}")
     if message not in _warned:
         _warned.add(message)
         warnings.warn(message, ClipCliWarning, stacklevel=3)

@@ -151,7 +151,8 @@ def test_missing_transformers_names_the_extra(hf_dirs, monkeypatch):
     from clipcli.models import load_model
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "transformers" else real(name, *a))
     with pytest.raises(ModelLoadError, match=r"clipcli\[transformers\]"):
         load_model(f"local-dir:{hf_dirs['clip']}", device="cpu")
 
@@ -222,7 +223,8 @@ def test_every_command_runs_with_a_transformers_model(hf_dirs, zh_dataset, tmp_p
     assert embedded.exit_code == 0, embedded.output
     info = json.loads(cli("store", "info", store, "-f", "json").stdout)
     assert info["images"] == 9
-    direct = json.loads(cli("classify", zh_dataset / "test", "-m", model, "-l", labels, "-f", "json", "-k", "0").stdout)
+    direct = json.loads(cli("classify", zh_dataset / "test", "-m", model, "-l", labels, "-f", "json", "-k",
+                            "0").stdout)
     stored = cli("classify", "--store", store, "-l", labels, "-f", "json", "-k", "0")
     assert stored.exit_code == 0, stored.output
     by_path = {r["path"]: r["predictions"] for r in direct["results"]}

@@ -75,7 +75,8 @@ def build(family: str, seed: int = 0):
     if family == "clip":
         tokenizer = clip_tokenizer()
         config = tf.CLIPConfig(text_config={**TEXT, "vocab_size": len(tokenizer), "max_position_embeddings": 77,
-                                            "eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id,
+                                            "eos_token_id": tokenizer.eos_token_id,
+                                            "bos_token_id": tokenizer.bos_token_id,
                                             "pad_token_id": tokenizer.pad_token_id},
                                vision_config=VISION, projection_dim=32)
         model = tf.CLIPModel(config)
@@ -187,7 +188,8 @@ def save_multilingual_open_clip(cache: Path, repo: str, seed: int = 0) -> None:
                  "text_cfg": {"hf_model_name": text_repo, "hf_tokenizer_name": text_repo, "hf_pooler_type": pooler,
                               "hf_proj_type": "linear", "context_length": 32}}
     torch.manual_seed(seed)
-    model = open_clip.CustomTextCLIP(**{**model_cfg, "text_cfg": {**model_cfg["text_cfg"], "hf_model_pretrained": False}})
+    text_cfg = {**model_cfg["text_cfg"], "hf_model_pretrained": False}  # a random text tower from the cached config
+    model = open_clip.CustomTextCLIP(**{**model_cfg, "text_cfg": text_cfg})
     with torch.no_grad():
         model.logit_scale.fill_(4.0)
         for p in model.parameters():
@@ -195,7 +197,8 @@ def save_multilingual_open_clip(cache: Path, repo: str, seed: int = 0) -> None:
                 p.mul_(3.0)
 
     def write(folder: Path) -> None:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                  str(folder / "open_clip_model.safetensors"))
         (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {
             "mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}}))
 

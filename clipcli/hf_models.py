@@ -55,6 +55,16 @@ def _cached_snapshot(repo: str, weights_dir: str | None) -> Path | None:
     return Path(path).parent if isinstance(path, str) else None
 
 
+def _is_repo_id(text: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
+
+
 def transformers_source(spec: ModelSpec, weights_dir: str | None) -> str | None:
     """The folder or hub id to load with transformers, or None when the spec is an open_clip model."""
     if spec.schema == "transformers":
@@ -66,7 +76,7 @@ def transformers_source(spec: ModelSpec, weights_dir: str | None) -> str | None:
         from .models import _hf_repo_cached
 
         repo = spec.name[len("hf-hub:"):]
-        if _hf_repo_cached(repo, ["open_clip_config.json"], weights_dir):
+        if not _is_repo_id(repo) or _hf_repo_cached(repo, ["open_clip_config.json"], weights_dir):
             return None
         return repo if _cached_snapshot(repo, weights_dir) is not None else None
     return None
@@ -255,8 +265,8 @@ def _resolve_folder(source: str, weights_dir: str | None, display: str) -> Path:
             raise ModelLoadError(f"{display}: config.json is missing (a transformers model folder is what "
                                  "save_pretrained writes)")
         return folder
-    if source.count("/") != 1:
-        raise ModelLoadError(f"{display}: folder not found")
+    if source.count("/") != 1 or source.startswith(("/", ".", "~")) or not _is_repo_id(source):
+        raise ModelLoadError(f"{display}: folder not found (and not a hub id ORG/NAME)")
     snapshot = _cached_snapshot(source, weights_dir)
     if snapshot is not None and any(p.name.endswith(WEIGHT_SUFFIXES) for p in snapshot.iterdir()):
         return snapshot

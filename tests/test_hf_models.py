@@ -133,6 +133,9 @@ def test_hf_hub_id_loads_from_the_local_cache_offline(hf_dirs, tmp_path, images,
     missing = cli(*args, "-m", "transformers:tiny-org/not-cached")
     assert missing.exit_code == 3 and "not in the Hugging Face cache" in missing.output
     assert len(missing.output.strip().splitlines()) == 1
+    no_folder = cli(*args, "-m", f"transformers:{tmp_path / 'nowhere'}")
+    assert no_folder.exit_code == 3 and no_folder.output.strip().endswith("folder not found (and not a hub id ORG/NAME)")
+    assert len(no_folder.output.strip().splitlines()) == 1
 
 
 def test_unsupported_model_type_is_one_clear_error(tmp_path, images):

@@ -26,7 +26,7 @@ from ..batches import DecodeLimits, thread_batches
 from ..errors import ExportError, first_line
 from ..fsutil import atomic_write_bytes, temp_beside
 from ..models import ModelSpec
-from ..preprocess import ImageTransform
+from ..preprocess import transform_from_config
 from ..vectors import l2_normalize
 
 TEXT_BATCH = 256
@@ -152,7 +152,7 @@ def ort_session(path: Path, threads: int | None = None, quick: bool = False):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def quantized_image(directory: Path, size: tuple[int, int]) -> Path:
+def quantized_image(directory: Path, size: tuple[int, int], input_name: str = "pixels") -> Path:
     """The image tower with int8 weights (ONNX Runtime's dynamic quantisation), made once beside the fp32
     one, atomically, and checked on probe inputs of the tower's input size (height, width); ExportError when
     it fails or strays too far."""
@@ -173,8 +173,8 @@ def quantized_image(directory: Path, size: tuple[int, int]) -> Path:
         finally:
             logging.getLogger().removeHandler(quiet)
         probe = np.random.default_rng(0).standard_normal((4, 3, *size)).astype(np.float32)
-        fp32 = ort_session(Path(directory) / "image.onnx").run(None, {"pixels": probe})[0]
-        int8 = ort_session(Path(temporary)).run(None, {"pixels": probe})[0]
+        fp32 = ort_session(Path(directory) / "image.onnx").run(None, {input_name: probe})[0]
+        int8 = ort_session(Path(temporary)).run(None, {input_name: probe})[0]
         cosine = float(np.min(np.sum(l2_normalize(fp32) * l2_normalize(int8), axis=1)))
         if not cosine >= INT8_MIN_COSINE:
             raise ExportError(f"int8 quantisation moves this model's image features too far (cosine {cosine:.3f} "
@@ -202,8 +202,10 @@ class OnnxModel:
         self.load_args = load_args or {}
         self.precision = "int8" if self.load_args.get("precision") == "int8" else "fp32"
         self.identity = {**self.facts["identity"], "precision": self.precision}
-        self.preprocess = ImageTransform.from_config(self.facts["preprocess"])
-        self._image_path = (quantized_image(self.directory, self.preprocess.size) if self.precision == "int8"
+        self.preprocess = transform_from_config(self.facts["preprocess"])
+        self._image_input = self.facts.get("image_input", "pixels")
+        self._image_path = (quantized_image(self.directory, self.preprocess.size, self._image_input)
+                            if self.precision == "int8"
                             else self.directory / "image.onnx")
         self._threads = threads
         self._image = self._text = self._tokenizer = None
@@ -247,7 +249,7 @@ class OnnxModel:
         if self._image is None:
             quick = self._images_expected is not None and self._images_expected <= QUICK_IMAGES
             self._image = ort_session(external_weights(self._image_path), self._threads, quick)
-        return self._image.run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})[0]
+        return self._image.run(None, {self._image_input: np.ascontiguousarray(pixels, dtype=np.float32)})[0]
 
     # --- text ----------------------------------------------------------------------------------------------
     @property
@@ -267,11 +269,30 @@ class OnnxModel:
     def tokenizer(self):
         if not self.text_on_onnx:
             return self._torch_model().tokenizer
-        if self._tokenizer is None:
+        if self._tokenizer is None and self.facts["text"].get("mode") == "transformers":
+            from ..hf_text import FastTokenizer, TextSettings
+
+            self._tokenizer = FastTokenizer(str(self.directory / "tokenizer.json"),
+                                            TextSettings.from_dict(self.facts["text"]["settings"]))
+        elif self._tokenizer is None:
             from ..tokenizer import ClipTokenizer
 
             self._tokenizer = ClipTokenizer(int(self.facts["text"]["context_length"]))
         return self._tokenizer
+
+    def _encode_transformers_texts(self, texts: Sequence[str], progress) -> np.ndarray:
+        """A transformers text tower: the tokenizer's inputs, batches of similar length padded to their longest."""
+        from ..hf_text import batch_rows, prompt_lengths
+
+        tokens = self.tokenizer(list(texts))
+        order = np.argsort(prompt_lengths(tokens), kind="stable")
+        out = np.empty((len(texts), self.embed_dim), dtype=np.float32)
+        for start in range(0, len(texts), TEXT_BATCH):
+            rows = order[start:start + TEXT_BATCH]
+            out[rows] = self._text.run(None, batch_rows(tokens, rows, self.tokenizer.settings))[0]
+            if progress is not None:
+                progress(min(start + TEXT_BATCH, len(texts)), len(texts))
+        return out
 
     def encode_texts(self, texts: Sequence[str], progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """L2-normalised float32 [len(texts), dim]: each batch runs at its own length (trimmed, exact)."""
@@ -281,6 +302,8 @@ class OnnxModel:
             self._text = ort_session(external_weights(self.directory / "text.onnx"), self._threads,
                                      quick=len(texts) <= QUICK_TEXTS)
         text = self.facts["text"]
+        if text.get("mode") == "transformers":
+            return self._encode_transformers_texts(texts, progress)
         tokens = self.tokenizer(list(texts))
         if text.get("mode") == "full":  # a tower that is not classic CLIP runs at its full context, as in torch
             ends = np.full(len(texts), tokens.shape[1] - 1)

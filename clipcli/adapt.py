@@ -209,9 +209,10 @@ def adapted_scores(scorer, features, score: str = "softmax", settings: AdaptSett
     from .vectors import sigmoid, softmax
 
     scorer.check_score(score)
+    base = getattr(scorer, "base", scorer)  # an open-set scorer (--other): its labels' scores are its base's
     x = as_array(features)
-    result = adapt_logits(x, class_embeddings_of(scorer), scorer.logits(x), settings, warn)
+    result = adapt_logits(x, class_embeddings_of(base), base.logits(x), settings, warn)
     if score == "sigmoid":
         with np.errstate(over="ignore"):  # exp of a very negative adapted logit: the score is 0, as it should be
-            return sigmoid(result.logits + scorer.logit_bias), result
+            return sigmoid(result.logits + base.logit_bias), result
     return softmax(result.logits), result

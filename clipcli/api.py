@@ -10,6 +10,9 @@
         for record in classify_paths(encoder, classifier, ["photos/a.jpg"]):
             ...
 
+    # "none of these": records of images that fit no label start with {"label": "other", "score": s}
+    scorer = open_set_scorer(classifier, encoder.model, OpenSetOptions(enabled=True))
+
 Slow steps take an optional `progress(done, total)` callback; nothing here prints.
 """
 
@@ -25,6 +28,9 @@ from .labels import Label
 from .options import DecodeOptions, EngineOptions, ModelOptions, ScoreOptions  # noqa: F401 (API)
 from .scoring import batch_records, classify_store, ranked  # noqa: F401 (API)
 from .adapt import AdaptSettings, adapt_logits, adapted_scores  # noqa: F401 (API)
+from .openset import OpenSetScorer, open_set_scorer  # noqa: F401 (API)
+from .options import OpenSetOptions  # noqa: F401 (API)
+from .calibration import auroc, expected_calibration_error, fpr_at_tpr, open_set_metrics  # noqa: F401 (API)
 
 Progress = Callable[[int, int], None]
 

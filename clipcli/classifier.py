@@ -78,6 +78,9 @@ def build_class_embeddings(loaded, labels: list[Label], templates: TemplateSet, 
                            progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """[labels, dim] float32 class embeddings; labels found in the cache are not encoded again."""
     keys = [label.texts for label in labels]
+    from .languages import warn_unsupported_script
+
+    warn_unsupported_script(loaded, [*(text for label in labels for text in label.texts), *templates.templates])
     packed = cache.get_pack(keys) if cache and len(labels) >= PACK_MIN_LABELS else None
     if packed is not None:
         return packed

@@ -84,6 +84,8 @@ class Encoder:
             yield from ray_batches(loaded, paths, decode.batch_size, limits, settings, progress)
             return
         done = 0
+        if hasattr(loaded, "expect_images"):  # the ONNX backend starts a quicker session for a short run
+            loaded.expect_images(len(paths))
         for batch in loaded.image_batches(paths, decode.batch_size, decode.workers, limits):
             yield batch.items, (None if batch.pixels is None else as_array(loaded.encode_pixels(batch.pixels)))
             done += len(batch.items)

@@ -26,6 +26,7 @@ from .vectors import as_array
 if TYPE_CHECKING:
     from .embeddings import Encoder
     from .fewshot import FewShotHead
+    from .options import OpenSetOptions
 
 Progress = Callable[[int, int], None]
 
@@ -190,6 +191,8 @@ class EvalResult:
     templates: TemplateSet
     metrics: Metrics
     mistakes: list[dict]  # the most confident wrong predictions, most confident first
+    calibration: dict | None = None  # ece and the reliability bins of the top-1 confidence (calibration)
+    open_set: dict | None = None  # with --other or unknown images: calibration.open_set_metrics
     adapt: dict | None = None  # what --adapt did (clipcli.adapt), when asked
 
 
@@ -221,9 +224,12 @@ def head_scorer(head: "FewShotHead", dataset: Dataset) -> tuple[TemplateSet, lis
 
 def evaluate(encoder: "Encoder", dataset: Dataset, template_sets: Sequence[TemplateSet], cache_dir: str | None = None,
              use_cache: bool = True, progress: Progress | None = None, mistakes: int = 12,
-             head: "FewShotHead | None" = None, adapt: bool = False) -> tuple[list[EvalResult], list[dict]]:
+             head: "FewShotHead | None" = None, open_set: "OpenSetOptions | None" = None,
+             unknown: Sequence[str] = (), adapt: bool = False) -> tuple[list[EvalResult], list[dict]]:
     """Accuracy of each template set (or of a few-shot head) on the dataset; images are encoded once for all.
-    adapt: the scores after a transductive pass over all the dataset's images (`adapt`), per template set.
+    Every result has its calibration; with `open_set` (--other) or `unknown` images (that belong to no class),
+    its open-set metrics too.  adapt: the scores after a transductive pass over all the dataset's images
+    (`adapt`; the unknown images are not part of it), per template set.
 
     Returns the results and the error records of images that could not be read (left out of the metrics)."""
     from .classifier import zero_shot_classifier
@@ -239,6 +245,10 @@ def evaluate(encoder: "Encoder", dataset: Dataset, template_sets: Sequence[Templ
     kept, stacked, errors = encode_dataset(encoder, dataset.paths, progress)
     if stacked is None:
         return [], errors
+    unknown_features = None
+    if unknown:
+        _, unknown_features, unknown_errors = encode_dataset(encoder, unknown)
+        errors += unknown_errors
     targets = [to_scorer[dataset.targets[i]] for i in kept]
     results = []
     for number, (template_set, scorer) in enumerate(scorers):
@@ -256,6 +266,36 @@ def evaluate(encoder: "Encoder", dataset: Dataset, template_sets: Sequence[Templ
         top_wrong = [{"path": display_path(dataset.paths[kept[row]]), "true": classes[targets[row]],
                       "predicted": classes[predicted], "confidence": confidence}
                      for confidence, row, predicted in sorted(wrong, reverse=True)[:mistakes]]
-        results.append(EvalResult(template_set, compute_metrics(targets, top, classes), top_wrong,
-                                  adaptation.as_header(classes) if adaptation is not None else None))
+        result = EvalResult(template_set, compute_metrics(targets, top, classes), top_wrong)
+        result.calibration = calibration_of(probabilities, targets)
+        if open_set is not None or unknown:
+            result.open_set = open_set_of(encoder, scorer, stacked, unknown_features, targets, top, open_set,
+                                          cache_dir, use_cache)
+        if adaptation is not None:
+            result.adapt = adaptation.as_header(classes)
+        results.append(result)
     return results, errors
+
+
+def calibration_of(probabilities: np.ndarray, targets: Sequence[int]) -> dict:
+    """ECE (15 bins) and the reliability bins of the top-1 softmax confidence."""
+    from .calibration import BINS, expected_calibration_error, reliability
+
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == np.asarray(targets)
+    return {"ece": expected_calibration_error(confidence, correct, BINS), "bins": BINS,
+            "reliability": reliability(confidence, correct, BINS)}
+
+
+def open_set_of(encoder, scorer, known, unknown, targets, top, options, cache_dir, use_cache) -> dict:
+    """The open-set metrics of `scorer` with the --other rule, on the known (and unknown) images."""
+    from .calibration import open_set_metrics
+    from .openset import open_set_scorer
+    from .options import OpenSetOptions
+
+    options = OpenSetOptions(True, *(() if options is None else (options.label, options.threshold)))
+    wrapped = open_set_scorer(scorer, encoder.model, options, "softmax", cache_dir, use_cache)
+    correct = [order[0] == truth for order, truth in zip(top, targets)]
+    metrics = open_set_metrics(wrapped.other_scores(known),
+                               wrapped.other_scores(unknown) if unknown is not None else [], correct, wrapped.threshold)
+    return {"label": wrapped.label, "negatives": len(wrapped.negatives), **metrics}

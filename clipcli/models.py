@@ -38,7 +38,7 @@ class ModelSpec:
 
     @property
     def schema(self) -> str | None:
-        for prefix in ("hf-hub:", "local-dir:"):
+        for prefix in ("hf-hub:", "local-dir:", "transformers:"):
             if self.name.startswith(prefix):
                 return prefix[:-1]
         return None
@@ -54,14 +54,17 @@ class ModelSpec:
             return self.alias
         if self.schema == "local-dir":
             return Path(self.name[len("local-dir:"):]).name or self.name
+        if self.schema == "transformers":
+            return Path(self.name[len("transformers:"):]).name or self.name
         return f"{self.name}:{self.pretrained}" if self.pretrained else self.name
 
 
 def parse_model_spec(model: str, pretrained: str | None = None) -> ModelSpec:
-    """`demo`, `local-dir:DIR`, `hf-hub:org/repo`, `ARCH` (+ pretrained), or `ARCH:TAG` shorthand."""
+    """`demo`, `local-dir:DIR`, `hf-hub:org/repo`, `transformers:DIR_OR_ORG/NAME`, `ARCH` (+ pretrained), or
+    `ARCH:TAG` shorthand."""
     if model == DEMO_ALIAS:
         return ModelSpec(f"local-dir:{demo_model_dir()}", None, alias=DEMO_ALIAS)
-    if model.startswith(("hf-hub:", "local-dir:")):
+    if model.startswith(("hf-hub:", "local-dir:", "transformers:")):
         return ModelSpec(model, None)
     if pretrained is None and ":" in model:
         arch, _, tag = model.partition(":")
@@ -235,7 +238,7 @@ def _check_local_dir(spec: ModelSpec) -> Path:
         raise ModelLoadError(f"{spec.name}: folder not found")
     if not (directory / "open_clip_config.json").is_file():
         raise ModelLoadError(f"{spec.name}: open_clip_config.json is missing (a local-dir: model needs "
-                             "open_clip_config.json and a weights file)")
+                             "open_clip_config.json and a weights file, or a transformers config.json)")
     return directory
 
 
@@ -335,12 +338,21 @@ def _plan_download(spec: ModelSpec, tag_cfg: dict, weights_dir: str | None) -> b
 
 def load_model(model: str, pretrained: str | None = None, device: str = "auto", precision: str = "auto",
                weights_dir: str | None = None) -> LoadedModel:
-    """Load a model for inference (eval mode) with its preprocess and tokenizer."""
-    import open_clip
-
+    """Load a model for inference (eval mode) with its preprocess and tokenizer: open_clip's, or a Hugging Face
+    transformers CLIP-family model (see hf_models)."""
     spec = parse_model_spec(model, pretrained)
     torch_device = resolve_device(device)
     precision = resolve_precision(precision, torch_device)
+    from .hf_models import load_transformers_model, transformers_source
+
+    source = transformers_source(spec, weights_dir)
+    if source is not None:
+        loaded = load_transformers_model(spec, source, torch_device, precision, weights_dir)
+        loaded.load_args = {"model": model, "pretrained": pretrained, "device": device, "precision": precision,
+                            "weights_dir": weights_dir, "backend": "torch"}
+        return loaded
+    import open_clip
+
     # A local folder is known by its files' contents, never by where it is (a copied package or store still fits).
     known_as = spec.alias or ("local-dir" if spec.schema == "local-dir" else spec.name)
     identity: dict = {"model": known_as, "pretrained": spec.pretrained, "precision": precision}

@@ -52,3 +52,12 @@ class ScoreOptions:
     score: str = "softmax"  # or sigmoid (SigLIP-family models)
     top_k: int = 5  # 0: every label
     adapt: bool = False  # transductive pass over all images of the run before any record (clipcli.adapt)
+
+
+@dataclass(frozen=True)
+class OpenSetOptions:
+    """`--other`: answer `label` for an image that fits none of the labels (see openset)."""
+
+    enabled: bool = False
+    label: str = "other"
+    threshold: float | None = None  # None: the default of the score kind (openset.DEFAULT_THRESHOLDS)

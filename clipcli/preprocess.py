@@ -95,3 +95,119 @@ def _crop_or_pad(image: Image.Image, size: tuple[int, int], fill: int) -> Image.
             return image
     top, left = int(round((h - crop_h) / 2.0)), int(round((w - crop_w) / 2.0))
     return image.crop((left, top, left + crop_w, top + crop_h))
+
+
+PIL_RESAMPLE = {0: Image.Resampling.NEAREST, 1: Image.Resampling.LANCZOS, 2: Image.Resampling.BILINEAR,
+                3: Image.Resampling.BICUBIC, 4: Image.Resampling.BOX, 5: Image.Resampling.HAMMING}
+
+
+@dataclass(frozen=True)
+class HFImageTransform:
+    """A Hugging Face CLIP-family image processor (`preprocessor_config.json`) as its Pillow backend computes it,
+    without torch or transformers: resize (the shortest edge to N, keeping the ratio with transformers' int()
+    rounding, or to a fixed height x width), centre crop (offsets rounded down; zero padding when the image is
+    smaller, centred with the extra pixel on top/left), rescale (uint8 * factor in float64, then float32),
+    normalise ((x - mean) / std in float32).  Checked against the processor itself when a model loads."""
+
+    resize: tuple[int, ...] | None  # (shortest_edge,) or (height, width); None: no resize
+    crop: tuple[int, int] | None  # (height, width); None: no crop
+    resample: int = 3
+    rescale: float | None = 1 / 255
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    @classmethod
+    def from_processor_config(cls, cfg: dict) -> "HFImageTransform":
+        """From the fields of preprocessor_config.json; ValueError for settings it does not reproduce."""
+        def hw(value, name):
+            if isinstance(value, (int, float)):
+                return int(value), int(value)
+            if isinstance(value, dict) and value.get("height") and value.get("width"):
+                return int(value["height"]), int(value["width"])
+            raise ValueError(f"{name} {value!r} is not a size this preprocessing reproduces")
+
+        for unsupported in ("do_pad", "do_image_splitting", "max_num_patches"):
+            if cfg.get(unsupported):
+                raise ValueError(f"the image processor's {unsupported} is not reproduced here")
+        resize = None
+        if cfg.get("do_resize", True):
+            size = cfg.get("size")
+            if isinstance(size, dict) and size.get("shortest_edge") and not size.get("longest_edge"):
+                resize = (int(size["shortest_edge"]),)
+            elif isinstance(size, int) and not cfg.get("default_to_square", True):
+                resize = (int(size),)
+            else:
+                resize = hw(size, "size")
+        crop = hw(cfg.get("crop_size"), "crop_size") if cfg.get("do_center_crop") else None
+        normalize = cfg.get("do_normalize", True)
+        return cls(resize, crop, int(cfg.get("resample", 3) if cfg.get("resample") is not None else 2),
+                   float(cfg.get("rescale_factor", 1 / 255)) if cfg.get("do_rescale", True) else None,
+                   tuple(float(v) for v in cfg["image_mean"]) if normalize else None,
+                   tuple(float(v) for v in cfg["image_std"]) if normalize else None)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The output (height, width)."""
+        if self.crop is not None:
+            return self.crop
+        if self.resize is not None and len(self.resize) == 2:
+            return self.resize
+        raise ValueError("this image processor's output size depends on the image")
+
+    def to_config(self) -> dict:
+        return {"kind": "transformers", "resize": list(self.resize) if self.resize else None,
+                "crop": list(self.crop) if self.crop else None, "resample": self.resample, "rescale": self.rescale,
+                "mean": list(self.mean) if self.mean else None, "std": list(self.std) if self.std else None}
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "HFImageTransform":
+        def tup(value, kind):
+            return None if value is None else tuple(kind(v) for v in value)
+
+        return cls(tup(cfg["resize"], int), tup(cfg["crop"], int), int(cfg["resample"]), cfg["rescale"],
+                   tup(cfg["mean"], float), tup(cfg["std"], float))
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """RGB PIL image -> float32 [3, H, W]."""
+        image = image.convert("RGB") if image.mode != "RGB" else image
+        if self.resize is not None:
+            w, h = image.size
+            if len(self.resize) == 1:
+                short, long = (w, h) if w <= h else (h, w)
+                new_short, new_long = self.resize[0], int(self.resize[0] * long / short)
+                target_h, target_w = (new_long, new_short) if w <= h else (new_short, new_long)
+            else:
+                target_h, target_w = self.resize
+            image = image.resize((target_w, target_h), resample=PIL_RESAMPLE.get(self.resample, Image.BILINEAR))
+        array = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+        if self.crop is not None:
+            array = _hf_center_crop(array, self.crop)
+        pixels = (array.astype(np.float64) * self.rescale).astype(np.float32) if self.rescale is not None \
+            else array.astype(np.float32)
+        if self.mean is not None:
+            mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
+            std = np.asarray(self.std, dtype=np.float32)[:, None, None]
+            pixels = (pixels - mean) / std
+        return np.ascontiguousarray(pixels, dtype=np.float32)
+
+
+def _hf_center_crop(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """transformers' numpy center_crop on [C, H, W]."""
+    import math
+
+    _, h, w = array.shape
+    crop_h, crop_w = size
+    top, left = (h - crop_h) // 2, (w - crop_w) // 2
+    if top >= 0 and left >= 0:
+        return array[:, top:top + crop_h, left:left + crop_w]
+    new_h, new_w = max(crop_h, h), max(crop_w, w)
+    padded = np.zeros((array.shape[0], new_h, new_w), dtype=array.dtype)
+    top_pad, left_pad = math.ceil((new_h - h) / 2), math.ceil((new_w - w) / 2)
+    padded[:, top_pad:top_pad + h, left_pad:left_pad + w] = array
+    top, left = top + top_pad, left + left_pad
+    return padded[:, max(0, top):min(new_h, top + crop_h), max(0, left):min(new_w, left + crop_w)]
+
+
+def transform_from_config(cfg: dict):
+    """The transform a saved preprocessing config describes (open_clip's or a transformers processor's)."""
+    return HFImageTransform.from_config(cfg) if cfg.get("kind") == "transformers" else ImageTransform.from_config(cfg)

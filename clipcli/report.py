@@ -88,6 +88,7 @@ def render_report(title: str, header: dict, results: Sequence[dict], class_names
     return page_start(title, header) + f"""<h2>Summary</h2>
 <table id="summary"><tr><th class="name">templates</th><th>acc1</th><th>acc5</th><th>mean per-class recall</th>
 <th>images</th></tr>{summary}</table>
+{trust_section(best)}
 <h2>Confusion matrix ({html.escape(best["templates"])})</h2>
 {heatmap(best["confusion_matrix"], class_names)}
 <h2>Per class ({html.escape(best["templates"])})</h2>
@@ -96,6 +97,69 @@ def render_report(title: str, header: dict, results: Sequence[dict], class_names
 <div class="mistakes">{mistakes or "<p>none</p>"}</div>
 </body></html>
 """
+
+
+def reliability_diagram(rows: Sequence[dict], ece: float, size: int = 320) -> str:
+    """Inline SVG: per confidence bin, a bar to the accuracy of its images, the diagonal of perfect calibration,
+    and the gap to it shaded (Guo et al. 2017, figure 1)."""
+    left, top, bottom = 48, 12, 36
+    plot = size - left - 12
+
+    def px(value: float) -> float:
+        return left + plot * value
+
+    def py(value: float) -> float:
+        return top + plot * (1 - value)
+
+    parts = [f'<svg id="reliability-diagram" width="{size}" '
+             f'height="{plot + top + bottom}" font-size="11" font-family="system-ui, sans-serif">']
+    for step in range(0, 11, 2):
+        value = step / 10
+        parts.append(f'<line x1="{left}" x2="{px(1):.1f}" y1="{py(value):.1f}" y2="{py(value):.1f}" stroke="#eee"/>'
+                     f'<text x="{left - 4}" y="{py(value) + 4:.1f}" text-anchor="end">{value:.1f}</text>'
+                     f'<text x="{px(value):.1f}" y="{py(0) + 14:.1f}" text-anchor="middle">{value:.1f}</text>')
+    for row in rows:
+        if not row["count"]:
+            continue
+        x, width = px(row["lower"]), plot * (row["upper"] - row["lower"])
+        accuracy, confidence = row["accuracy"], row["confidence"]
+        parts.append(f'<rect class="bin" x="{x:.1f}" y="{py(accuracy):.1f}" width="{width:.1f}" '
+                     f'height="{py(0) - py(accuracy):.1f}" fill="#4a78c2" stroke="#fff"><title>confidence '
+                     f'{row["lower"]:.2f}-{row["upper"]:.2f}: {row["count"]} images, accuracy {accuracy:.1%}, '
+                     f'mean confidence {confidence:.1%}</title></rect>')
+        low, high = sorted((accuracy, confidence))
+        parts.append(f'<rect class="gap" x="{x:.1f}" y="{py(high):.1f}" width="{width:.1f}" '
+                     f'height="{py(low) - py(high):.1f}" fill="#d62728" fill-opacity="0.3"/>')
+    parts.append(f'<line x1="{px(0):.1f}" y1="{py(0):.1f}" x2="{px(1):.1f}" y2="{py(1):.1f}" stroke="#555" '
+                 f'stroke-dasharray="4 3"/>')
+    parts.append(f'<text x="{px(0.5):.1f}" y="{py(0) + 30:.1f}" text-anchor="middle">top-1 confidence</text>')
+    parts.append(f'<text x="12" y="{py(0.5):.1f}" text-anchor="middle" transform="rotate(-90 12 {py(0.5):.1f})">'
+                 f'accuracy</text>')
+    parts.append(f'<text x="{left + 6}" y="{top + 14}">ECE {ece:.3f}</text></svg>')
+    return "".join(parts)
+
+
+def trust_section(result: dict) -> str:
+    """Calibration (ECE and the reliability diagram) and, when measured, the open-set metrics of a result."""
+    if "calibration" not in result:
+        return ""
+    calibration = result["calibration"]
+    section = (f'<h2>Calibration ({html.escape(result["templates"])})</h2>\n<p>Expected calibration error '
+               f'({calibration["bins"]} equal-width bins of the top-1 confidence): <b id="ece">'
+               f'{calibration["ece"]:.3f}</b>. Bars: accuracy of the images in each bin; dashed line: perfect '
+               f'calibration; red: the gap.</p>\n'
+               + reliability_diagram(calibration["reliability"], calibration["ece"]))
+    metrics = result.get("open_set")
+    if metrics:
+        auroc = "–" if metrics["auroc"] is None else f'{metrics["auroc"]:.3f}'
+        section += (f'\n<h2>Open set ({html.escape(metrics["label"])}, threshold {metrics["threshold"]:g})</h2>\n'
+                    f'<table id="open-set"><tr><th>AUROC</th><th>FPR at 95% TPR</th><th>known images right</th>'
+                    f'<th>known images kept</th><th>unknown images to {html.escape(metrics["label"])}</th>'
+                    f'<th>known</th><th>unknown</th></tr><tr><td>{auroc}</td><td>{percent(metrics["fpr95"])}</td>'
+                    f'<td>{percent(metrics["known_accuracy"])}</td><td>{percent(metrics["known_kept"])}</td>'
+                    f'<td>{percent(metrics["unknown_rejected"])}</td><td>{metrics["known"]}</td>'
+                    f'<td>{metrics["unknown"]}</td></tr></table>')
+    return section
 
 
 PREVIEW_STYLE = """
@@ -129,6 +193,35 @@ def render_sort_preview(title: str, header: dict, operations: Sequence[dict]) ->
     errors = "".join(f"<li>{html.escape(op['source'])}: {html.escape(op['note'])}</li>" for op in failed)
     return page_start(title, header, PREVIEW_STYLE) + f"""{"".join(sections) or "<p>nothing to sort</p>"}
 {f"<h2>Not sorted</h2><ul id='errors'>{errors}</ul>" if errors else ""}
+</body></html>
+"""
+
+
+def _card(path: str, caption: str, extra: str = "") -> str:
+    """A thumbnail with a caption and the file's name (its whole path on hover)."""
+    return (f'<div class="card"{extra}><img src="{_thumbnail(path, 150)}" alt=""><div class="score">{caption}</div>'
+            f'<div title="{html.escape(path)}">{html.escape(path.rsplit("/", 1)[-1])}</div></div>')
+
+
+def render_search(title: str, header: dict, hits: Sequence[dict]) -> str:
+    """The hits as thumbnails, best first, with rank and cosine similarity."""
+    cards = "".join(_card(h["path"], f'#{h["rank"]} &middot; {h["score"]:.3f}', f' data-rank="{h["rank"]}"')
+                    for h in hits)
+    return page_start(title, header, PREVIEW_STYLE) + f"""<div class="cards" id="hits">{cards or "<p>no match</p>"}</div>
+</body></html>
+"""
+
+
+def render_dupes(title: str, header: dict, groups: Sequence[Sequence]) -> str:
+    """Each group of near-duplicates side by side, the best copy first (search.Copy items)."""
+    sections = []
+    for number, group in enumerate(groups, start=1):
+        cards = "".join(_card(c.path, ("best copy" if i == 0 else f"similarity {c.similarity:.3f}")
+                              + (f" &middot; {c.width}x{c.height}" if c.width else ""))
+                        for i, c in enumerate(group))
+        sections.append(f'<section class="group" data-group="{number}"><h2>group {number}: {len(group)} images'
+                        f'</h2><div class="cards">{cards}</div></section>')
+    return page_start(title, header, PREVIEW_STYLE) + f"""{"".join(sections) or "<p>no near-duplicates</p>"}
 </body></html>
 """
 

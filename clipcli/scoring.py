@@ -40,19 +40,24 @@ def score_records(scorer, items: Sequence[BatchItem], features, options: ScoreOp
     """One record per item, in order: ranked predictions, or the item's error (scores: precomputed, one row
     per readable item)."""
     rows = iter(())
+    others = getattr(scorer, "other_scores", None)  # an open-set scorer (openset): `other` first when it is
     if scores is None and features is not None:
         scores = scorer.scores(features, options.score)
     if scores is not None:
         values, indexes = ranked(as_array(scores), options.top_k)
-        rows = zip(values.tolist(), indexes.tolist())
+        confidence = others(features).tolist() if others else [None] * len(values)
+        rows = zip(values.tolist(), indexes.tolist(), confidence)
     labels = scorer.labels
     for item in items:
         path = display_path(item.path)
         if item.error:
             yield error_record(path, *item.error)
         else:
-            values, indexes = next(rows)
-            yield prediction_record(path, [labels[i] for i in indexes], values)
+            values, indexes, other = next(rows)
+            record = prediction_record(path, [labels[i] for i in indexes], values)
+            if other is not None and scorer.is_other(other):
+                record["predictions"].insert(0, {"label": scorer.label, "score": float(other)})
+            yield record
 
 
 def classify_store(scorer, store, options: ScoreOptions = ScoreOptions(), progress: Callable[[int, int], None] | None = None,
@@ -106,4 +111,4 @@ def adapted_records(scorer, batches: Iterable[tuple[Sequence[BatchItem], object]
         scores, header = None, {"method": METHOD, "ran": False, "images": 0, "reason": "no readable image"}
     if on_adapt is not None:
         on_adapt(header)
-    yield from score_records(scorer, items, None, options, scores)
+    yield from score_records(scorer, items, features if len(features) else None, options, scores)

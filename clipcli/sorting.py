@@ -141,6 +141,11 @@ class SortRules:
     min_score: float = 0.0
     min_margin: float = 0.0
     unsure_dir: str = UNSURE_DIR
+    other_label: str | None = None  # --other: images answered with it go to its own folder, never unsure
+
+    def folder_labels(self, labels: Sequence[str]) -> list[str]:
+        """The labels that get a folder: the scorer's, and the other label with --other."""
+        return [*labels, *([self.other_label] if self.other_label is not None else [])]
 
     def check(self) -> None:
         if self.mode not in MODES:
@@ -176,7 +181,7 @@ def plan_sort(paths: Sequence[str], records: Iterable[dict], labels: Sequence[st
     """Each path with its record (ranked predictions, best first) -> an operation, with absolute paths.
     Only looks at the destination (and its manifests, or `manifest`, for moves to finish)."""
     rules.check()
-    names = folder_names(labels, rules.unsure_dir)
+    names = folder_names(rules.folder_labels(labels), rules.unsure_dir)
     unsure_name = safe_folder_name(rules.unsure_dir)
     into = Path(os.path.abspath(rules.into))
     refuse_linked_folders(into, [*names.values(), unsure_name])
@@ -191,7 +196,7 @@ def plan_sort(paths: Sequence[str], records: Iterable[dict], labels: Sequence[st
         ranked = record["predictions"]
         label, score = ranked[0]["label"], ranked[0]["score"]
         margin = score - ranked[1]["score"] if len(ranked) > 1 else 1.0
-        unsure = score < rules.min_score or margin < rules.min_margin
+        unsure = (score < rules.min_score or margin < rules.min_margin) and label != rules.other_label
         folder = unsure_name if unsure else names[label]
         base = os.path.basename(source) or "image"
         candidate, n = into / folder / base, 1

@@ -20,6 +20,13 @@ moves from one shard to another, so any mix of old and new shards holds each pat
 rows were all pruned is deleted.  Readers open every shard before reading one, so a writer cannot pull a
 shard away from them.  Pages carry CRC checksums, verified on every read.
 
+Scan copies (`STORE/_scan/`, skipped by Parquet readers): each shard's embeddings again as one contiguous
+float32 matrix, renormalised (`<shard>.<size>-<mtime_ns>.npy`; NaN rows for unreadable images), written by
+the writer beside every shard it writes (2 KB per image at 512-d).  Parquet decodes a fixed-size list value
+by value and float16 must then be cast; a scan (`clip search`) multiplies the mapped matrix directly,
+several times faster (bench/bench_search.py).  A copy whose name does not match its shard's
+size and mtime is ignored (and deleted by the next writer); a shard without one is read from Parquet.
+
 A file is fresh when its size and mtime equal the stored ones.  Stores of schema version 1 (manifest
 `clip-store.json` with a shard list) are read as they are and upgraded in place by the next writer.
 """
@@ -46,6 +53,7 @@ from .vectors import l2_normalize
 MANIFEST = "_clip-store.json"
 LEGACY_MANIFEST = "clip-store.json"  # schema version 1; in a version 2 store, an empty folder (see _guard)
 SHARD_DIR = "shards"
+SCAN_DIR = "_scan"
 LOCK_FILE = ".clip-store.lock"
 FORMAT = "clipcli-image-store"
 SCHEMA_VERSION = 2
@@ -281,6 +289,45 @@ class ImageStore:
         for batch in self.iter_record_batches(["path", "embedding", "error_type", "error_message"], rows):
             yield batch_embeddings(batch, self.dim)
 
+    def iter_vectors(self, rows: int = READ_ROWS, shards: Iterable[str] | None = None
+                     ) -> Iterator[tuple[Callable[[np.ndarray], list[str]], np.ndarray]]:
+        """(paths_of(rows) -> their paths, float32 unit embeddings [n, dim], NaN rows for unreadable images)
+        per batch, of every shard or the ones named: for scans that need only a few of the paths.  Read from
+        the shard's scan copy when it has a current one."""
+        names = set(shards) if shards is not None else None
+        for name, shard in self._shards():
+            if names is not None and name not in names:
+                continue
+            copy = self._scan_copy(name)
+            if copy is None:
+                for batch in self._batches(shard, name, ["path", "embedding"], rows):
+                    yield (lambda found, paths=batch.column(0): take_paths(paths, found)), \
+                        scan_matrix(batch, self.dim)
+                continue
+            paths: list = []
+
+            def paths_of(found: np.ndarray, start: int, shard=shard, name=name, paths=paths) -> list[str]:
+                if not paths:  # the shard's path column, read once and only when a batch has candidates
+                    try:
+                        paths.append(shard.read(columns=["path"]).column(0))
+                    except (OSError, ValueError) as exc:
+                        raise self._unreadable(name, exc) from None
+                return take_paths(paths[0], found + start)
+
+            for start in range(0, len(copy), rows):
+                yield (lambda found, start=start, paths_of=paths_of: paths_of(found, start)), copy[start:start + rows]
+
+    def _scan_copy(self, name: str) -> np.ndarray | None:
+        """The shard's current scan copy, memory-mapped, or None."""
+        try:
+            st = os.stat(self.directory / SHARD_DIR / name)
+            copy = np.load(self.directory / SCAN_DIR / scan_name(name, st), mmap_mode="r")
+        except (OSError, ValueError):
+            return None
+        if copy.ndim != 2 or copy.shape[1] != self.dim or copy.dtype != np.float32:
+            return None
+        return copy
+
     def iter_keys(self, shards: Iterable[str] | None = None) -> Iterator[tuple[str, int, int, list, list, list]]:
         """(shard, row group, paths, sizes, mtimes) for each row group: the small columns only."""
         names = set(shards) if shards is not None else None
@@ -407,6 +454,36 @@ def batch_embeddings(batch, dim: int) -> tuple[list[str], np.ndarray, list[tuple
             errors.append((int(row), kinds[row] or "unreadable", messages[row] or ""))
     l2_normalize(vectors, out=vectors)  # float16 storage rounds the norm; undo that
     return paths, vectors, errors
+
+
+def scan_name(shard: str, st: os.stat_result) -> str:
+    return f"{shard}.{st.st_size}-{st.st_mtime_ns}.npy"
+
+
+def take_paths(column, rows: np.ndarray) -> list[str]:
+    """column[rows] as Python strings, without arrow's `take` (which imports pyarrow.compute, a fifth of a
+    search's start-up)."""
+    if len(rows) > len(column) // 8:
+        every = column.to_pylist()
+        return [every[i] for i in rows.tolist()]
+    return [column[i].as_py() for i in rows.tolist()]
+
+
+def scan_matrix(table, dim: int) -> np.ndarray:
+    """A shard table's (or batch's) embeddings as one float32 [rows, dim] matrix of unit rows, NaN rows for
+    errors."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = table.column("embedding") if hasattr(table, "schema") else table
+    if hasattr(column, "combine_chunks"):
+        column = column.combine_chunks()
+    values = column.values.slice(column.offset * dim, len(column) * dim)
+    matrix = pc.cast(values, pa.float32()).to_numpy(zero_copy_only=False).reshape(len(column), dim)  # arrow's
+    matrix = l2_normalize(np.array(matrix))  # cast is vectorised; numpy's from float16 is several times slower
+    if column.null_count:
+        matrix[~column.is_valid().to_numpy(zero_copy_only=False)] = np.nan
+    return matrix
 
 
 def _check_manifest(directory: Path, manifest) -> dict:
@@ -591,11 +668,60 @@ class StoreWriter(ImageStore):
                            use_dictionary=["path", "error_type", "error_message"])
             with open(temp, "rb") as handle:
                 os.fsync(handle.fileno())
+            self._write_scan_copy(scan_matrix(table, self.dim), final.name, os.stat(temp))
             os.replace(temp, final)
         except BaseException:
             Path(temp).unlink(missing_ok=True)
             raise
         fsync_dir(final.parent)
+        self._drop_stale_scan_copies()
+
+    def _write_scan_copy(self, matrix: np.ndarray, shard: str, st: os.stat_result) -> None:
+        """The shard's scan copy, named after the shard's size and mtime (the shard keeps both on its rename).
+        Written before the shard takes its place: a crash in between leaves a copy that matches nothing."""
+        import io
+
+        folder = self.directory / SCAN_DIR
+        folder.mkdir(exist_ok=True)
+        buffer = io.BytesIO()
+        np.save(buffer, matrix, allow_pickle=False)
+        atomic_write_bytes(folder / scan_name(shard, st), buffer.getvalue(), durable=False)
+
+    def _drop_stale_scan_copies(self) -> None:
+        """Delete scan copies that match no live shard (replaced, pruned, or of an interrupted commit)."""
+        folder = self.directory / SCAN_DIR
+        if not folder.is_dir():
+            return
+        current = set()
+        for name in self.shard_names():
+            try:
+                current.add(scan_name(name, os.stat(self.directory / SHARD_DIR / name)))
+            except OSError:
+                pass
+        for entry in os.scandir(folder):
+            if entry.name not in current:
+                Path(entry.path).unlink(missing_ok=True)
+
+    def add_scan_copies(self) -> int:
+        """Write the scan copies that live shards lack (stores written before scan copies existed); returns
+        how many."""
+        made = 0
+        for name in self.shard_names():
+            path = self.directory / SHARD_DIR / name
+            if self._scan_copy(name) is not None:
+                continue
+            try:
+                with self._open(name) as shard:
+                    table = shard.read(columns=["embedding"])
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError) as exc:
+                raise self._damaged(name, exc) from None
+            self._write_scan_copy(scan_matrix(table, self.dim), name, st)
+            made += 1
+        self._drop_stale_scan_copies()
+        return made
 
     def remove_leftovers(self) -> None:
         """Delete the hidden temporary files of an interrupted commit."""
@@ -707,6 +833,7 @@ def open_for_writing(directory: str | os.PathLike, model: StoreModel, dim: int, 
         writer = StoreWriter(directory, manifest, lock_fd, shard_rows)
         writer.upgrade()
         writer.remove_leftovers()
+        writer.add_scan_copies()
         return writer
     except BaseException:
         os.close(lock_fd)

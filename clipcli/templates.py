@@ -1,7 +1,8 @@
 """Prompt-template sets: bundled YAML files in prompts/ or a user's own file.
 
-A set is a YAML mapping with `name`, `description`, `source` and `templates`
-(a list of sentences with one `{}` or `{c}` placeholder for the label).
+A set is a YAML mapping with `name`, `description`, `source`, `language` (optional: the language code of
+the templates, such as `zh`; the bundled sets without one are English) and `templates` (a list of sentences
+with one `{}` or `{c}` placeholder for the label).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class TemplateSet:
     source: str
     templates: list[str]
     path: Path | None = None
+    language: str | None = None  # as the file declares it; None when a user's file does not say
 
     def render(self, label: str) -> list[str]:
         """The label put into every template."""
@@ -72,10 +74,10 @@ def load_template_set(spec: str) -> TemplateSet:
         raise TemplateError(
             f"unknown template set {spec!r}; {hint}known sets: {', '.join(bundled_names())} "
             "(or give a path to your own .yaml file)")
-    return _parse_file(path)
+    return _parse_file(path, default_language="en")
 
 
-def _parse_file(path: Path) -> TemplateSet:
+def _parse_file(path: Path, default_language: str | None = None) -> TemplateSet:
     """A template file: a regular file of at most 1 MiB, every template and field plain text."""
     import yaml
 
@@ -94,9 +96,9 @@ def _parse_file(path: Path) -> TemplateSet:
     templates = [yaml_text(t, path, f"template {n}", TemplateError) for n, t in enumerate(data["templates"], 1)]
     for template in templates:
         _check_template(path, template)
-    name, description, source = (yaml_text(data.get(key) or "", path, key, TemplateError)
-                                 for key in ("name", "description", "source"))
-    return TemplateSet(name or path.stem, description, source, templates, path)
+    name, description, source, language = (yaml_text(data.get(key) or "", path, key, TemplateError)
+                                           for key in ("name", "description", "source", "language"))
+    return TemplateSet(name or path.stem, description, source, templates, path, language or default_language)
 
 
 def _check_template(path: Path, template: str) -> None:

@@ -272,3 +272,17 @@ def test_adapt_with_a_few_shot_head(folder, tmp_path):
     assert result.exit_code == 1 and document["adapt"]["ran"] and document["head"]["method"] == "gda"
     refused = cli("classify", folder, "-m", "demo", "--head", head, "--adapt", "--score", "sigmoid", "-q")
     assert refused.exit_code == 2 and "softmax" in refused.stderr
+
+
+def test_adapt_with_other(folder, tmp_path):
+    """--other and --adapt together: the labels' scores are adapted, the open-set answer is the rule's own."""
+    plain, before = classify_json(folder, "--other")
+    adapted, after = classify_json(folder, "--other", "--adapt")
+    assert adapted.exit_code == plain.exit_code == 1 and after["adapt"]["ran"] and "other" in after
+    for one, two in zip(before["results"], after["results"]):
+        assert one["path"] == two["path"]
+        if "error" not in one:
+            first = lambda record: record["predictions"][0]["label"] == "other"  # noqa: E731
+            assert first(one) == first(two)
+            if first(one):
+                assert one["predictions"][0] == two["predictions"][0]

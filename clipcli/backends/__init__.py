@@ -62,6 +62,8 @@ def wants_onnx(backend: str, device: str, precision: str) -> bool:
 def model_files(loaded) -> list[str]:
     """The files a loaded model came from (watched: an export is stale when one changes)."""
     spec = loaded.spec
+    if getattr(loaded, "kind", None) == "transformers":
+        return loaded.files()
     if spec.schema == "local-dir":
         folder = Path(spec.name[len("local-dir:"):])
         return sorted(str(p) for p in folder.iterdir() if p.is_file())

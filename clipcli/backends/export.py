@@ -175,6 +175,23 @@ def preprocess_config(loaded) -> dict:
     return transform.to_config()
 
 
+def _finish(work: Path, target: Path, facts: dict) -> None:
+    """model.json written last, then the folder renamed into place (atomically)."""
+    (work / "model.json").write_text(json.dumps(facts, indent=2), encoding="utf-8")
+    os.chmod(work, 0o755)
+    if (target / "model.json").is_file():  # another run exported the same model meanwhile: use that one
+        shutil.rmtree(work, ignore_errors=True)
+        return
+    if target.exists():  # an incomplete folder (a run killed mid-rename on an odd filesystem)
+        shutil.rmtree(target, ignore_errors=True)
+    try:
+        os.replace(work, target)
+    except OSError:
+        if not (target / "model.json").is_file():
+            raise
+        shutil.rmtree(work, ignore_errors=True)  # lost the race to a concurrent export: equally good
+
+
 def export_model(loaded, root: Path) -> Path:
     """Export both towers into root/<identity key>/ (atomically); returns that folder."""
     import warnings
@@ -195,9 +212,15 @@ def _export_model(loaded, root: Path) -> Path:
     try:
         facts = {"identity": loaded.identity, "key": loaded.identity_key(),
                  "spec": {"name": loaded.spec.name, "pretrained": loaded.spec.pretrained, "alias": loaded.spec.alias},
-                 "preprocess": preprocess_config(loaded), "image_size": loaded.image_size,
                  "embed_dim": loaded.embed_dim, "logit_scale": loaded.logit_scale, "logit_bias": loaded.logit_bias,
                  "opset": OPSET, "clipcli": __version__, "torch": torch.__version__}
+        if getattr(loaded, "kind", None) == "transformers":  # a Hugging Face transformers model: its own towers
+            from .export_hf import export_towers
+
+            facts.update(export_towers(loaded, work))
+            _finish(work, target, facts)
+            return target
+        facts.update(preprocess=preprocess_config(loaded), image_size=loaded.image_size)
         _export_image(loaded, work / "image.onnx")
         from ..textenc import _text_parts
 
@@ -212,19 +235,7 @@ def _export_model(loaded, root: Path) -> Path:
         else:
             facts["text"] = None
             facts["text_reason"] = why
-        (work / "model.json").write_text(json.dumps(facts, indent=2), encoding="utf-8")
-        os.chmod(work, 0o755)
-        if (target / "model.json").is_file():  # another run exported the same model meanwhile: use that one
-            shutil.rmtree(work, ignore_errors=True)
-            return target
-        if target.exists():  # an incomplete folder (a run killed mid-rename on an odd filesystem)
-            shutil.rmtree(target, ignore_errors=True)
-        try:
-            os.replace(work, target)
-        except OSError:
-            if not (target / "model.json").is_file():
-                raise
-            shutil.rmtree(work, ignore_errors=True)  # lost the race to a concurrent export: equally good
+        _finish(work, target, facts)
     except ExportError:
         shutil.rmtree(work, ignore_errors=True)
         raise

@@ -7,7 +7,7 @@ import sys
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from . import cache, classify, compare, embed, evaluate, fit, models, sort, store, templates
+from . import cache, classify, compare, embed, evaluate, fit, models, search, sort, store, templates
 
 EXIT_PARSE = 2
 # The parser's own exceptions (Typer vendors click in newer versions: take them from Typer itself).
@@ -105,9 +105,12 @@ EXAMPLES = {
     "compare": "clip compare img.jpg --models ViT-B-32:openai,demo -l 'cat,dog'",
     "models": "clip models vit-b --cached",
     "templates": "clip templates food",
+    "search": "clip search 'a red bicycle' --store photos.store -k 20",
+    "dupes": "clip dupes --store photos.store -f csv -o dupes.csv",
 }
 for name, command in (("classify", classify.classify), ("embed", embed.embed), ("eval", evaluate.evaluate),
-                      ("fit", fit.fit), ("sort", sort.sort), ("compare", compare.compare), ("models", models.models),
+                      ("fit", fit.fit), ("sort", sort.sort), ("compare", compare.compare), ("search", search.search),
+                      ("dupes", search.dupes), ("models", models.models),
                       ("templates", templates.templates)):
     app.command(name, cls=Command, epilog=f"Example: {EXAMPLES[name]}")(command)
 for name, group in (("cache", cache.app), ("store", store.app)):

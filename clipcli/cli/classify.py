@@ -10,9 +10,10 @@ from typing_extensions import Annotated
 
 from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors
-from .options import (ADAPT, DECODE, ENGINE, LABEL_GROUP, LABELS, MODEL_GROUP, OUTPUT, SOURCES, UI, OutputOpt,
+from .options import (ADAPT, DECODE, ENGINE, LABEL_GROUP, LABELS, MODEL_GROUP, OPEN_SET, OUTPUT, SOURCES, UI,
+                      OutputOpt,
                       StoreOpt, check_choice, check_format, check_outputs, header_of, open_sink, scorer_for, uses,
-                      warn_single_label)
+                      check_other, warn_single_label, with_other)
 
 
 def make_record_writer(fmt: str, stream, header: dict):
@@ -24,7 +25,7 @@ def make_record_writer(fmt: str, stream, header: dict):
 
 
 @handles_errors
-@uses(SOURCES, LABEL_GROUP, MODEL_GROUP, DECODE, ENGINE, UI, ADAPT)
+@uses(SOURCES, LABEL_GROUP, OPEN_SET, MODEL_GROUP, DECODE, ENGINE, UI, ADAPT)
 def classify(
     inputs: Annotated[Optional[List[str]], typer.Argument(
         help="Image files, folders (recursed) and glob patterns. With --store and no inputs: every stored image.",
@@ -38,7 +39,7 @@ def classify(
         "--score", rich_help_panel=LABELS,
         help="softmax (probabilities over the labels) or sigmoid (independent, SigLIP models).")] = "softmax",
     store: StoreOpt = None,
-    *, sources, labels, model, decode, engine, ui, adapt,
+    *, sources, labels, open_set, model, decode, engine, ui, adapt,
 ) -> None:
     """Classify images into the labels you give (zero-shot, with a CLIP model)."""
     from ..options import ScoreOptions
@@ -46,7 +47,8 @@ def classify(
     check_format(fmt)
     check_choice("--score", score, ("softmax", "sigmoid"))
     if labels.head is None:
-        warn_single_label(labels.required(), score)  # no labels: refused before anything else
+        warn_single_label(labels.required(), score, open_set.enabled)  # no labels: refused before anything else
+    check_other(open_set, labels)
     whole_store = store is not None and not inputs and sources.files_from is None
     paths = [] if whole_store else sources.paths(inputs)
     check_outputs(files={"--output": output_path}, folders={} if whole_store else {"--store": store})
@@ -54,13 +56,13 @@ def classify(
     adapted: dict = {}  # what --adapt did: filled before the first record, shown in the JSON header
     with ExitStack() as stack:
         if whole_store:
-            scorer, described, records = _from_store(store, labels, model, options, ui, adapted.update)
+            scorer, described, records = _from_store(store, labels, model, options, ui, open_set, adapted.update)
         else:
             from ..api import classify_paths
             from ..embeddings import open_encoder
 
             encoder = stack.enter_context(open_encoder(model, decode, engine, store))
-            scorer = scorer_for(encoder.model, labels, model, ui)
+            scorer = with_other(scorer_for(encoder.model, labels, model, ui), encoder.model, open_set, score, model, ui)
             described = encoder.describe()
             records = lambda progress: classify_paths(encoder, scorer, paths, options, progress,  # noqa: E731
                                                      adapted.update)
@@ -76,15 +78,19 @@ def classify(
     raise typer.Exit(EXIT_SOME_FAILED if failures else EXIT_OK)
 
 
-def _from_store(store, labels, model, options, ui, on_adapt=None):
+def _from_store(store, labels, model, options, ui, open_set, on_adapt=None):
     """Every stored image, scored from the store: without loading the model when the labels are cached or a
-    head is given."""
+    head is given (and, with --other, the negative labels are cached)."""
     from ..api import classify_store, scorer_without_model
     from ..store import open_store
 
     reader = open_store(store)
     label_list = labels.required() if labels.head is None else None
     scorer = scorer_without_model(reader, label_list, labels.templates, labels.head, labels.head_path, model)
+    if scorer is not None and open_set.enabled:
+        from ..openset import open_set_without_model
+
+        scorer = open_set_without_model(scorer, reader, open_set, options.score, model)
     described = {"name": reader.model.name, "pretrained": reader.model.pretrained, "backend": None, "precision": None}
     if scorer is None:
         from ..embeddings import load_model, store_model
@@ -93,6 +99,7 @@ def _from_store(store, labels, model, options, ui, on_adapt=None):
         loaded = load_model(model, store)
         check_model(reader.directory, reader.manifest, store_model(loaded))
         scorer, described = scorer_for(loaded, labels, model, ui), loaded.describe()
+        scorer = with_other(scorer, loaded, open_set, options.score, model, ui)
     return scorer, described, lambda progress: classify_store(scorer, reader, options, progress,
                                                               on_adapt=on_adapt)
 

@@ -15,9 +15,11 @@ from typing_extensions import Annotated
 from .. import config
 from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors
-from .options import (ADAPT, DECODE, ENGINE, INPUTS, LABELS, MODEL_GROUP, OUTPUT, UI, HeadOpt, OutputOpt, StoreOpt,
-                      check_format, check_outputs, open_sink, option, scorer_for, uses)
+from .options import (ADAPT, DECODE, ENGINE, INPUTS, LABELS, MODEL_GROUP, OPEN_SET, OUTPUT, UI, HeadOpt, OutputOpt,
+                      StoreOpt, check_format, check_outputs, open_sink, option, scorer_for, uses)
 
+UnknownOpt = option("--unknown", panel=INPUTS, kind=Optional[Path], metavar="DIR", help="Images that belong to none "
+                    "of the classes: adds open-set metrics (AUROC, FPR at 95% TPR, accuracy with --other on).")
 MappingOpt = option("--mapping", panel=INPUTS, help="Folder or manifest name -> label text (.yaml/.json mapping, or "
                     ".csv name,label).")
 
@@ -35,11 +37,31 @@ def per_class_table(result: dict) -> Table:
 
 def result_dicts(results) -> list[dict]:
     return [{"templates": r.templates.name, "template_count": len(r.templates.templates), **r.metrics.as_dict(),
-             "mistakes": r.mistakes, **({"adapt": r.adapt} if r.adapt is not None else {})} for r in results]
+             "mistakes": r.mistakes, **({"calibration": r.calibration} if r.calibration is not None else {}),
+             **({"open_set": r.open_set} if r.open_set is not None else {}),
+             **({"adapt": r.adapt} if r.adapt is not None else {})} for r in results]
+
+
+def trust_table(rows: list[dict]) -> Table:
+    """Calibration (ECE) and, with --other or --unknown, the open-set metrics, per template set."""
+    from ..evaluate import percent
+
+    open_set = any("open_set" in row for row in rows)
+    columns = ("ECE", *(("AUROC", "FPR95", "acc1 with other", "unknown to other") if open_set else ()))
+    table = output.plain_table("calibration" + (" and open set" if open_set else ""), "templates", *columns,
+                               right=columns)
+    for row in rows:
+        cells = [f"{row['calibration']['ece']:.3f}"]
+        if open_set:
+            metrics = row["open_set"]
+            cells += ["–" if metrics["auroc"] is None else f"{metrics['auroc']:.3f}", percent(metrics["fpr95"]),
+                      percent(metrics["known_accuracy"]), percent(metrics["unknown_rejected"])]
+        table.add_row(output.escape(row["templates"]), *cells)
+    return table
 
 
 @handles_errors
-@uses(MODEL_GROUP, DECODE, ENGINE, UI, ADAPT)
+@uses(OPEN_SET, MODEL_GROUP, DECODE, ENGINE, UI, ADAPT)
 def evaluate(
     dataset: Annotated[str, typer.Argument(help="A folder of class subfolders, or a .csv/.jsonl manifest (path,label).")],
     templates: Annotated[Optional[str], typer.Option(
@@ -53,7 +75,8 @@ def evaluate(
     output_path: OutputOpt = None,
     store: StoreOpt = None,
     head: HeadOpt = None,
-    *, model, decode, engine, ui, adapt,
+    unknown: UnknownOpt = None,
+    *, open_set, model, decode, engine, ui, adapt,
 ) -> None:
     """Measure zero-shot accuracy on a labelled dataset (metrics as in CLIP_benchmark)."""
     check_format(fmt, ("table", "json"))
@@ -63,6 +86,7 @@ def evaluate(
 
     check_outputs(files={"--output": output_path, "--report": report}, folders={"--store": store})
     data = load_dataset(dataset, mapping)
+    unknown_paths = _unknown_images(unknown)
     names = [n.strip() for n in (templates or config.default_templates()).split(",") if n.strip()]
     template_sets = [load_template_set(name) for name in names]
     head_model = _read_head(head)
@@ -73,7 +97,9 @@ def evaluate(
             scorer_for(encoder.model, head_model, model, ui)  # checked against the model
         with output.progress_bar("encoding images", ui.progress) as progress:
             results, errors = run_evaluation(encoder, data, template_sets, model.cache_dir, model.use_cache, progress,
-                                             head=head_model.head if head_model else None, adapt=adapt)
+                                             head=head_model.head if head_model else None,
+                                             open_set=open_set if open_set.enabled else None, unknown=unknown_paths,
+                                             adapt=adapt)
     for error in errors:
         output.error(f"{error['path']}: {error['error']['message']}")
     if not results:
@@ -82,6 +108,9 @@ def evaluate(
     rows = result_dicts(results)
     header = {"model": encoder.describe(), "dataset": dataset, "classes": data.class_names,
               **({"adapt": rows[0]["adapt"]} if adapt else {})}
+    if open_set.enabled or unknown is not None:
+        header.update(other={"label": open_set.label, "threshold": rows[0]["open_set"]["threshold"],
+                             "enabled": open_set.enabled}, unknown=None if unknown is None else str(unknown))
     with ExitStack() as stack:
         stream = open_sink(stack, output_path)
         if fmt == "json":
@@ -91,6 +120,8 @@ def evaluate(
             console.print(output.metrics_table(f"{output.escape(dataset)}: {len(data.class_names)} classes"
                                                + (" (--adapt)" if adapt else ""),
                                                "templates", rows, "templates"))
+            console.print()
+            console.print(trust_table(rows))
             if len(data.class_names) <= 60:
                 console.print()
                 console.print(per_class_table(rows[0]))
@@ -105,6 +136,21 @@ def evaluate(
                                        rows, data.class_names))
         output.info(f"report written to {report}")
     raise typer.Exit(EXIT_SOME_FAILED if errors else EXIT_OK)
+
+
+def _unknown_images(folder: Path | None) -> list[str]:
+    """The images of --unknown (checked before any slow work)."""
+    if folder is None:
+        return []
+    from ..errors import InputError
+    from ..images import walk_images
+
+    if not folder.is_dir():
+        raise InputError(f"--unknown {folder}: not a folder (give a folder of images that belong to no class)")
+    paths = list(walk_images(str(folder)))
+    if not paths:
+        raise InputError(f"--unknown {folder}: no images found")
+    return paths
 
 
 def _read_head(head: Path | None):

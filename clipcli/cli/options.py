@@ -23,7 +23,7 @@ from typing_extensions import Annotated
 
 from .. import config
 from ..errors import InputError, LabelError, UsageError
-from ..options import DecodeOptions, EngineOptions, ModelOptions
+from ..options import DecodeOptions, EngineOptions, ModelOptions, OpenSetOptions
 from ..results import FORMATS
 
 # Help panels, in the order every command shows them.
@@ -266,6 +266,27 @@ LABEL_GROUP = Group("labels", (
 ), _labels)
 
 
+def _open_set(other, other_label, other_threshold) -> OpenSetOptions:
+    if not other and (other_label != "other" or other_threshold is not None):
+        raise UsageError("--other-label and --other-threshold go with --other")
+    if other_threshold is not None and not 0.0 <= other_threshold <= 1.0:
+        raise UsageError("--other-threshold takes a number from 0 to 1")
+    if not other_label.strip():
+        raise UsageError("--other-label needs a name")
+    return OpenSetOptions(other, other_label.strip(), other_threshold)
+
+
+OPEN_SET = Group("open_set", (
+    ("other", option("--other", panel=LABELS, kind=bool, help="Answer 'other' for an image that fits none of the "
+                     "labels (negative labels mined from a shipped vocabulary; see README)."), False),
+    ("other_label", option("--other-label", panel=LABELS, kind=str, metavar="NAME", show_default=True,
+                           help="With --other: the name of that answer (and of its folder in clip sort)."), "other"),
+    ("other_threshold", option("--other-threshold", panel=LABELS, kind=Optional[float], metavar="X",
+                               help="With --other: answer 'other' when its confidence is at least X (0-1; lower: "
+                               "more images go to 'other'). Default: 0.2."), None),
+), _open_set)
+
+
 def _adapt(adapt: bool) -> bool:
     return adapt
 
@@ -334,6 +355,26 @@ def scorer_for(model, choice: LabelChoice, options: ModelOptions, ui: Ui):
                                     progress)
 
 
+def check_other(open_set: OpenSetOptions, choice: LabelChoice) -> None:
+    """--other-label must not be one of the labels: refused before any slow work."""
+    if open_set.enabled:
+        from ..openset import check_other_label
+
+        names = choice.head.labels if choice.head is not None else [label.name for label in choice.required()]
+        check_other_label(open_set.label, names)
+
+
+def with_other(scorer, loaded, open_set: OpenSetOptions, score: str, options: ModelOptions, ui: Ui):
+    """The run's scorer with the --other rule (the vocabulary encoded by the model, or from the cache)."""
+    if not open_set.enabled:
+        return scorer
+    from ..openset import open_set_scorer
+    from . import output
+
+    with output.progress_bar("encoding negative labels", ui.progress) as progress:
+        return open_set_scorer(scorer, loaded, open_set, score, options.cache_dir, options.use_cache, progress)
+
+
 def header_of(choice: LabelChoice, scorer, described: dict, score: str, store: Path | None) -> dict:
     """The JSON header of a run's records: model, templates, labels, score kind (and head, store)."""
     head = choice.head
@@ -343,6 +384,8 @@ def header_of(choice: LabelChoice, scorer, described: dict, score: str, store: P
         header["head"] = {"path": str(choice.head_path), "method": head.method, **head.params}
     if store is not None:
         header["store"] = str(store)
+    if hasattr(scorer, "other_scores"):
+        header["other"] = scorer.describe()
     return header
 
 
@@ -355,12 +398,13 @@ CacheDirOpt = option_of(MODEL_GROUP, "cache_dir")
 WeightsDirOpt = option_of(MODEL_GROUP, "weights_dir")
 
 
-def warn_single_label(labels: list | None, score: str = "softmax") -> None:
-    """One label under softmax always scores 1.0: say so once."""
-    if labels is not None and len(labels) == 1 and score == "softmax":
+def warn_single_label(labels: list | None, score: str = "softmax", other: bool = False) -> None:
+    """One label under softmax always scores 1.0: say so once (not with --other, which answers it or 'other')."""
+    if labels is not None and len(labels) == 1 and score == "softmax" and not other:
         import warnings
 
         from ..errors import ClipCliWarning
 
-        warnings.warn(f"one label ({labels[0].name!r}) under softmax always scores 1.0; add labels, or use "
-                      "--score sigmoid (SigLIP models) to score it on its own", ClipCliWarning, stacklevel=2)
+        warnings.warn(f"one label ({labels[0].name!r}) under softmax always scores 1.0; add labels, use --other "
+                      "(answers 'other' for images that are not it), or --score sigmoid (SigLIP models) to score it "
+                      "on its own", ClipCliWarning, stacklevel=2)

@@ -75,12 +75,16 @@ def prediction_table(record: dict) -> Table:
     return table
 
 
+def console_for(stream: IO[str]) -> Console:
+    """A console for tables on stdout (the terminal's width) or in a file (100 columns)."""
+    return Console(file=stream, highlight=False, soft_wrap=False, width=None if stream is sys.stdout else 100)
+
+
 class TableWriter:
     """Writes each record as a rich table; error records go to stderr only."""
 
     def __init__(self, stream: IO[str]) -> None:
-        self.console = Console(file=stream, highlight=False, soft_wrap=False,
-                               width=None if stream is sys.stdout else 100)
+        self.console = console_for(stream)
 
     def write(self, record: dict) -> None:
         if "error" not in record:

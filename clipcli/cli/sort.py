@@ -11,15 +11,16 @@ from typing_extensions import Annotated
 
 from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors
-from .options import (ADAPT, DECODE, ENGINE, LABEL_GROUP, MODEL_GROUP, OUTPUT, SOURCES, UI, StoreOpt, check_format,
-                      check_outputs, open_sink, scorer_for, uses, warn_single_label)
+from .options import (ADAPT, DECODE, ENGINE, LABEL_GROUP, MODEL_GROUP, OPEN_SET, OUTPUT, SOURCES, UI, StoreOpt,
+                      check_format, check_other, check_outputs, open_sink, scorer_for, uses, warn_single_label,
+                      with_other)
 
 SORT = "Sorting"
 PLAN_COLUMNS = ("source", "destination", "label", "score", "operation", "folder", "unsure", "note")
 
 
 @handles_errors
-@uses(SOURCES, LABEL_GROUP, MODEL_GROUP, DECODE, ENGINE, UI, ADAPT)
+@uses(SOURCES, LABEL_GROUP, OPEN_SET, MODEL_GROUP, DECODE, ENGINE, UI, ADAPT)
 def sort(
     inputs: Annotated[Optional[List[str]], typer.Argument(
         help="Image files, folders (recursed) and glob patterns.", show_default=False)] = None,
@@ -52,7 +53,7 @@ def sort(
         "--output", "-o", rich_help_panel=OUTPUT, help="Write the plan/result records to FILE.", show_default=False)
     ] = None,
     store: StoreOpt = None,
-    *, sources, labels, model, decode, engine, ui, adapt,
+    *, sources, labels, open_set, model, decode, engine, ui, adapt,
 ) -> None:
     """File images into label folders: previewed with --dry-run, journaled, reversible with --undo."""
     check_format(fmt)
@@ -64,11 +65,12 @@ def sort(
 
     if into is None:
         raise UsageError("give --into FOLDER (where the label folders go), or --undo MANIFEST")
-    rules = SortRules(into, mode, min_score, min_margin, unsure_dir)
+    rules = SortRules(into, mode, min_score, min_margin, unsure_dir, open_set.label if open_set.enabled else None)
     rules.check()
     label_names = labels.head.labels if labels.head is not None else [label.name for label in labels.required()]
-    folder_names(label_names, unsure_dir)  # clashing folder names: refused now
-    warn_single_label(labels.labels)
+    check_other(open_set, labels)
+    folder_names(rules.folder_labels(label_names), unsure_dir)  # clashing folder names: refused now
+    warn_single_label(labels.labels, other=open_set.enabled)
     refuse_remote(inputs or [])  # named ones before any listing; --files-from ones below
     paths = refuse_remote(outside_into(sources.paths(inputs), into))
     check_outputs(files={"--output": output_path, "--report": report, "--manifest": manifest},
@@ -79,7 +81,8 @@ def sort(
     from ..sorting import Manifest, default_manifest, execute, plan_sort, remove_temporaries
 
     with open_encoder(model, decode, engine, store) as encoder:
-        classifier = scorer_for(encoder.model, labels, model, ui)
+        classifier = with_other(scorer_for(encoder.model, labels, model, ui), encoder.model, open_set, "softmax",
+                                model, ui)
         with output.progress_bar("classifying", ui.progress) as progress:
             adapted: dict = {}
             records = list(classify_paths(encoder, classifier, paths, ScoreOptions(top_k=2, adapt=adapt), progress,
@@ -90,6 +93,7 @@ def sort(
     with ExitStack() as stack:
         sink = open_sink(stack, output_path) if (fmt != "table" or output_path) else None
         record_writer = _plan_writer(fmt, sink, {"into": str(into), "mode": mode, "dry_run": dry_run,
+                                                 **({"other": classifier.describe()} if open_set.enabled else {}),
                                                  **({"adapt": adapted} if adapt else {})})
         if dry_run:
             operations = [op.as_record() for op in plan]

@@ -22,13 +22,16 @@ def templates(
 
     console = Console(highlight=False)
     if name is None:
-        table = output.plain_table(None, "name", "templates", "description", right=("templates",))
+        table = output.plain_table(None, "name", "templates", "language", "description", right=("templates",))
         for template_set in list_template_sets():
-            table.add_row(template_set.name, str(len(template_set.templates)), output.escape(template_set.description))
+            table.add_row(template_set.name, str(len(template_set.templates)), template_set.language or "-",
+                          output.escape(template_set.description))
         console.print(table)
         return
     template_set = load_template_set(name)
     console.print(f"[bold]{output.escape(template_set.name)}[/]: {output.escape(template_set.description)}")
+    if template_set.language:
+        console.print(f"language: {output.escape(template_set.language)}", style="dim")
     if template_set.source:
         console.print(f"source: {output.escape(template_set.source)}", style="dim")
     for template in template_set.templates:

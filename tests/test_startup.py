@@ -1,0 +1,39 @@
+"""Quick start of the ONNX Runtime backend: towers whose weights live in a side file (mapped, not copied) and
+sessions without pre-packed weights for short runs give the same features as the packed, embedded ones."""
+
+import numpy as np
+import onnx
+import pytest
+
+from clipcli.backends import load_backend_model, onnx as onnx_backend
+
+
+@pytest.mark.fresh_exports
+def test_weights_moved_to_a_side_file_and_quick_sessions_give_the_same_features(tiny_model, monkeypatch):
+    loaded = load_backend_model(tiny_model, backend="onnx")
+    tower = loaded.directory / "image.onnx"
+    pixels = np.random.default_rng(0).standard_normal((3, 3, loaded.image_size, loaded.image_size)).astype(np.float32)
+    embedded = onnx_backend.ort_session(tower).run(None, {"pixels": pixels})[0]
+    assert onnx_backend.external_weights(tower) == tower and not tower.with_name("image.onnx.data").exists()  # small
+
+    monkeypatch.setattr(onnx_backend, "EXTERNAL_MIN_BYTES", 0)
+    size_before = tower.stat().st_size
+    onnx_backend.external_weights(tower)
+    data = tower.with_name("image.onnx.data")
+    assert data.is_file() and tower.stat().st_size < size_before / 4
+    assert not [p for p in tower.parent.iterdir() if p.name.startswith(".external-")]  # its work folder is gone
+    model = onnx.load(str(tower), load_external_data=False)
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    stamp = data.stat().st_mtime_ns
+    onnx_backend.external_weights(tower)  # once only
+    assert data.stat().st_mtime_ns == stamp
+
+    full = onnx_backend.ort_session(tower).run(None, {"pixels": pixels})[0]
+    quick = onnx_backend.ort_session(tower, quick=True).run(None, {"pixels": pixels})[0]
+    assert np.allclose(full, embedded, atol=1e-6) and np.allclose(quick, embedded, atol=1e-5)
+
+    again = load_backend_model(tiny_model, backend="onnx")  # a short run through the model
+    again.expect_images(3)
+    assert np.allclose(again.encode_pixels(pixels), embedded, atol=1e-5)
+    assert np.allclose(again.encode_texts(["a red circle", "a dog"]), loaded.encode_texts(["a red circle", "a dog"]),
+                       atol=1e-5)

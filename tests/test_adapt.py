@@ -67,7 +67,8 @@ def reference(x, text, logits, beta=3.0, tied=2, free=8):
         counts = q.sum(0)
         if step < tied or anchor is None:
             t_mean = counts @ text / n
-            a = (((q.T @ x) * text).sum() - n * x.mean(0) @ t_mean) / (counts @ (text ** 2).sum(1) - n * t_mean @ t_mean)
+            cross = ((q.T @ x) * text).sum() - n * x.mean(0) @ t_mean
+            a = cross / (counts @ (text ** 2).sum(1) - n * t_mean @ t_mean)
             tied_means = a * text + x.mean(0) - a * t_mean
         if step < tied:
             mu, prior = tied_means, np.full(k, 1 / k)

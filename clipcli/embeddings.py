@@ -168,10 +168,13 @@ def load_model(options: ModelOptions, store: str | Path | None = None):
 @contextmanager
 def open_encoder(model: ModelOptions, decode: DecodeOptions = DecodeOptions(), engine: EngineOptions = EngineOptions(),
                  store: str | Path | None = None, dtype: str | None = None,
-                 shard_rows: int = DEFAULT_SHARD_ROWS) -> Iterator[Encoder]:
+                 shard_rows: int = DEFAULT_SHARD_ROWS, images: int | None = None) -> Iterator[Encoder]:
     """The run's encoder: the model loaded once and, with a store, its writer (committed and unlocked on the
-    way out, also on Ctrl-C)."""
+    way out, also on Ctrl-C).  images: how many the run names, if known; a local ONNX model then starts its
+    image session at once, in the background, quick for a short run."""
     loaded = load_model(model, store)
+    if images is not None and engine.name != "ray" and hasattr(loaded, "expect_images"):
+        loaded.expect_images(images)
     if store is None:
         yield Encoder(loaded, decode, engine)
         return

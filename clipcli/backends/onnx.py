@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -31,11 +32,11 @@ from ..vectors import l2_normalize
 
 TEXT_BATCH = 256
 INT8_MIN_COSINE = 0.99  # a quantised image tower must keep every probe's features at least this close
-# A run of at most this many images (prompts) starts its session without pre-packing the weights: 5-10x faster
-# to start (0.2 instead of 1.2 s for a ViT-B-32 image tower), a few per cent slower per batch; past about
-# this many, the packed session's speed pays back its start (bench/bench_search.py).
-QUICK_IMAGES = 256
-QUICK_TEXTS = 1024
+# A run of at most this many images (prompts) starts its session without pre-packing the weights.  ViT-B-32 on 2
+# cores (bench/bench_search.py): the session starts in 0.12 instead of 0.54 s and encodes 13.9 instead of 16.6
+# images/s, so the quick session is ahead up to about 36 images.
+QUICK_IMAGES = 32
+QUICK_TEXTS = 256  # text tower: starts 0.07-0.13 instead of 0.31-0.44 s, 118-135 instead of 145-158 prompts/s
 EXTERNAL_MIN_BYTES = 16 << 20  # towers larger than this keep their weights in a side file (see external_weights)
 
 
@@ -209,7 +210,7 @@ class OnnxModel:
                             else self.directory / "image.onnx")
         self._threads = threads
         self._image = self._text = self._tokenizer = None
-        self._images_expected: int | None = None
+        self._opening: tuple[threading.Thread, dict] | None = None  # the image session, made in the background
         self._torch = torch_model  # loaded only when label text needs the torch text tower
 
     # --- what the model is ---------------------------------------------------------------------------------
@@ -242,14 +243,38 @@ class OnnxModel:
         return thread_batches(paths, self.preprocess, batch_size, workers, decode)
 
     def expect_images(self, count: int) -> None:
-        """How many images this run will encode (before the first): a short run starts a quick session."""
-        self._images_expected = count
+        """How many images this run will encode: the image session starts now, in the background (ONNX Runtime
+        lets go of the GIL meanwhile, so labels load and images decode alongside), and quick for a short run."""
+        if self._image is not None or self._opening is not None:
+            return
+        made: dict = {}
+
+        def make() -> None:
+            try:
+                made["session"] = ort_session(external_weights(self._image_path), self._threads,
+                                              quick=count <= QUICK_IMAGES)
+            except BaseException as exc:  # noqa: BLE001  (handed to the thread that needs the session)
+                made["error"] = exc
+
+        thread = threading.Thread(target=make, name="clipcli-image-session")  # not a daemon: never cut at exit
+        thread.start()
+        self._opening = (thread, made)
+
+    def _image_session(self):
+        if self._image is None:
+            if self._opening is None:
+                self._image = ort_session(external_weights(self._image_path), self._threads)
+            else:
+                thread, made = self._opening
+                thread.join()
+                self._opening = None
+                if "error" in made:
+                    raise made["error"]
+                self._image = made["session"]
+        return self._image
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        if self._image is None:
-            quick = self._images_expected is not None and self._images_expected <= QUICK_IMAGES
-            self._image = ort_session(external_weights(self._image_path), self._threads, quick)
-        return self._image.run(None, {self._image_input: np.ascontiguousarray(pixels, dtype=np.float32)})[0]
+        return self._image_session().run(None, {self._image_input: np.ascontiguousarray(pixels, dtype=np.float32)})[0]
 
     # --- text ----------------------------------------------------------------------------------------------
     @property

@@ -61,7 +61,7 @@ def classify(
             from ..api import classify_paths
             from ..embeddings import open_encoder
 
-            encoder = stack.enter_context(open_encoder(model, decode, engine, store))
+            encoder = stack.enter_context(open_encoder(model, decode, engine, store, images=len(paths)))
             scorer = with_other(scorer_for(encoder.model, labels, model, ui), encoder.model, open_set, score, model, ui)
             described = encoder.describe()
             records = lambda progress: classify_paths(encoder, scorer, paths, options, progress,  # noqa: E731

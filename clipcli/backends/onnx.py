@@ -36,7 +36,7 @@ INT8_MIN_COSINE = 0.99  # a quantised image tower must keep every probe's featur
 # cores (bench/bench_search.py): the session starts in 0.12 instead of 0.54 s and encodes 13.9 instead of 16.6
 # images/s, so the quick session is ahead up to about 36 images.
 QUICK_IMAGES = 32
-QUICK_TEXTS = 256  # text tower: starts 0.07-0.13 instead of 0.31-0.44 s, 118-135 instead of 145-158 prompts/s
+QUICK_TEXTS = 256  # text tower: starts in 0.07-0.13 instead of 0.31-0.44 s, 118-135 vs 145-158 prompts/s
 EXTERNAL_MIN_BYTES = 16 << 20  # towers larger than this keep their weights in a side file (see external_weights)
 
 

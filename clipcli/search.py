@@ -169,7 +169,8 @@ def text_embedding(text: str, templates, loaded=None, scoring: dict | None = Non
     return zero_shot_classifier(loaded, labels, templates, cache_root, use_cache).class_embeddings[0]
 
 
-def image_embeddings(paths: Sequence[str], store=None, encoder=None) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
+def image_embeddings(paths: Sequence[str], store=None,
+                     encoder=None) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
     """(path, embedding or None, error message) per example image: read from the store when it holds the file
     as it is now, else encoded by the encoder (not written to the store); None for the encoder means the
     stored ones only (the rest come back as None with no message)."""
@@ -204,23 +205,26 @@ def image_embeddings(paths: Sequence[str], store=None, encoder=None) -> Iterator
 
 # --- near-duplicates ----------------------------------------------------------------------------------------
 def linked_pairs(vectors: np.ndarray, threshold: float, block: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows, columns, similarities) of every pair i < j with cosine >= threshold (rows: unit vectors)."""
+    """(rows, columns, similarities) of every pair i < j with cosine >= threshold, compared block by block
+    (16 MB of similarities at a time)."""
     vectors = l2_normalize(as_array(vectors))
     rows, cols, sims = [], [], []
     for start in range(0, len(vectors), block):
-        part = vectors[start:start + block] @ vectors[start:].T  # only pairs j >= i
-        i, j = np.nonzero(part >= threshold)
-        upper = j > i
-        rows.append(i[upper] + start)
-        cols.append(j[upper] + start)
-        sims.append(part[i[upper], j[upper]])
+        for other in range(start, len(vectors), block):
+            part = vectors[start:start + block] @ vectors[other:other + block].T
+            i, j = np.nonzero(part >= threshold)
+            upper = j + other > i + start
+            rows.append(i[upper] + start)
+            cols.append(j[upper] + other)
+            sims.append(part[i[upper], j[upper]])
     empty = np.empty(0, dtype=np.int64)
     return (np.concatenate(rows) if rows else empty, np.concatenate(cols) if cols else empty,
             np.concatenate(sims).astype(np.float32) if sims else np.empty(0, np.float32))
 
 
 def duplicate_groups(vectors: np.ndarray, threshold: float = DUPE_THRESHOLD, rank: Sequence | None = None,
-                     confirm: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> list[list[tuple[int, float]]]:
+                     confirm: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+                     ) -> list[list[tuple[int, float]]]:
     """Groups of near-duplicates (two or more rows each): [(row, similarity to the group's first row)], the
     first row the best copy by `rank` (a sort key per row, smaller first; default: the row number).  Pairs
     above the threshold are kept where `confirm(rows, cols)` (a boolean mask) says so.  Groups come largest

@@ -245,3 +245,16 @@ def test_scan_copies_equal_the_parquet_rows_and_follow_every_commit(tmp_path):
     after = _hits(cli(*query))
     assert after[0][0] == str(folder / "2.png") and after[0][1] == pytest.approx(1.0, abs=1e-5)
     assert after[1][1] < 0.999  # the old drawing is gone from the copies too
+
+
+def test_linked_pairs_across_blocks_equal_the_full_matrix():
+    from clipcli.search import linked_pairs
+
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((50, 4)).astype(np.float32)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    full = unit @ unit.T
+    want = {(i, j) for i in range(50) for j in range(i + 1, 50) if full[i, j] >= 0.9}
+    rows, cols, sims = linked_pairs(vectors, 0.9, block=7)
+    assert set(zip(rows.tolist(), cols.tolist())) == want and len(rows) == len(want)
+    assert np.allclose(sims, full[rows, cols], atol=1e-6)

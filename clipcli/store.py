@@ -401,9 +401,10 @@ class ImageStore:
 
 
 def check_store(directory: str | os.PathLike, repair: bool = False) -> tuple[int, list[tuple[str, str]]]:
-    """Read every shard of a store whole, pages checked against their checksums: (rows that read, [(damaged
-    shard, why)]).  With `repair`, damaged shards are deleted under the writer's lock: their images are
-    encoded again by the next `clip embed`."""
+    """Read every shard of a store whole, pages checked against their checksums, and compare each shard's scan
+    copy with it: (rows that read, [(damaged shard, or `_scan/<copy>`, why)]).  With `repair`, damaged shards
+    and copies are deleted under the writer's lock: a shard's images are encoded again by the next `clip
+    embed`, a copy is remade by the next writer."""
     import pyarrow.parquet as pq
 
     store = open_store(directory)
@@ -411,8 +412,12 @@ def check_store(directory: str | os.PathLike, repair: bool = False) -> tuple[int
     for name in store.shard_names():
         try:
             with pq.ParquetFile(store.directory / SHARD_DIR / name, page_checksum_verification=True) as shard:
-                for batch in shard.iter_batches():
-                    good += batch.num_rows
+                table = shard.read()
+                good += table.num_rows
+            copy = store._scan_copy(name)
+            if copy is not None and not np.allclose(copy, scan_matrix(table, store.dim), atol=1e-6, equal_nan=True):
+                damaged.append((f"{SCAN_DIR}/{scan_name(name, os.stat(store.directory / SHARD_DIR / name))}",
+                                "this scan copy differs from its shard; removing it lets the next writer remake it"))
         except FileNotFoundError:
             continue
         except (OSError, ValueError) as exc:
@@ -424,7 +429,8 @@ def check_store(directory: str | os.PathLike, repair: bool = False) -> tuple[int
         lock = _take_lock(store.directory)
         try:
             for name, _ in damaged:
-                (store.directory / SHARD_DIR / name).unlink(missing_ok=True)
+                (store.directory / (name if name.startswith(SCAN_DIR + "/") else f"{SHARD_DIR}/{name}")).unlink(
+                    missing_ok=True)
         finally:
             os.close(lock)
     return good, damaged

@@ -258,3 +258,24 @@ def test_linked_pairs_across_blocks_equal_the_full_matrix():
     rows, cols, sims = linked_pairs(vectors, 0.9, block=7)
     assert set(zip(rows.tolist(), cols.tolist())) == want and len(rows) == len(want)
     assert np.allclose(sims, full[rows, cols], atol=1e-6)
+
+
+def test_store_check_finds_a_scan_copy_that_differs_and_repair_lets_the_next_writer_remake_it(drawn, tmp_path):
+    from clipcli.store import SCAN_DIR
+
+    store = tmp_path / "s.store"
+    assert cli("embed", drawn, "--store", store, "-m", "demo", "-q").exit_code == 0
+    query = ("search", "--like", drawn / "red_circle" / "1.png", "--store", store, "-k", "3", "-f", "json")
+    before = _hits(cli(*query))
+    copy = next((store / SCAN_DIR).iterdir())
+    matrix = np.load(copy)
+    matrix[:] = matrix[::-1].copy()  # rows swapped: a copy that no longer matches its shard
+    np.save(copy, matrix)
+    assert _hits(cli(*query)) != before  # search trusts the copy ...
+    check = cli("store", "check", store)
+    assert check.exit_code == 4 and f"{SCAN_DIR}/{copy.name}" in check.output and "differs" in check.output
+    repaired = cli("store", "check", "--repair", store)
+    assert repaired.exit_code == 0 and not copy.exists()
+    assert _hits(cli(*query)) == before  # ... until it is removed: Parquet answers, then the next writer's copy
+    assert cli("embed", drawn, "--store", store, "-m", "demo", "-q").exit_code == 0
+    assert copy.exists() and np.array_equal(np.load(copy), np.load(copy)) and _hits(cli(*query)) == before

@@ -54,7 +54,8 @@ def check(
 
     good, damaged = check_store(store, repair)
     for name, why in damaged:
-        output.error(f"store {store}: shard {name} is damaged ({why})" + ("; removed" if repair else ""))
+        what = name if name.startswith("_scan/") else f"shard {name}"
+        output.error(f"store {store}: {what} is damaged ({why})" + ("; removed" if repair else ""))
     output.info(f"store {store}: {good} rows read, {len(damaged)} damaged shard(s)"
                 + ("" if not damaged or repair else f"; `clip store check --repair {store}` removes them"))
     raise typer.Exit(StoreError.exit_code if damaged and not repair else 0)

@@ -55,7 +55,7 @@ def pipeline_scores(folder: Path, image: Path, labels) -> dict:
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 @pytest.mark.parametrize("family", tiny_hf_models.FAMILIES)
 def test_probabilities_equal_the_transformers_pipeline(hf_dirs, one_template, images, family, backend):
-    score = "sigmoid" if family == "siglip" else "softmax"
+    score = "sigmoid" if family.startswith("siglip") else "softmax"
     for image in (images / "red_circle.png", images / "blue_square.jpg"):
         result = cli("classify", image, "-m", f"local-dir:{hf_dirs[family]}", "-l", ",".join(LABELS), "--templates",
                      one_template, "--score", score, "-f", "json", "-k", "0", "--backend", backend, "--no-cache")
@@ -70,7 +70,7 @@ def test_probabilities_equal_the_transformers_pipeline(hf_dirs, one_template, im
         assert max(want.values()) - min(want.values()) > 1e-3  # not a comparison of near-uniform vectors
 
 
-@pytest.mark.parametrize("family", tiny_hf_models.FAMILIES)
+@pytest.mark.parametrize("family", [f for f in tiny_hf_models.FAMILIES if f != "siglip2"])
 def test_preprocessing_equals_the_pillow_image_processor(hf_dirs, family):
     from PIL import Image
     from transformers import AutoImageProcessor

@@ -184,15 +184,19 @@ def _features(output):
 
 
 def unpack_naflex(packed):
-    """SigLIP 2's image inputs from `NaFlexImageTransform`'s packed batch [B, P + 1, D] (torch, traceable):
-    pixel_values [B, P, D], pixel_attention_mask [B, P] (the first rows * columns patches) and spatial_shapes
-    [B, 2]."""
+    """SigLIP 2's image inputs from `NaFlexImageTransform`'s packed batch [B, 3, P + 1, p * p] (torch, traceable):
+    pixel_values [B, P, 3 * p * p], pixel_attention_mask [B, P] (the first rows * columns patches) and
+    spatial_shapes [B, 2].  Shapes are held to at least one patch and at most P patches, which changes nothing for
+    what the transform makes and lets any array of this shape run (the int8 quantiser probes with random ones)."""
     import torch
 
-    pixels, shapes = packed[:, :-1], packed[:, -1, :2].round().long()
-    positions = torch.arange(pixels.shape[1], device=packed.device)[None, :]
-    mask = (positions < (shapes[:, :1] * shapes[:, 1:])).long()
-    return {"pixel_values": pixels, "pixel_attention_mask": mask, "spatial_shapes": shapes}
+    flat = packed.permute(0, 2, 3, 1).reshape(packed.shape[0], packed.shape[2], -1)
+    pixels, most = flat[:, :-1], flat.shape[1] - 1
+    rows = flat[:, -1, 0].round().long().clamp(1, most)
+    columns = torch.minimum(flat[:, -1, 1].round().long().clamp(min=1), torch.div(most, rows, rounding_mode="floor"))
+    positions = torch.arange(most, device=packed.device)[None, :]
+    mask = (positions < (rows * columns)[:, None]).long()
+    return {"pixel_values": pixels, "pixel_attention_mask": mask, "spatial_shapes": torch.stack([rows, columns], 1)}
 
 
 def image_inputs(model, pixels) -> dict:

@@ -234,10 +234,11 @@ class NaFlexImageTransform:
     normalise as `HFImageTransform`, then cut into patches in row-major order, each flattened as (row, column,
     channel), and zero-padded to `max_patches` patches.
 
-    Every image gives one fixed-shape float32 array [max_patches + 1, 3 * patch * patch], so images batch like any
-    other pixels: rows 0..max_patches-1 are the model's `pixel_values`, and the last row holds the image's
-    `spatial_shapes` (patch rows, patch columns) in its first two entries; `pixel_attention_mask` is 1 for the
-    first rows * columns patches (see `unpack_naflex`)."""
+    Every image gives one fixed-shape float32 array [3, max_patches + 1, patch * patch], so images batch like any
+    other [B, C, H, W] pixels: channel c of row i is entry (k, c) of the model's `pixel_values` row i, whose
+    entries are ordered (pixel k, channel c); the last row holds the image's `spatial_shapes` (patch rows in
+    [0, -1, 0], patch columns in [1, -1, 0]); `pixel_attention_mask` is 1 for the first rows * columns patches
+    (see `hf_models.unpack_naflex`)."""
 
     patch: int
     max_patches: int
@@ -259,8 +260,8 @@ class NaFlexImageTransform:
 
     @property
     def size(self) -> tuple[int, int]:
-        """The packed array's (rows, columns) per image (not an image size: see `image_size`)."""
-        return self.max_patches + 1, 3 * self.patch * self.patch
+        """The packed array's (height, width) per channel (not an image size: see `image_size`)."""
+        return self.max_patches + 1, self.patch * self.patch
 
     @property
     def image_size(self) -> int:
@@ -279,7 +280,7 @@ class NaFlexImageTransform:
                    None if cfg["std"] is None else tuple(float(v) for v in cfg["std"]))
 
     def __call__(self, image: Image.Image) -> np.ndarray:
-        """RGB PIL image -> float32 [max_patches + 1, 3 * patch * patch] (patches, then the spatial shape)."""
+        """RGB PIL image -> float32 [3, max_patches + 1, patch * patch] (patches, then the spatial shape)."""
         height, width = naflex_size(image.size[1], image.size[0], self.patch, self.max_patches)
         pixels = HFImageTransform((height, width), None, self.resample, self.rescale, self.mean, self.std)(image)
         p = self.patch
@@ -289,11 +290,11 @@ class NaFlexImageTransform:
 
 
 def pack_naflex(patches: np.ndarray, shape: tuple[int, int], max_patches: int) -> np.ndarray:
-    """The packed array of `NaFlexImageTransform` from an image's patches [n, D] and its (rows, columns)."""
-    packed = np.zeros((max_patches + 1, patches.shape[1]), dtype=np.float32)
-    packed[:len(patches)] = patches
-    packed[-1, :2] = shape
-    return packed
+    """The packed array of `NaFlexImageTransform` from an image's patches [n, 3 * p * p] and its (rows, columns)."""
+    flat = np.zeros((max_patches + 1, patches.shape[1]), dtype=np.float32)
+    flat[:len(patches)] = patches
+    flat[-1, :2] = shape
+    return np.ascontiguousarray(flat.reshape(max_patches + 1, -1, 3).transpose(2, 0, 1))
 
 
 def transform_from_config(cfg: dict):

@@ -1,4 +1,5 @@
-"""Hugging Face transformers CLIP-family models (CLIPModel, ChineseCLIPModel, SiglipModel) as clipcli backbones.
+"""Hugging Face transformers CLIP-family models (CLIPModel, ChineseCLIPModel, SiglipModel, MetaClip2Model,
+Siglip2Model) as clipcli backbones.
 
 The reference is transformers' own `pipeline("zero-shot-image-classification")` on the same saved folder, with the
 same single template; tiny random-weight models built offline (tests/tiny_hf_models.py)."""
@@ -85,6 +86,31 @@ def test_preprocessing_equals_the_pillow_image_processor(hf_dirs, family):
         got = transform(image)
         assert got.shape == want.shape == (3, 32, 32)
         assert float(np.abs(got - want).max()) <= 1e-6
+
+
+def test_naflex_preprocessing_equals_the_siglip2_image_processor(hf_dirs):
+    """SigLIP 2: each image's packed array unpacks to the Pillow processor's pixel_values, pixel_attention_mask and
+    spatial_shapes (aspect ratio kept, at most 20 patches of 8 x 8; tiny, huge, very wide and very tall images)."""
+    import torch
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    from clipcli.hf_models import image_transform, unpack_naflex
+
+    transform = image_transform(hf_dirs["siglip2"])
+    reference = AutoImageProcessor.from_pretrained(str(hf_dirs["siglip2"]), backend="pil")
+    assert type(reference).__name__ == "Siglip2ImageProcessorPil" and transform.max_patches == 20
+    shapes = ((21, 13, 3), (33, 80, 3), (200, 35, 3), (5, 300, 3), (999, 1000, 3), (8, 8, 3), (1, 1, 3))
+    images = [Image.fromarray(np.random.default_rng(i).integers(0, 255, shape, dtype=np.uint8))
+              for i, shape in enumerate(shapes)]
+    want = reference(images=images, return_tensors="np")
+    packed = np.stack([transform(image) for image in images])
+    assert packed.shape == (len(images), 3, 21, 64) and packed.dtype == np.float32
+    got = {k: v.numpy() for k, v in unpack_naflex(torch.from_numpy(packed)).items()}
+    assert np.array_equal(got["spatial_shapes"], want["spatial_shapes"])
+    assert np.array_equal(got["pixel_attention_mask"], want["pixel_attention_mask"])
+    assert float(np.abs(got["pixel_values"] - want["pixel_values"]).max()) <= 1e-6
+    assert [tuple(s) for s in want["spatial_shapes"]] == [(5, 4), (3, 6), (10, 2), (1, 20), (4, 5), (4, 4), (4, 4)]
 
 
 def test_cropping_rounds_and_pads_as_transformers_does():

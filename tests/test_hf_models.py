@@ -202,7 +202,7 @@ PROBE = ("import sys, json\nfrom clipcli.cli import main\nsys.argv = ['clip', *s
 
 @pytest.mark.slow
 @pytest.mark.e2e
-@pytest.mark.parametrize("family", ["clip", "chinese_clip"])
+@pytest.mark.parametrize("family", ["clip", "chinese_clip", "siglip2"])
 def test_warm_path_of_a_transformers_model_imports_no_torch(hf_dirs, images, tmp_path, family):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CLIPCLI_CACHE_DIR": str(tmp_path)}
 
@@ -421,6 +421,25 @@ def test_int8_image_tower_of_a_transformers_model(hf_dirs, images):
     assert json.loads(int8.stdout)["model"]["precision"] == "int8"
     assert [r["predictions"][0]["label"] for r in json.loads(int8.stdout)["results"]] == \
         [r["predictions"][0]["label"] for r in json.loads(fp32.stdout)["results"]]
+
+
+def test_int8_image_tower_of_siglip2_takes_the_packed_naflex_inputs(hf_dirs, tmp_path, monkeypatch):
+    """The quantiser probes the tower with random arrays of the packed shape; the int8 tower then encodes real
+    images of different aspect ratios close to the fp32 one (a random tiny model: features, not labels)."""
+    from PIL import Image
+
+    from clipcli.backends import load_backend_model
+
+    monkeypatch.setenv("CLIPCLI_CACHE_DIR", str(tmp_path))
+    model = f"local-dir:{hf_dirs['siglip2']}"
+    fp32 = load_backend_model(model, device="cpu", backend="onnx")
+    int8 = load_backend_model(model, device="cpu", backend="onnx", precision="int8")
+    assert int8.precision == "int8" and (fp32.directory / "image.int8.onnx").is_file()
+    rng = np.random.default_rng(3)
+    pixels = np.stack([fp32.preprocess(Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)))
+                       for shape in ((30, 50, 3), (90, 20, 3), (64, 64, 3))])
+    cosine = np.sum(fp32.encode_pixels(pixels) * int8.encode_pixels(pixels), axis=1)
+    assert cosine.min() > 0.98, cosine
 
 
 def test_legacy_processor_config_with_an_int_size_is_read_as_transformers_reads_it(hf_dirs, tmp_path):

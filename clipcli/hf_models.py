@@ -12,7 +12,8 @@ The model gives the interface of `models.LoadedModel` and computes what transfor
 the pipeline calls it (see `hf_text`), images through the model's image processor as its Pillow backend computes it
 (`preprocess.HFImageTransform`, checked against the processor when transformers has that backend), features from
 `get_text_features` / `get_image_features`, L2-normalised (SigLIP 2's NaFlex inputs travel packed in one array
-per image, see `preprocess.NaFlexImageTransform` and `unpack_naflex`); logit scale exp(logit_scale) and, for SigLIP, logit_bias.
+per image, see `preprocess.NaFlexImageTransform` and `unpack_naflex`); logit scale exp(logit_scale) and, for SigLIP
+and SigLIP 2, logit_bias.
 The model's identity (the class-embedding cache key) is the checkpoint's: hashes of config.json, the weights,
 the tokenizer files and the preprocessing, never its path.
 

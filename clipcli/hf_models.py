@@ -1,4 +1,5 @@
-"""Hugging Face transformers CLIP-family models as backbones: CLIPModel, ChineseCLIPModel, SiglipModel, MetaClip2Model.
+"""Hugging Face transformers CLIP-family models as backbones: CLIPModel, ChineseCLIPModel, SiglipModel, MetaClip2Model,
+Siglip2Model.
 
 A transformers checkpoint is a folder that `save_pretrained` wrote (config.json, the weights, tokenizer files and
 preprocessor_config.json) rather than open_clip's open_clip_config.json.  It is used when:
@@ -10,7 +11,9 @@ The model gives the interface of `models.LoadedModel` and computes what transfor
 `pipeline("zero-shot-image-classification")` computes for one template: text through the model's tokenizer as
 the pipeline calls it (see `hf_text`), images through the model's image processor as its Pillow backend computes it
 (`preprocess.HFImageTransform`, checked against the processor when transformers has that backend), features from
-`get_text_features` / `get_image_features`, L2-normalised; logit scale exp(logit_scale) and, for SigLIP, logit_bias.
+`get_text_features` / `get_image_features`, L2-normalised (SigLIP 2's NaFlex inputs travel packed in one array
+per image, see `preprocess.NaFlexImageTransform` and `unpack_naflex`); logit scale exp(logit_scale) and, for SigLIP
+and SigLIP 2, logit_bias.
 The model's identity (the class-embedding cache key) is the checkpoint's: hashes of config.json, the weights,
 the tokenizer files and the preprocessing, never its path.
 
@@ -34,7 +37,7 @@ from .models import LoadedModel, ModelSpec, _fingerprint_file, _first_line
 
 PREFIX = "transformers:"
 FAMILIES = {"clip": "CLIPModel", "chinese_clip": "ChineseCLIPModel", "siglip": "SiglipModel",
-            "metaclip_2": "MetaClip2Model"}
+            "metaclip_2": "MetaClip2Model", "siglip2": "Siglip2Model"}
 SIGLIP_MAX_LENGTH = 64  # what the pipeline pads SigLIP prompts to
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
@@ -120,15 +123,16 @@ def processor_config(folder: Path) -> dict:
 
 def image_transform(folder: Path):
     """The model's image preprocessing without torch, checked against transformers' Pillow image processor."""
-    from .preprocess import HFImageTransform
+    from .preprocess import HFImageTransform, NaFlexImageTransform, pack_naflex
 
     cfg = processor_config(folder)
     kind = cfg.get("image_processor_type") or cfg.get("feature_extractor_type") or "?"
     reference = _pil_processor(folder)
     if reference is not None:  # its settings as the processor reads them (`size: 224` means the shortest edge
         cfg = {**cfg, **reference.to_dict()}  # for CLIP's processor, a square for SigLIP's)
+    naflex = bool(cfg.get("max_num_patches"))
     try:
-        transform = HFImageTransform.from_processor_config(cfg)
+        transform = (NaFlexImageTransform if naflex else HFImageTransform).from_processor_config(cfg)
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelLoadError(f"{folder}: image processor {kind} is not supported ({exc})") from None
     if reference is not None:
@@ -136,7 +140,11 @@ def image_transform(folder: Path):
 
         for shape in ((37, 61, 3), (64, 33, 3)):
             probe = Image.fromarray(np.random.default_rng(shape[0]).integers(0, 255, shape, dtype=np.uint8))
-            want = np.asarray(reference(images=[probe], return_tensors="np")["pixel_values"][0])
+            out = reference(images=[probe], return_tensors="np")
+            want = np.asarray(out["pixel_values"][0])
+            if naflex:
+                want = pack_naflex(want[np.asarray(out["pixel_attention_mask"][0]) > 0],
+                                   tuple(int(v) for v in out["spatial_shapes"][0]), transform.max_patches)
             got = transform(probe)
             if got.shape != want.shape or float(np.abs(got - want).max()) > 1e-5:
                 raise ModelLoadError(f"{folder}: image processor {kind} does something clipcli does not "
@@ -176,6 +184,29 @@ def _features(output):
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
+def unpack_naflex(packed):
+    """SigLIP 2's image inputs from `NaFlexImageTransform`'s packed batch [B, 3, P + 1, p * p] (torch, traceable):
+    pixel_values [B, P, 3 * p * p], pixel_attention_mask [B, P] (the first rows * columns patches) and
+    spatial_shapes [B, 2].  Shapes are held to at least one patch and at most P patches, which changes nothing for
+    what the transform makes and lets any array of this shape run (the int8 quantiser probes with random ones)."""
+    import torch
+
+    flat = packed.permute(0, 2, 3, 1).reshape(packed.shape[0], packed.shape[2], -1)
+    pixels, most = flat[:, :-1], flat.shape[1] - 1
+    rows = flat[:, -1, 0].round().long().clamp(1, most)
+    columns = torch.minimum(flat[:, -1, 1].round().long().clamp(min=1), torch.div(most, rows, rounding_mode="floor"))
+    positions = torch.arange(most, device=packed.device)[None, :]
+    mask = (positions < (rows * columns)[:, None]).long()
+    return {"pixel_values": pixels, "pixel_attention_mask": mask, "spatial_shapes": torch.stack([rows, columns], 1)}
+
+
+def image_inputs(model, pixels) -> dict:
+    """What `get_image_features` takes for a batch of the model's preprocessed pixels."""
+    if model.config.model_type == "siglip2":
+        return unpack_naflex(pixels)
+    return {"pixel_values": pixels}
+
+
 class HFModel(LoadedModel):
     """A transformers CLIP-family model with the interface of `models.LoadedModel` (torch backend)."""
 
@@ -189,7 +220,8 @@ class HFModel(LoadedModel):
 
     @property
     def image_size(self) -> int:
-        return int(min(self.preprocess.size))
+        size = getattr(self.preprocess, "image_size", None)
+        return int(size if size is not None else min(self.preprocess.size))
 
     @property
     def embed_dim(self) -> int:
@@ -236,8 +268,8 @@ class HFModel(LoadedModel):
 
         with torch.inference_mode():
             pixels = torch.as_tensor(np.asarray(pixels) if not isinstance(pixels, torch.Tensor) else pixels)
-            features = _features(self.model.get_image_features(
-                pixel_values=pixels.to(device=self.device, dtype=self.cast_dtype)))
+            inputs = image_inputs(self.model, pixels.to(device=self.device, dtype=self.cast_dtype))
+            features = _features(self.model.get_image_features(**inputs))
             return torch.nn.functional.normalize(features.float(), dim=-1)
 
 
@@ -301,10 +333,8 @@ def load_transformers_model(spec: ModelSpec, source: str, device, precision: str
         raise ModelLoadError(f"{spec.display_name}: cannot read config.json ({_first_line(str(exc))})") from None
     family = config.get("model_type")
     if family not in FAMILIES:
-        hint = (" (SigLIP 2's NaFlex image processing is not supported yet; use a SigLIP model)"
-                if family == "siglip2" else "")
         raise ModelLoadError(f"{spec.display_name}: model type {family!r} is not a CLIP-family model clipcli runs; "
-                             f"supported: {', '.join(sorted(FAMILIES))}{hint}")
+                             f"supported: {', '.join(sorted(FAMILIES))}")
     identity = {"model": "transformers", "family": family, **checkpoint_identity(folder), "precision": precision}
     transform = image_transform(folder)
     import torch

@@ -9,6 +9,7 @@ equals open_clip's preprocess to float rounding (tested to 1e-6 per pixel).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -208,6 +209,96 @@ def _hf_center_crop(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return padded[:, max(0, top):min(new_h, top + crop_h), max(0, left):min(new_w, left + crop_w)]
 
 
+def naflex_size(height: int, width: int, patch: int, max_patches: int) -> tuple[int, int]:
+    """The (height, width) SigLIP 2's NaFlex processor resizes an image to: the largest scale (found by bisection
+    between 1e-6 and 100 to a width under 1e-5, as transformers' processor searches it) at which both sides,
+    rounded up to whole patches (at least one), make no more than `max_patches` patches."""
+    def sides(scale: float) -> tuple[int, int]:
+        return tuple(int(max(patch, math.ceil(side * scale / patch) * patch)) for side in (height, width))
+
+    low, high = 1e-6, 100.0
+    while high - low >= 1e-5:
+        middle = (low + high) / 2
+        h, w = sides(middle)
+        if (h / patch) * (w / patch) <= max_patches:
+            low = middle
+        else:
+            high = middle
+    return sides(low)
+
+
+@dataclass(frozen=True)
+class NaFlexImageTransform:
+    """SigLIP 2's NaFlex image processor (`Siglip2ImageProcessor`) as its Pillow backend computes it: resize keeping
+    the aspect ratio to at most `max_patches` patches of `patch` x `patch` pixels (`naflex_size`), rescale and
+    normalise as `HFImageTransform`, then cut into patches in row-major order, each flattened as (row, column,
+    channel), and zero-padded to `max_patches` patches.
+
+    Every image gives one fixed-shape float32 array [3, max_patches + 1, patch * patch], so images batch like any
+    other [B, C, H, W] pixels: channel c of row i is entry (k, c) of the model's `pixel_values` row i, whose
+    entries are ordered (pixel k, channel c); the last row holds the image's `spatial_shapes` (patch rows in
+    [0, -1, 0], patch columns in [1, -1, 0]); `pixel_attention_mask` is 1 for the first rows * columns patches
+    (see `hf_models.unpack_naflex`)."""
+
+    patch: int
+    max_patches: int
+    resample: int = 2
+    rescale: float | None = 1 / 255
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    @classmethod
+    def from_processor_config(cls, cfg: dict) -> "NaFlexImageTransform":
+        if not cfg.get("do_resize", True):
+            raise ValueError("a NaFlex processor without do_resize is not reproduced here")
+        normalize = cfg.get("do_normalize", True)
+        return cls(int(cfg.get("patch_size", 16)), int(cfg.get("max_num_patches", 256)),
+                   int(cfg.get("resample", 2) if cfg.get("resample") is not None else 2),
+                   float(cfg.get("rescale_factor", 1 / 255)) if cfg.get("do_rescale", True) else None,
+                   tuple(float(v) for v in cfg["image_mean"]) if normalize else None,
+                   tuple(float(v) for v in cfg["image_std"]) if normalize else None)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The packed array's (height, width) per channel (not an image size: see `image_size`)."""
+        return self.max_patches + 1, self.patch * self.patch
+
+    @property
+    def image_size(self) -> int:
+        """The most pixels the shorter side is resized to (a square image): what a reduced decode must keep."""
+        return math.isqrt(self.max_patches) * self.patch
+
+    def to_config(self) -> dict:
+        return {"kind": "naflex", "patch": self.patch, "max_patches": self.max_patches, "resample": self.resample,
+                "rescale": self.rescale, "mean": list(self.mean) if self.mean else None,
+                "std": list(self.std) if self.std else None}
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "NaFlexImageTransform":
+        return cls(int(cfg["patch"]), int(cfg["max_patches"]), int(cfg["resample"]), cfg["rescale"],
+                   None if cfg["mean"] is None else tuple(float(v) for v in cfg["mean"]),
+                   None if cfg["std"] is None else tuple(float(v) for v in cfg["std"]))
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """RGB PIL image -> float32 [3, max_patches + 1, patch * patch] (patches, then the spatial shape)."""
+        height, width = naflex_size(image.size[1], image.size[0], self.patch, self.max_patches)
+        pixels = HFImageTransform((height, width), None, self.resample, self.rescale, self.mean, self.std)(image)
+        p = self.patch
+        rows, columns = height // p, width // p
+        patches = pixels.reshape(3, rows, p, columns, p).transpose(1, 3, 2, 4, 0).reshape(rows * columns, -1)
+        return pack_naflex(patches, (rows, columns), self.max_patches)
+
+
+def pack_naflex(patches: np.ndarray, shape: tuple[int, int], max_patches: int) -> np.ndarray:
+    """The packed array of `NaFlexImageTransform` from an image's patches [n, 3 * p * p] and its (rows, columns)."""
+    flat = np.zeros((max_patches + 1, patches.shape[1]), dtype=np.float32)
+    flat[:len(patches)] = patches
+    flat[-1, :2] = shape
+    return np.ascontiguousarray(flat.reshape(max_patches + 1, -1, 3).transpose(2, 0, 1))
+
+
 def transform_from_config(cfg: dict):
     """The transform a saved preprocessing config describes (open_clip's or a transformers processor's)."""
+    if cfg.get("kind") == "naflex":
+        return NaFlexImageTransform.from_config(cfg)
     return HFImageTransform.from_config(cfg) if cfg.get("kind") == "transformers" else ImageTransform.from_config(cfg)

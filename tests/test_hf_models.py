@@ -1,4 +1,5 @@
-"""Hugging Face transformers CLIP-family models (CLIPModel, ChineseCLIPModel, SiglipModel) as clipcli backbones.
+"""Hugging Face transformers CLIP-family models (CLIPModel, ChineseCLIPModel, SiglipModel, MetaClip2Model,
+Siglip2Model) as clipcli backbones.
 
 The reference is transformers' own `pipeline("zero-shot-image-classification")` on the same saved folder, with the
 same single template; tiny random-weight models built offline (tests/tiny_hf_models.py)."""
@@ -55,7 +56,7 @@ def pipeline_scores(folder: Path, image: Path, labels) -> dict:
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 @pytest.mark.parametrize("family", tiny_hf_models.FAMILIES)
 def test_probabilities_equal_the_transformers_pipeline(hf_dirs, one_template, images, family, backend):
-    score = "sigmoid" if family == "siglip" else "softmax"
+    score = "sigmoid" if family.startswith("siglip") else "softmax"
     for image in (images / "red_circle.png", images / "blue_square.jpg"):
         result = cli("classify", image, "-m", f"local-dir:{hf_dirs[family]}", "-l", ",".join(LABELS), "--templates",
                      one_template, "--score", score, "-f", "json", "-k", "0", "--backend", backend, "--no-cache")
@@ -70,7 +71,7 @@ def test_probabilities_equal_the_transformers_pipeline(hf_dirs, one_template, im
         assert max(want.values()) - min(want.values()) > 1e-3  # not a comparison of near-uniform vectors
 
 
-@pytest.mark.parametrize("family", tiny_hf_models.FAMILIES)
+@pytest.mark.parametrize("family", [f for f in tiny_hf_models.FAMILIES if f != "siglip2"])
 def test_preprocessing_equals_the_pillow_image_processor(hf_dirs, family):
     from PIL import Image
     from transformers import AutoImageProcessor
@@ -85,6 +86,31 @@ def test_preprocessing_equals_the_pillow_image_processor(hf_dirs, family):
         got = transform(image)
         assert got.shape == want.shape == (3, 32, 32)
         assert float(np.abs(got - want).max()) <= 1e-6
+
+
+def test_naflex_preprocessing_equals_the_siglip2_image_processor(hf_dirs):
+    """SigLIP 2: each image's packed array unpacks to the Pillow processor's pixel_values, pixel_attention_mask and
+    spatial_shapes (aspect ratio kept, at most 20 patches of 8 x 8; tiny, huge, very wide and very tall images)."""
+    import torch
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    from clipcli.hf_models import image_transform, unpack_naflex
+
+    transform = image_transform(hf_dirs["siglip2"])
+    reference = AutoImageProcessor.from_pretrained(str(hf_dirs["siglip2"]), backend="pil")
+    assert type(reference).__name__ == "Siglip2ImageProcessorPil" and transform.max_patches == 20
+    shapes = ((21, 13, 3), (33, 80, 3), (200, 35, 3), (5, 300, 3), (999, 1000, 3), (8, 8, 3), (1, 1, 3))
+    images = [Image.fromarray(np.random.default_rng(i).integers(0, 255, shape, dtype=np.uint8))
+              for i, shape in enumerate(shapes)]
+    want = reference(images=images, return_tensors="np")
+    packed = np.stack([transform(image) for image in images])
+    assert packed.shape == (len(images), 3, 21, 64) and packed.dtype == np.float32
+    got = {k: v.numpy() for k, v in unpack_naflex(torch.from_numpy(packed)).items()}
+    assert np.array_equal(got["spatial_shapes"], want["spatial_shapes"])
+    assert np.array_equal(got["pixel_attention_mask"], want["pixel_attention_mask"])
+    assert float(np.abs(got["pixel_values"] - want["pixel_values"]).max()) <= 1e-6
+    assert [tuple(s) for s in want["spatial_shapes"]] == [(5, 4), (3, 6), (10, 2), (1, 20), (4, 5), (4, 4), (4, 4)]
 
 
 def test_cropping_rounds_and_pads_as_transformers_does():
@@ -176,7 +202,7 @@ PROBE = ("import sys, json\nfrom clipcli.cli import main\nsys.argv = ['clip', *s
 
 @pytest.mark.slow
 @pytest.mark.e2e
-@pytest.mark.parametrize("family", ["clip", "chinese_clip"])
+@pytest.mark.parametrize("family", ["clip", "chinese_clip", "siglip2"])
 def test_warm_path_of_a_transformers_model_imports_no_torch(hf_dirs, images, tmp_path, family):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CLIPCLI_CACHE_DIR": str(tmp_path)}
 
@@ -395,6 +421,25 @@ def test_int8_image_tower_of_a_transformers_model(hf_dirs, images):
     assert json.loads(int8.stdout)["model"]["precision"] == "int8"
     assert [r["predictions"][0]["label"] for r in json.loads(int8.stdout)["results"]] == \
         [r["predictions"][0]["label"] for r in json.loads(fp32.stdout)["results"]]
+
+
+def test_int8_image_tower_of_siglip2_takes_the_packed_naflex_inputs(hf_dirs, tmp_path, monkeypatch):
+    """The quantiser probes the tower with random arrays of the packed shape; the int8 tower then encodes real
+    images of different aspect ratios close to the fp32 one (a random tiny model: features, not labels)."""
+    from PIL import Image
+
+    from clipcli.backends import load_backend_model
+
+    monkeypatch.setenv("CLIPCLI_CACHE_DIR", str(tmp_path))
+    model = f"local-dir:{hf_dirs['siglip2']}"
+    fp32 = load_backend_model(model, device="cpu", backend="onnx")
+    int8 = load_backend_model(model, device="cpu", backend="onnx", precision="int8")
+    assert int8.precision == "int8" and (fp32.directory / "image.int8.onnx").is_file()
+    rng = np.random.default_rng(3)
+    pixels = np.stack([fp32.preprocess(Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)))
+                       for shape in ((30, 50, 3), (90, 20, 3), (64, 64, 3))])
+    cosine = np.sum(fp32.encode_pixels(pixels) * int8.encode_pixels(pixels), axis=1)
+    assert cosine.min() > 0.98, cosine
 
 
 def test_legacy_processor_config_with_an_int_size_is_read_as_transformers_reads_it(hf_dirs, tmp_path):

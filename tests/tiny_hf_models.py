@@ -1,12 +1,16 @@
 """Small Hugging Face transformers CLIP-family models built and saved by the tests (seeded random weights, tokenizers
-made here from local files, never downloaded): what `save_pretrained` writes for CLIP, Chinese-CLIP and SigLIP.
+made here from local files, never downloaded): what `save_pretrained` writes for CLIP, Chinese-CLIP, SigLIP,
+MetaCLIP 2 and SigLIP 2.
 
 - clip: `CLIPModel` with CLIP's byte-level BPE tokenizer, its vocabulary and merges read from open_clip's
   `bpe_simple_vocab_16e6.txt.gz` (the same file OpenAI's tokenizer comes from);
 - chinese_clip: `ChineseCLIPModel` with a BERT WordPiece tokenizer whose vocabulary is Chinese characters (one token
   each, as Chinese-CLIP's own vocabulary tokenizes Chinese) plus a few English words;
 - siglip: `SiglipModel` with a SentencePiece-style Unigram tokenizer (Metaspace, `</s>` appended, pad to 64);
-- metaclip_2: `MetaClip2Model` (MetaCLIP 2: CLIP's towers, a multilingual tokenizer) with that Unigram tokenizer.
+- metaclip_2: `MetaClip2Model` (MetaCLIP 2: CLIP's towers, a multilingual tokenizer) with that Unigram tokenizer;
+- siglip2: `Siglip2Model` with transformers' `Siglip2Tokenizer` (Gemma-style byte-fallback BPE, lower-cased, padded
+  on the left) over letters, Chinese characters and a few merged words, and the NaFlex image processor (8-pixel
+  patches, at most 20 of them: images keep their aspect ratio, positions are resized and padded).
 Each folder also gets the family's image processor (the Pillow one) saved beside the model.
 """
 
@@ -17,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-FAMILIES = ("clip", "chinese_clip", "siglip", "metaclip_2")
+FAMILIES = ("clip", "chinese_clip", "siglip", "metaclip_2", "siglip2")
+NAFLEX_PATCHES = 20  # the tiny SigLIP 2's max_num_patches (its position grid is 4 x 4)
 IMAGE = 32
 TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
 VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -67,6 +72,24 @@ def siglip_tokenizer():
                                    model_max_length=64)
 
 
+def siglip2_tokenizer():
+    """transformers' Siglip2Tokenizer (Gemma's byte-fallback BPE) over a small vocabulary: bytes, letters, Chinese
+    characters, and merges spelling a few words with their leading `▁`."""
+    from transformers import Siglip2Tokenizer
+
+    vocab = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", *(f"<0x{i:02X}>" for i in range(256))]
+    vocab += list(dict.fromkeys("▁abcdefghijklmnopqrstuvwxyz0123456789.,!'" + CHINESE))
+    merges = []
+    for word in ("photo", "of", "red", "blue", "circle", "square", "dog", "wonton"):
+        spelled = "▁"
+        for char in word:
+            merges.append((spelled, char))
+            spelled += char
+            if spelled not in vocab:
+                vocab.append(spelled)
+    return Siglip2Tokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=merges, model_max_length=64)
+
+
 def build(family: str, seed: int = 0):
     """(model, tokenizer, image processor), the model in eval mode with spread-out random weights."""
     import transformers as tf
@@ -103,6 +126,14 @@ def build(family: str, seed: int = 0):
                                     vision_config=VISION, projection_dim=32)
         model = tf.MetaClip2Model(config)
         processor = tf.CLIPImageProcessorPil(size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE})
+    elif family == "siglip2":
+        tokenizer = siglip2_tokenizer()
+        config = tf.Siglip2Config(text_config={**TEXT, "vocab_size": len(tokenizer), "max_position_embeddings": 64,
+                                               "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2},
+                                  vision_config={**{k: v for k, v in VISION.items() if k != "image_size"},
+                                                 "num_patches": 16})
+        model = tf.Siglip2Model(config)
+        processor = tf.Siglip2ImageProcessorPil(patch_size=8, max_num_patches=NAFLEX_PATCHES)
     else:
         raise ValueError(family)
     with torch.no_grad():  # random init gives near-identical embeddings: spread them so probabilities differ

@@ -1,6 +1,7 @@
 """Export a transformers CLIP-family model's towers to ONNX (torch; once per model identity, see `export`).
 
-    image.onnx       pixel_values [B, 3, H, W] -> L2-normalised get_image_features [B, D]
+    image.onnx       pixel_values [B, 3, H, W] -> L2-normalised get_image_features [B, D]; for SigLIP 2 the packed
+                     NaFlex array [B, P + 1, 3 * p * p] (patches, then the spatial shape; unpacked in the graph)
     text.onnx        the tokenizer's inputs (input_ids, attention_mask, token_type_ids) [B, L] -> features [B, D]
     tokenizer.json   the model's fast tokenizer, run by the `tokenizers` library on the warm path (no torch)
 
@@ -31,9 +32,10 @@ class _ImageTower(torch.nn.Module):
         self.model = model
 
     def forward(self, pixel_values):
-        from ..hf_models import _features
+        from ..hf_models import _features, image_inputs
 
-        return F.normalize(_features(self.model.get_image_features(pixel_values=pixel_values)).float(), dim=-1)
+        inputs = image_inputs(self.model, pixel_values)
+        return F.normalize(_features(self.model.get_image_features(**inputs)).float(), dim=-1)
 
 
 class _TextTower(torch.nn.Module):
@@ -63,17 +65,30 @@ def _eager_attention(model):
         setter(before)
 
 
+def _probe_pixels(loaded, batch: int, seed: int) -> torch.Tensor:
+    """Inputs for the image tower: random pixels, or for SigLIP 2 random images of several shapes, packed."""
+    if not hasattr(loaded.preprocess, "max_patches"):
+        height, width = loaded.preprocess.size
+        return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    shapes = [(37, 61), (64, 23), (16, 16), (9, 200), (120, 96)]
+    images = [Image.fromarray(rng.integers(0, 255, (*shapes[(seed + i) % len(shapes)], 3), dtype=np.uint8))
+              for i in range(batch)]
+    return torch.from_numpy(np.stack([loaded.preprocess(image) for image in images]))
+
+
 def _export_image(loaded, path: Path) -> None:
-    height, width = loaded.preprocess.size
     tower = _ImageTower(loaded.model).eval()
-    example = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0))
+    example = _probe_pixels(loaded, 2, 0)
     with torch.inference_mode(False), torch.no_grad():
         torch.onnx.export(tower, (example,), str(path), input_names=["pixel_values"], output_names=["features"],
                           dynamic_axes={"pixel_values": {0: "batch"}, "features": {0: "batch"}},
                           opset_version=OPSET, dynamo=False)
     session = ort_session(path)
     for batch in (1, 3):
-        pixels = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(batch))
+        pixels = _probe_pixels(loaded, batch, batch)
         with torch.no_grad():
             want = loaded.encode_pixels(pixels).numpy()
         _check("image", session.run(None, {"pixel_values": pixels.numpy()})[0], want)

@@ -173,10 +173,13 @@ def open_encoder(model: ModelOptions, decode: DecodeOptions = DecodeOptions(), e
     way out, also on Ctrl-C).  images: how many the run names, if known; a local ONNX model then starts its
     image session at once, in the background, quick for a short run."""
     loaded = load_model(model, store)
-    if images is not None and engine.name != "ray" and hasattr(loaded, "expect_images"):
-        loaded.expect_images(images)
+    start = images is not None and engine.name != "ray" and hasattr(loaded, "expect_images")
     if store is None:
+        if start:
+            loaded.expect_images(images)
         yield Encoder(loaded, decode, engine)
         return
-    with open_store_writer(store, loaded, dtype, shard_rows) as writer:
+    with open_store_writer(store, loaded, dtype, shard_rows) as writer:  # a busy store is refused first
+        if start:
+            loaded.expect_images(images)
         yield Encoder(loaded, decode, engine, writer)

@@ -9,6 +9,7 @@ import functools
 import os
 import stat
 import tempfile
+import threading
 from pathlib import Path
 from typing import BinaryIO
 
@@ -117,10 +118,15 @@ def disk_error(exc: OSError, name: str | os.PathLike) -> WriteError | None:
     return WriteError(f"cannot write {name}: {reason(exc)}")
 
 
+_UMASK_LOCK = threading.Lock()
+
+
 def umask_mode(base: int = 0o666) -> int:
-    """The mode a plain `open(path, "w")` gives a new file under the current umask."""
-    mask = os.umask(0)
-    os.umask(mask)
+    """The mode a plain `open(path, "w")` gives a new file under the current umask.  Reading the umask means
+    setting it for a moment: one thread at a time, or two could leave it at 0."""
+    with _UMASK_LOCK:
+        mask = os.umask(0)
+        os.umask(mask)
     return base & ~mask
 
 

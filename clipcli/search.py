@@ -133,6 +133,7 @@ def search_store(store, query: np.ndarray, k: int = 10, min_score: float | None 
         raise StoreError(f"store {store.directory}: its embeddings have {store.dim} dimensions, the query "
                          f"{len(query)}; use the store's model")
     lock, done = threading.Lock(), [0]
+    total = store.rows if progress is not None else 0
 
     def one_shard(name: str) -> list[Hit]:
         best = TopK(k, min_score)
@@ -141,11 +142,11 @@ def search_store(store, query: np.ndarray, k: int = 10, min_score: float | None 
             if progress is not None:
                 with lock:
                     done[0] += len(vectors)
-                    progress(done[0], store.rows)
+                    progress(done[0], total)
         return best.hits()
 
     merged = TopK(k, min_score)
-    with ThreadPoolExecutor(max(1, min(len(os.sched_getaffinity(0)), 4))) as pool:  # numpy and arrow release the GIL
+    with ThreadPoolExecutor(max(1, min(os.cpu_count() or 1, 4))) as pool:  # numpy and arrow release the GIL
         for hits in pool.map(one_shard, store.shard_names()):
             merged.add(np.array([h.score for h in hits], dtype=np.float32), [h.path for h in hits])
     return merged.hits()
@@ -178,7 +179,7 @@ def image_embeddings(paths: Sequence[str], store=None,
     from .store import file_state, resolve
 
     found = {}
-    if store is not None:
+    if store is not None and paths:
         keys = [display_path(resolve(path)) for path in paths]
         located = store.locate(keys)
         usable = {}
@@ -380,7 +381,7 @@ def search_job(text: str | None = None, like: Sequence[str] = (), templates="sim
     from .embeddings import Encoder, open_encoder
 
     with open_encoder(model, decode, engine, store) as encoder:
-        query = _query(text, like, template_set, encoder.model, encoder.store, Encoder(encoder.model, decode),
+        query = _query(text, like, template_set, encoder.model, encoder.store, Encoder(encoder.model, decode, engine),
                        model)
         errors: list[tuple[str, str]] = []
 

@@ -21,11 +21,11 @@ rows were all pruned is deleted.  Readers open every shard before reading one, s
 shard away from them.  Pages carry CRC checksums, verified on every read.
 
 Scan copies (`STORE/_scan/`, skipped by Parquet readers): each shard's embeddings again as one contiguous
-float32 matrix, renormalised (`<shard>.<size>-<mtime_ns>.npy`; NaN rows for unreadable images), written by
+float32 matrix, renormalised (`<shard>.<inode>-<size>-<mtime_ns>.npy`; NaN rows for unreadable images), written by
 the writer beside every shard it writes (2 KB per image at 512-d).  Parquet decodes a fixed-size list value
 by value and float16 must then be cast; a scan (`clip search`) multiplies the mapped matrix directly,
 several times faster (bench/bench_search.py).  A copy whose name does not match its shard's
-size and mtime is ignored (and deleted by the next writer); a shard without one is read from Parquet.
+file is ignored (and deleted by the next writer); a shard without one is read from Parquet.
 
 A file is fresh when its size and mtime equal the stored ones.  Stores of schema version 1 (manifest
 `clip-store.json` with a shard list) are read as they are and upgraded in place by the next writer.
@@ -258,11 +258,14 @@ class ImageStore:
                           f"`clip store check --repair {self.directory}` removes it, then `clip embed` encodes its "
                           "images again")
 
-    def _shards(self) -> Iterator[tuple[str, object]]:
-        """(name, ParquetFile) of every live shard, opened one at a time.  A row never moves between shards, so
-        a writer replacing shards meanwhile cannot make a reader see a row twice or miss one; a shard deleted
-        before it was opened held only pruned rows."""
+    def _shards(self, names: Iterable[str] | None = None) -> Iterator[tuple[str, object]]:
+        """(name, ParquetFile) of every live shard (or of those named), opened one at a time.  A row never moves
+        between shards, so a writer replacing shards meanwhile cannot make a reader see a row twice or miss one;
+        a shard deleted before it was opened held only pruned rows."""
+        wanted = set(names) if names is not None else None
         for name in self.shard_names():
+            if wanted is not None and name not in wanted:
+                continue
             try:
                 shard = self._open(name)
             except FileNotFoundError:
@@ -294,33 +297,40 @@ class ImageStore:
         """(paths_of(rows) -> their paths, float32 unit embeddings [n, dim], NaN rows for unreadable images)
         per batch, of every shard or the ones named: for scans that need only a few of the paths.  Read from
         the shard's scan copy when it has a current one."""
-        names = set(shards) if shards is not None else None
-        for name, shard in self._shards():
-            if names is not None and name not in names:
+        for name in self.shard_names() if shards is None else shards:
+            path = self.directory / SHARD_DIR / name
+            try:
+                before = os.stat(path)
+            except FileNotFoundError:
                 continue
-            copy = self._scan_copy(name)
-            if copy is None:
-                for batch in self._batches(shard, name, ["path", "embedding"], rows):
-                    yield (lambda found, paths=batch.column(0): take_paths(paths, found)), \
-                        scan_matrix(batch, self.dim)
-                continue
-            paths: list = []
+            for _, shard in self._shards([name]):  # none when it went away meanwhile
+                yield from self._shard_vectors(name, shard, before, path, rows)
 
-            def paths_of(found: np.ndarray, start: int, shard=shard, name=name, paths=paths) -> list[str]:
-                if not paths:  # the shard's path column, read once and only when a batch has candidates
-                    try:
-                        paths.append(shard.read(columns=["path"]).column(0))
-                    except (OSError, ValueError) as exc:
-                        raise self._unreadable(name, exc) from None
-                return take_paths(paths[0], found + start)
+    def _shard_vectors(self, name: str, shard, before: os.stat_result, path: Path, rows: int) -> Iterator:
+        # the copy of the shard version that was opened: the same file before and after the open (one that a
+        # writer replaced in between is read from Parquet instead)
+        copy = self._scan_copy(name, before) if _same_file(before, path) else None
+        if copy is None:
+            for batch in self._batches(shard, name, ["path", "embedding"], rows):
+                yield (lambda found, paths=batch.column(0): take_paths(paths, found)), scan_matrix(batch, self.dim)
+            return
+        paths: list = []
 
-            for start in range(0, len(copy), rows):
-                yield (lambda found, start=start, paths_of=paths_of: paths_of(found, start)), copy[start:start + rows]
+        def paths_of(found: np.ndarray, start: int) -> list[str]:
+            if not paths:  # the shard's path column, read once and only when a batch has candidates
+                try:
+                    paths.append(shard.read(columns=["path"]).column(0))
+                except (OSError, ValueError) as exc:
+                    raise self._unreadable(name, exc) from None
+            return take_paths(paths[0], found + start)
 
-    def _scan_copy(self, name: str) -> np.ndarray | None:
-        """The shard's current scan copy, memory-mapped, or None."""
+        for start in range(0, len(copy), rows):
+            yield (lambda found, start=start: paths_of(found, start)), copy[start:start + rows]
+
+    def _scan_copy(self, name: str, st: os.stat_result | None = None) -> np.ndarray | None:
+        """The scan copy of the shard as it is now (or as `st` saw it), memory-mapped, or None."""
         try:
-            st = os.stat(self.directory / SHARD_DIR / name)
+            st = st or os.stat(self.directory / SHARD_DIR / name)
             copy = np.load(self.directory / SCAN_DIR / scan_name(name, st), mmap_mode="r")
         except (OSError, ValueError):
             return None
@@ -410,13 +420,15 @@ def check_store(directory: str | os.PathLike, repair: bool = False) -> tuple[int
     store = open_store(directory)
     good, damaged = 0, []
     for name in store.shard_names():
+        path = store.directory / SHARD_DIR / name
         try:
-            with pq.ParquetFile(store.directory / SHARD_DIR / name, page_checksum_verification=True) as shard:
+            before = os.stat(path)
+            with pq.ParquetFile(path, page_checksum_verification=True) as shard:
                 table = shard.read()
                 good += table.num_rows
-            copy = store._scan_copy(name)
+            copy = store._scan_copy(name, before) if _same_file(before, path) else None  # the version read
             if copy is not None and not np.allclose(copy, scan_matrix(table, store.dim), atol=1e-6, equal_nan=True):
-                damaged.append((f"{SCAN_DIR}/{scan_name(name, os.stat(store.directory / SHARD_DIR / name))}",
+                damaged.append((f"{SCAN_DIR}/{scan_name(name, before)}",
                                 "this scan copy differs from its shard; removing it lets the next writer remake it"))
         except FileNotFoundError:
             continue
@@ -429,8 +441,12 @@ def check_store(directory: str | os.PathLike, repair: bool = False) -> tuple[int
         lock = _take_lock(store.directory)
         try:
             for name, _ in damaged:
-                (store.directory / (name if name.startswith(SCAN_DIR + "/") else f"{SHARD_DIR}/{name}")).unlink(
-                    missing_ok=True)
+                if name.startswith(SCAN_DIR + "/"):
+                    (store.directory / name).unlink(missing_ok=True)
+                    continue
+                (store.directory / SHARD_DIR / name).unlink(missing_ok=True)
+                for copy in (store.directory / SCAN_DIR).glob(f"{name}.*.npy"):
+                    copy.unlink(missing_ok=True)  # the shard's scan copy goes with it
         finally:
             os.close(lock)
     return good, damaged
@@ -463,7 +479,17 @@ def batch_embeddings(batch, dim: int) -> tuple[list[str], np.ndarray, list[tuple
 
 
 def scan_name(shard: str, st: os.stat_result) -> str:
-    return f"{shard}.{st.st_size}-{st.st_mtime_ns}.npy"
+    """A copy's name: its shard's name, inode, size and mtime (a rewritten shard is always a new file, so its
+    copy never takes the old copy's name, even where the size and a coarse mtime repeat)."""
+    return f"{shard}.{st.st_ino}-{st.st_size}-{st.st_mtime_ns}.npy"
+
+
+def _same_file(before: os.stat_result, path: Path) -> bool:
+    try:
+        now = os.stat(path)
+    except OSError:
+        return False
+    return (now.st_ino, now.st_size, now.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
 
 
 def take_paths(column, rows: np.ndarray) -> list[str]:
@@ -653,6 +679,7 @@ class StoreWriter(ImageStore):
             touched.add(final.name)
         if touched:
             self._write_manifest({**self.manifest, "updated": _now()})
+            self._drop_stale_scan_copies()
         self._groups = {}
         self.last_commit = time.monotonic()
 
@@ -680,7 +707,6 @@ class StoreWriter(ImageStore):
             Path(temp).unlink(missing_ok=True)
             raise
         fsync_dir(final.parent)
-        self._drop_stale_scan_copies()
 
     def _write_scan_copy(self, matrix: np.ndarray, shard: str, st: os.stat_result) -> None:
         """The shard's scan copy, named after the shard's size and mtime (the shard keeps both on its rename).
@@ -691,7 +717,7 @@ class StoreWriter(ImageStore):
         folder.mkdir(exist_ok=True)
         buffer = io.BytesIO()
         np.save(buffer, matrix, allow_pickle=False)
-        atomic_write_bytes(folder / scan_name(shard, st), buffer.getvalue(), durable=False)
+        atomic_write_bytes(folder / scan_name(shard, st), buffer.getvalue())
 
     def _drop_stale_scan_copies(self) -> None:
         """Delete scan copies that match no live shard (replaced, pruned, or of an interrupted commit)."""

@@ -110,15 +110,25 @@ def test_an_example_image_is_its_own_best_match(drawn_store, drawn):
     assert {Path(h["path"]).parent.name for h in hits} == {"green_star"}
 
 
-def test_text_and_image_together_rank_between_the_two(drawn_store, drawn):
-    """'red' plus a blue square: red squares and blue squares come before green stars."""
-    result = cli("search", "red square", "--like", drawn / "blue_square" / "0.png", "--store", drawn_store, "-k", "0",
-                 "-f", "csv")
+def test_text_and_image_together_count_equally(drawn_store, drawn):
+    """A text t and an example image i (unit vectors): each image x scores x.(t + i) / |t + i|, so its score is
+    its text-only plus its image-only score over one constant, and the ranking follows that sum."""
+    def scores(*query) -> dict[str, float]:
+        result = cli("search", *query, "--store", drawn_store, "-k", "0", "-f", "json")
+        assert result.exit_code == 0, result.output
+        return {r["path"]: r["score"] for r in json.loads(result.stdout)["results"]}
+
+    like = drawn / "blue_square" / "0.png"
+    a, b = scores("yellow triangle"), scores("--like", like)
+    result = cli("search", "yellow triangle", "--like", like, "--store", drawn_store, "-k", "0", "-f", "csv")
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert len(rows) == 20 and list(rows[0]) == ["rank", "path", "score"]
-    folders = [Path(r["path"]).parent.name for r in rows]
-    assert folders[0] == "blue_square" and folders.index("green_star") > folders.index("red_circle") - 5
+    ratios = [float(r["score"]) / (a[r["path"]] + b[r["path"]]) for r in rows]
+    assert max(ratios) - min(ratios) < 1e-4 and 0.5 < ratios[0] < 1.0  # 1 / |t + i|, with |t + i| in (1, 2)
+    assert [r["path"] for r in rows] == sorted(a, key=lambda p: (-(a[p] + b[p]), p))
+    assert {Path(rows[0]["path"]).parent.name, Path(rows[1]["path"]).parent.name} <= {"blue_square",
+                                                                                       "yellow_triangle"}
 
 
 def test_search_in_folders_without_a_store_and_min_score(drawn, tmp_path):
@@ -268,8 +278,8 @@ def test_store_check_finds_a_scan_copy_that_differs_and_repair_lets_the_next_wri
     query = ("search", "--like", drawn / "red_circle" / "1.png", "--store", store, "-k", "3", "-f", "json")
     before = _hits(cli(*query))
     copy = next((store / SCAN_DIR).iterdir())
-    matrix = np.load(copy)
-    matrix[:] = matrix[::-1].copy()  # rows swapped: a copy that no longer matches its shard
+    original = np.load(copy)
+    matrix = original[::-1].copy()  # rows swapped: a copy that no longer matches its shard
     np.save(copy, matrix)
     assert _hits(cli(*query)) != before  # search trusts the copy ...
     check = cli("store", "check", store)
@@ -278,4 +288,39 @@ def test_store_check_finds_a_scan_copy_that_differs_and_repair_lets_the_next_wri
     assert repaired.exit_code == 0 and not copy.exists()
     assert _hits(cli(*query)) == before  # ... until it is removed: Parquet answers, then the next writer's copy
     assert cli("embed", drawn, "--store", store, "-m", "demo", "-q").exit_code == 0
-    assert copy.exists() and np.array_equal(np.load(copy), np.load(copy)) and _hits(cli(*query)) == before
+    assert copy.exists() and np.array_equal(np.load(copy), original) and _hits(cli(*query)) == before
+
+
+def test_a_search_opens_each_shard_once_and_prune_takes_the_copies_of_deleted_shards(tmp_path, monkeypatch):
+    from clipcli.store import SCAN_DIR, SHARD_DIR, ImageStore
+
+    folder, store = tmp_path / "imgs", tmp_path / "s.store"
+    folder.mkdir()
+    for i in range(12):
+        colour, kind = LABELS[i % 4]
+        shapes.draw_pil(colour, kind, size=32, seed=i).save(folder / f"{i:02d}.png")
+    assert cli("embed", folder, "--store", store, "-m", "demo", "--shard-size", "2", "-q").exit_code == 0
+    shards = sorted(p.name for p in (store / SHARD_DIR).glob("part-*.parquet"))
+    assert len(shards) == 6
+    opened = []
+    original = ImageStore._open
+    monkeypatch.setattr(ImageStore, "_open", lambda self, name: opened.append(name) or original(self, name))
+    from clipcli.search import search_job
+
+    found = search_job("red circle", store=store, k=3)
+    assert len(found.hits) == 3
+    assert sorted(set(opened)) == shards and len(opened) <= 2 * len(shards)  # once to scan, once to count rows
+    monkeypatch.undo()
+    for path in sorted(folder.iterdir())[:2]:  # the two images of one shard go away: prune deletes the shard
+        path.unlink()
+    assert cli("embed", "--store", store, "--prune", "-m", "demo", "-q").exit_code == 0
+    left = sorted(p.name for p in (store / SHARD_DIR).glob("part-*.parquet"))
+    copies = sorted(p.name.split(".parquet.")[0] + ".parquet" for p in (store / SCAN_DIR).iterdir())
+    assert len(left) == 5 and copies == left
+
+
+def test_dupes_help_states_the_library_default():
+    from clipcli.search import DUPE_THRESHOLD
+
+    text = " ".join(cli("dupes", "--help").stdout.split())
+    assert f"default {DUPE_THRESHOLD}," in text

@@ -37,3 +37,12 @@ def test_weights_moved_to_a_side_file_and_quick_sessions_give_the_same_features(
     assert np.allclose(again.encode_pixels(pixels), embedded, atol=1e-5)
     assert np.allclose(again.encode_texts(["a red circle", "a dog"]), loaded.encode_texts(["a red circle", "a dog"]),
                        atol=1e-5)
+
+
+def test_an_image_session_that_fails_in_the_background_fails_the_first_encode(tiny_model, tmp_path):
+    loaded = load_backend_model(tiny_model, backend="onnx")
+    loaded._image_path = tmp_path / "missing.onnx"  # the session cannot be made
+    loaded.expect_images(2)
+    pixels = np.zeros((1, 3, loaded.image_size, loaded.image_size), dtype=np.float32)
+    with pytest.raises(Exception, match="missing.onnx"):
+        loaded.encode_pixels(pixels)

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..batches import DecodeLimits, thread_batches
 from ..errors import ExportError, first_line
-from ..fsutil import atomic_write_bytes, temp_beside
+from ..fsutil import atomic_write_bytes, temp_beside, umask_mode
 from ..models import ModelSpec
 from ..preprocess import transform_from_config
 from ..vectors import l2_normalize
@@ -111,16 +111,23 @@ def external_weights(path: Path) -> Path:
         return path
     import shutil
     import tempfile
+    import time
 
     import onnx
     from onnx.external_data_helper import convert_model_to_external_data
 
+    for left in path.parent.glob(".external-*"):  # of a run killed while converting (an hour: surely not running)
+        try:
+            if time.time() - left.stat().st_mtime > 3600:
+                shutil.rmtree(left, ignore_errors=True)
+        except OSError:
+            pass
     work = Path(tempfile.mkdtemp(prefix=".external-", dir=path.parent))
     try:
         model = onnx.load(str(path))
         convert_model_to_external_data(model, all_tensors_to_one_file=True, location=data.name, size_threshold=1024)
         onnx.save_model(model, str(work / path.name))
-        mode = 0o666 & ~_umask()
+        mode = umask_mode()
         os.chmod(work / data.name, mode)
         os.chmod(work / path.name, mode)
         os.replace(work / data.name, data)
@@ -130,12 +137,6 @@ def external_weights(path: Path) -> Path:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def ort_session(path: Path, threads: int | None = None, quick: bool = False):

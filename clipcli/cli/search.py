@@ -10,11 +10,13 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
+from ..search import DUPE_THRESHOLD  # the help states the library's default (the module imports numpy only)
 from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors
 from .options import (DECODE, ENGINE, INPUTS, LABELS, MODEL_GROUP, OUTPUT, SOURCES, UI, OutputOpt, StoreOpt,
                       check_format, check_outputs, open_sink, uses)
 
+REPORT_HITS = 500  # thumbnails in a --report page at most (each is an image decoded)
 SEARCH_TEMPLATES = "simple"  # as good as the 80 templates and the raw query, one prompt: bench/bench_search.py
 ReportOpt = Annotated[Optional[Path], typer.Option(
     "--report", rich_help_panel=OUTPUT, show_default=False, metavar="FILE",
@@ -89,8 +91,11 @@ def search(
         from ..results import atomic_output
 
         title = "clip search: " + " + ".join([repr(query)] * bool(query) + [f"like {p}" for p in like or []])
+        shown = records[:REPORT_HITS]
+        facts = {"model": found.model["name"], "searched": found.searched,
+                 **({"shown": f"the best {REPORT_HITS} of {len(records)}"} if len(records) > REPORT_HITS else {})}
         with atomic_output(report) as handle:
-            handle.write(render_search(title, {"model": found.model["name"], "searched": found.searched}, records))
+            handle.write(render_search(title, facts, shown))
         output.info(f"report written to {report}")
     raise typer.Exit(EXIT_SOME_FAILED if found.errors else EXIT_OK)
 
@@ -104,20 +109,22 @@ def dupes(
     store: StoreOpt = None,
     threshold: Annotated[Optional[float], typer.Option(
         "--threshold", rich_help_panel=OUTPUT, metavar="COSINE", show_default=False,
-        help="Cosine similarity from which two images count as copies (default 0.95; lower finds more).")] = None,
+        help=f"Embedding cosine from which two images count as copies (default {DUPE_THRESHOLD}, from 0.5 to 1; "
+        "lower finds more).")] = None,
     fmt: FormatOpt = "table",
     output_path: OutputOpt = None,
     report: ReportOpt = None,
     *, sources, model, decode, engine, ui,
 ) -> None:
     """List groups of near-duplicate images (resized, recompressed, lightly cropped copies); deletes nothing."""
-    from ..search import DUPE_THRESHOLD, dupes_job
+    from ..search import dupes_job
 
     check_format(fmt)
-    if threshold is not None and not -1.0 <= threshold <= 1.0:
+    if threshold is not None and not 0.5 <= threshold <= 1.0:
         from ..errors import UsageError
 
-        raise UsageError(f"--threshold {threshold} is not a cosine similarity; use a number from -1 to 1, e.g. 0.95")
+        raise UsageError(f"--threshold {threshold}: use a cosine from 0.5 to 1 (default {DUPE_THRESHOLD}); below "
+                         "0.5 nearly every pair would be compared as copies")
     threshold = DUPE_THRESHOLD if threshold is None else threshold
     paths = _inputs(sources, inputs, store)
     check_outputs(files={"--output": output_path, "--report": report}, folders={"--store": store} if paths else {})

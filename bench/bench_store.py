@@ -55,19 +55,19 @@ def model_512() -> Path:
     return target
 
 
-def synthetic_store(rows: int, model: str) -> Path:
+def synthetic_store(rows: int, model: str, shard_rows: int = 65536) -> Path:
     import numpy as np
 
     from clipcli.embeddings import open_store_writer
     from clipcli.models import load_model
     from clipcli.store import open_store
 
-    store = DATA / f"store-{rows}"
+    store = DATA / (f"store-{rows}" if shard_rows == 65536 else f"store-{rows}-shards-of-{shard_rows}")
     if (store / "_clip-store.json").is_file() and open_store(store).rows == rows:
         return store
     shutil.rmtree(store, ignore_errors=True)
     rng = np.random.default_rng(0)
-    with open_store_writer(store, load_model(model), "float16", shard_rows=65536) as writer:
+    with open_store_writer(store, load_model(model), "float16", shard_rows=shard_rows) as writer:
         for start in range(0, rows, 65536):
             n = min(65536, rows - start)
             vectors = rng.standard_normal((n, 512), dtype=np.float32)

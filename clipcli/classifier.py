@@ -87,9 +87,11 @@ def build_class_embeddings(loaded, labels: list[Label], templates: TemplateSet, 
     found = {i: cache.get(key) for i, key in enumerate(keys)} if cache else {}
     missing = [i for i in range(len(labels)) if found.get(i) is None]
     if missing:
-        _warn_truncated(loaded, [labels[i] for i in missing], templates)
         prompts = [label_prompts(labels[i], templates) for i in missing]
         flat = [p for group in prompts for p in group]
+        if hasattr(loaded, "expect_texts"):  # the ONNX backend starts its text session while the tokenizer loads
+            loaded.expect_texts(len(flat))
+        _warn_truncated(loaded, [labels[i] for i in missing], templates)
         encoded = loaded.encode_texts(flat, progress)
         start = 0
         for i, group in zip(missing, prompts):

@@ -210,8 +210,9 @@ class OnnxModel:
                             if self.precision == "int8"
                             else self.directory / "image.onnx")
         self._threads = threads
-        self._image = self._text = self._tokenizer = None
-        self._opening: tuple[threading.Thread, dict] | None = None  # the image session, made in the background
+        self._tokenizer = None
+        self._sessions: dict = {}  # tower ("image", "text") -> its ONNX Runtime session
+        self._opening: dict = {}  # tower -> (thread, result) of a session being made in the background
         self._torch = torch_model  # loaded only when label text needs the torch text tower
 
     # --- what the model is ---------------------------------------------------------------------------------
@@ -246,36 +247,40 @@ class OnnxModel:
     def expect_images(self, count: int) -> None:
         """How many images this run will encode: the image session starts now, in the background (ONNX Runtime
         lets go of the GIL meanwhile, so labels load and images decode alongside), and quick for a short run."""
-        if self._image is not None or self._opening is not None:
+        self._start("image", self._image_path, count <= QUICK_IMAGES)
+
+    def _start(self, tower: str, path: Path, quick: bool) -> None:
+        """Make the tower's session in a background thread, unless it is made or being made."""
+        if self._sessions.get(tower) is not None or tower in self._opening:
             return
         made: dict = {}
 
         def make() -> None:
             try:
-                made["session"] = ort_session(external_weights(self._image_path), self._threads,
-                                              quick=count <= QUICK_IMAGES)
+                made["session"] = ort_session(external_weights(path), self._threads, quick)
             except BaseException as exc:  # noqa: BLE001  (handed to the thread that needs the session)
                 made["error"] = exc
 
-        thread = threading.Thread(target=make, name="clipcli-image-session")  # not a daemon: never cut at exit
+        thread = threading.Thread(target=make, name=f"clipcli-{tower}-session")  # not a daemon: never cut at exit
         thread.start()
-        self._opening = (thread, made)
+        self._opening[tower] = (thread, made)
 
-    def _image_session(self):
-        if self._image is None:
-            if self._opening is None:
-                self._image = ort_session(external_weights(self._image_path), self._threads)
+    def _session(self, tower: str, path: Path, quick: bool = False):
+        """The tower's session: the one being made in the background, or one made now."""
+        if self._sessions.get(tower) is None:
+            if tower not in self._opening:
+                self._sessions[tower] = ort_session(external_weights(path), self._threads, quick)
             else:
-                thread, made = self._opening
+                thread, made = self._opening.pop(tower)
                 thread.join()
-                self._opening = None
                 if "error" in made:
                     raise made["error"]
-                self._image = made["session"]
-        return self._image
+                self._sessions[tower] = made["session"]
+        return self._sessions[tower]
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        return self._image_session().run(None, {self._image_input: np.ascontiguousarray(pixels, dtype=np.float32)})[0]
+        session = self._session("image", self._image_path)
+        return session.run(None, {self._image_input: np.ascontiguousarray(pixels, dtype=np.float32)})[0]
 
     # --- text ----------------------------------------------------------------------------------------------
     @property
@@ -306,6 +311,12 @@ class OnnxModel:
             self._tokenizer = ClipTokenizer(int(self.facts["text"]["context_length"]))
         return self._tokenizer
 
+    def expect_texts(self, count: int) -> None:
+        """How many prompts are about to be encoded: the text session starts now, in the background (while the
+        tokenizer loads), quick for a few."""
+        if self.text_on_onnx:
+            self._start("text", self.directory / "text.onnx", count <= QUICK_TEXTS)
+
     def _encode_transformers_texts(self, texts: Sequence[str], progress) -> np.ndarray:
         """A transformers text tower: the tokenizer's inputs, batches of similar length padded to their longest."""
         from ..hf_text import batch_rows, prompt_lengths
@@ -324,9 +335,7 @@ class OnnxModel:
         """L2-normalised float32 [len(texts), dim]: each batch runs at its own length (trimmed, exact)."""
         if not self.text_on_onnx:
             return self._torch_model().encode_texts(texts, progress)
-        if self._text is None:
-            self._text = ort_session(external_weights(self.directory / "text.onnx"), self._threads,
-                                     quick=len(texts) <= QUICK_TEXTS)
+        self._text = self._session("text", self.directory / "text.onnx", quick=len(texts) <= QUICK_TEXTS)
         text = self.facts["text"]
         if text.get("mode") == "transformers":
             return self._encode_transformers_texts(texts, progress)

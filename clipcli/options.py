@@ -61,3 +61,7 @@ class OpenSetOptions:
     enabled: bool = False
     label: str = "other"
     threshold: float | None = None  # None: the default of the score kind (openset.DEFAULT_THRESHOLDS)
+
+# `clip dupes`: the embedding cosine from which two images are copies (see search.py; measured in
+# bench/bench_search.py).  Here, in a module without numpy, so the help can state it.
+DUPE_THRESHOLD = 0.85

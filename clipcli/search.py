@@ -26,11 +26,11 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .options import DUPE_THRESHOLD  # the embedding cosine (kept where the help can read it without numpy)
 from .vectors import as_array, l2_normalize
 
 # Dupes, measured with bench/bench_search.py (bench/RESULTS.md): resized, recompressed and lightly cropped copies
 # pass both; distinct images (also of the same subject) fail at least one.
-DUPE_THRESHOLD = 0.85  # embedding cosine
 LAYOUT_THRESHOLD = 0.90  # correlation of 8x8 blurred colour thumbnails
 LAYOUT_SIZE = 8
 SCORE_ROWS = 1024  # rows cast to float32 at a time: small enough to stay in cache

@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from ..search import DUPE_THRESHOLD  # the help states the library's default (the module imports numpy only)
+from ..options import DUPE_THRESHOLD
 from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors
 from .options import (DECODE, ENGINE, INPUTS, LABELS, MODEL_GROUP, OUTPUT, SOURCES, UI, OutputOpt, StoreOpt,

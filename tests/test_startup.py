@@ -29,8 +29,14 @@ def test_weights_moved_to_a_side_file_and_quick_sessions_give_the_same_features(
     assert data.stat().st_mtime_ns == stamp
 
     full = onnx_backend.ort_session(tower).run(None, {"pixels": pixels})[0]
-    quick = onnx_backend.ort_session(tower, quick=True).run(None, {"pixels": pixels})[0]
+    assert not tower.with_name("image.opt.onnx").exists()
+    quick = onnx_backend.ort_session(tower, quick=True).run(None, {"pixels": pixels})[0]  # optimises once, beside
+    optimised = tower.with_name("image.opt.onnx")
+    assert optimised.is_file() and tower.with_name("image.opt.onnx.data").is_file()
+    assert not [p for p in tower.parent.iterdir() if p.name.startswith(".optimize-")]
+    again = onnx_backend.ort_session(tower, quick=True).run(None, {"pixels": pixels})[0]  # loads it as it is
     assert np.allclose(full, embedded, atol=1e-6) and np.allclose(quick, embedded, atol=1e-5)
+    assert np.allclose(again, embedded, atol=1e-5)
 
     again = load_backend_model(tiny_model, backend="onnx")  # a short run through the model
     again.expect_images(3)

@@ -32,10 +32,10 @@ from ..vectors import l2_normalize
 
 TEXT_BATCH = 256
 INT8_MIN_COSINE = 0.99  # a quantised image tower must keep every probe's features at least this close
-# A run of at most this many images (prompts) starts its session without pre-packing the weights.  ViT-B-32 on 2
-# cores (bench/bench_search.py): the session starts in 0.12 instead of 0.54 s and encodes 13.9 instead of 16.6
-# images/s, so the quick session is ahead up to about 36 images.
-QUICK_IMAGES = 32
+# A run of at most this many images (prompts) starts its session without pre-packing the weights, from a graph
+# optimised once beforehand.  ViT-B-32 on 2 cores (bench/bench_search.py): the session starts in 0.04 instead of
+# 0.64 s and encodes 15.9 instead of 16.8 images/s, so the quick session is ahead up to about 170 images.
+QUICK_IMAGES = 128
 QUICK_TEXTS = 256  # text tower: starts in 0.07-0.13 instead of 0.31-0.44 s, 118-135 vs 145-158 prompts/s
 EXTERNAL_MIN_BYTES = 16 << 20  # towers larger than this keep their weights in a side file (see external_weights)
 

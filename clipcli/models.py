@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 import socket
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -59,11 +60,17 @@ class ModelSpec:
         return f"{self.name}:{self.pretrained}" if self.pretrained else self.name
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
+
+
 def parse_model_spec(model: str, pretrained: str | None = None) -> ModelSpec:
     """`demo`, `local-dir:DIR`, `hf-hub:org/repo`, `transformers:DIR_OR_ORG/NAME`, `ARCH` (+ pretrained), or
     `ARCH:TAG` shorthand."""
     if model == DEMO_ALIAS:
         return ModelSpec(f"local-dir:{demo_model_dir()}", None, alias=DEMO_ALIAS)
+    if model.startswith("hf-hub:") and not HUB_ID.fullmatch(model[len("hf-hub:"):]):
+        raise UsageError(f"--model {model}: a hub id is ORG/NAME (letters, digits, '-', '_', '.'), e.g. "
+                         "hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K")
     if model.startswith(("hf-hub:", "local-dir:", "transformers:")):
         return ModelSpec(model, None)
     if pretrained is None and ":" in model:

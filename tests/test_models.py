@@ -93,3 +93,13 @@ def test_checkpoint_file_and_spec_parsing(tmp_path, tiny_model_dir):
     open_clip.add_model_config(config_dir)
     loaded = load_model("tiny-test-arch", str(tiny_model_dir / "open_clip_model.safetensors"))
     assert loaded.identity["weights"] and loaded.spec.pretrained.endswith(".safetensors")
+
+
+@pytest.mark.parametrize("model", ["hf-hub:bad//id", "hf-hub:", "hf-hub:org/name/extra", "hf-hub:a b/c"])
+def test_a_malformed_hub_id_is_one_line_before_any_download(model):
+    from typer.testing import CliRunner
+
+    from clipcli.cli import app
+
+    result = CliRunner().invoke(app, ["classify", "x.jpg", "-m", model, "-l", "a,b"])
+    assert result.exit_code == 2 and "a hub id is ORG/NAME" in result.output and "Traceback" not in result.output

@@ -196,22 +196,17 @@ def _tied_means(text: np.ndarray, sums: np.ndarray, counts: np.ndarray, x_mean: 
     return a * text + (x_mean - a * t_mean)
 
 
-def class_embeddings_of(scorer) -> np.ndarray:
-    """The text side of a scorer: a zero-shot classifier's class embeddings, a few-shot head's text."""
-    embeddings = getattr(scorer, "class_embeddings", None)
-    return embeddings if embeddings is not None else scorer.text
-
-
 def adapted_scores(scorer, features, score: str = "softmax", settings: AdaptSettings = AdaptSettings(),
                    warn: bool = True) -> tuple[np.ndarray, Adaptation]:
     """A scorer's scores [N, labels] for features [N, d], adapted over all of them: softmax of the adapted
     logits, or (sigmoid) each label's sigmoid with the logit bias.  Returns the scores and the Adaptation."""
+    from .scoring import label_embeddings
     from .vectors import sigmoid, softmax
 
     scorer.check_score(score)
     base = getattr(scorer, "base", scorer)  # an open-set scorer (--other): its labels' scores are its base's
     x = as_array(features)
-    result = adapt_logits(x, class_embeddings_of(base), base.logits(x), settings, warn)
+    result = adapt_logits(x, label_embeddings(base), base.logits(x), settings, warn)
     if score == "sigmoid":
         with np.errstate(over="ignore"):  # exp of a very negative adapted logit: the score is 0, as it should be
             return sigmoid(result.logits + base.logit_bias), result

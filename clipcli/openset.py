@@ -29,6 +29,7 @@ import numpy as np
 
 from .errors import UsageError
 from .options import OpenSetOptions
+from .scoring import label_embeddings as scorer_text  # the parameters below are named label_embeddings
 from .vectors import as_array
 
 VOCABULARY = "negatives.txt"
@@ -74,14 +75,6 @@ def other_confidence(features, label_embeddings, negative_embeddings, logit_scal
     return 0.5 * (1.0 - np.tanh(0.5 * margin))  # the logistic function, without overflow
 
 
-def label_embeddings_of(scorer) -> np.ndarray:
-    """The text embeddings of a scorer's labels: a zero-shot classifier's class embeddings, a head's text."""
-    for name in ("class_embeddings", "text"):
-        if getattr(scorer, name, None) is not None:
-            return as_array(getattr(scorer, name))
-    raise UsageError("--other needs a scorer with text embeddings of its labels")
-
-
 @dataclass
 class OpenSetScorer:
     """A scorer with an `other` answer: same labels and scores as `base`, plus `other_scores(features)`."""
@@ -107,7 +100,7 @@ class OpenSetScorer:
         return self.base.scores(features, score)
 
     def other_scores(self, features) -> np.ndarray:
-        return other_confidence(features, label_embeddings_of(self.base), self.negative_embeddings, self.logit_scale)
+        return other_confidence(features, scorer_text(self.base), self.negative_embeddings, self.logit_scale)
 
     def is_other(self, confidence) -> np.ndarray:
         return np.asarray(confidence) >= self.threshold
@@ -130,7 +123,7 @@ def wrap(scorer, vocabulary_classifier, options: OpenSetOptions, score: str = "s
     `class_embeddings`), as `vocabulary_scorer` builds it."""
     check_other_label(options.label, scorer.labels)
     words, vectors = mine_negatives(vocabulary_classifier.labels, vocabulary_classifier.class_embeddings,
-                                    label_embeddings_of(scorer), KEEP, exclude=scorer.labels)
+                                    scorer_text(scorer), KEEP, exclude=scorer.labels)
     threshold = default_threshold(score) if options.threshold is None else options.threshold
     if not 0.0 <= threshold <= 1.0:
         raise UsageError("--other-threshold takes a number from 0 to 1")

@@ -19,6 +19,17 @@ from .results import error_record, prediction_record
 from .vectors import as_array
 
 
+def label_embeddings(scorer) -> np.ndarray:
+    """The text embeddings of a scorer's labels [labels, dim]: a zero-shot classifier's class embeddings, a
+    few-shot head's text (what --other and --adapt compare images with)."""
+    from .errors import UsageError
+
+    for name in ("class_embeddings", "text"):
+        if getattr(scorer, name, None) is not None:
+            return as_array(getattr(scorer, name))
+    raise UsageError("this scorer has no text embeddings of its labels (needed by --other and --adapt)")
+
+
 def ranked(scores: np.ndarray, top_k: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(values, label indexes) per row, best first; top_k = 0 ranks every label (ties keep label order)."""
     n = scores.shape[1]

@@ -327,15 +327,13 @@ def find_dupes(paths: Sequence[str], vectors: np.ndarray, sizes: Sequence[tuple[
 def dupes_in_store(store, threshold: float = DUPE_THRESHOLD) -> list[list[Copy]]:
     """Near-duplicate groups among every readable stored image (the embeddings are held in memory as float32:
     dim x 4 bytes per image, e.g. 100 MB for 50,000 images of a 512-d model)."""
+    from .store import scan_matrix
+
     paths, chunks, sizes, lengths = [], [], [], []
     for batch in store.iter_record_batches(["path", "embedding", "width", "height", "size"]):
-        column = batch.column(1)
-        keep = np.flatnonzero(column.is_valid().to_numpy(zero_copy_only=False))
-        if not len(keep):
-            continue
-        start = column.offset * store.dim
-        values = column.values.to_numpy(zero_copy_only=False)[start:start + len(column) * store.dim]
-        chunks.append(values.reshape(len(column), store.dim)[keep].astype(np.float32))
+        vectors = scan_matrix(batch, store.dim)  # unit rows; NaN for an unreadable image
+        keep = np.flatnonzero(~np.isnan(vectors[:, 0]))
+        chunks.append(vectors[keep])
         columns = [batch.column(i).to_pylist() for i in (0, 2, 3, 4)]
         for row in keep.tolist():
             paths.append(columns[0][row])
@@ -357,10 +355,6 @@ class Found:
     groups: list[list[Copy]] | None = None
     errors: list[tuple[str, str]] | None = None  # (path, message) of inputs that could not be read
     searched: int = 0  # images searched
-
-
-def _store_described(reader) -> dict:
-    return {"name": reader.model.name, "pretrained": reader.model.pretrained, "backend": None, "precision": None}
 
 
 def search_job(text: str | None = None, like: Sequence[str] = (), templates="simple", store=None,
@@ -411,7 +405,7 @@ def _search_store(text, like, template_set, store, model, decode, engine, k, min
         stored = list(image_embeddings(list(like), reader))
         if (vector is not None or not text) and all(v is not None for _, v, _ in stored):
             parts = ([vector] if text else []) + [v for _, v, _ in stored]
-    described = _store_described(reader)
+    described = reader.describe()
     if not parts:  # the model is needed: the store's, or the one named (which must be the store's)
         from .embeddings import Encoder, load_model, store_model
         from .store import check_model
@@ -468,7 +462,7 @@ def dupes_job(store=None, inputs: Sequence[str] = (), model=None, decode=None, e
 
         reader = open_store(store)
         groups = dupes_in_store(reader, threshold)
-        return Found(_store_described(reader), groups=groups, errors=[], searched=reader.rows)
+        return Found(reader.describe(), groups=groups, errors=[], searched=reader.rows)
     from .embeddings import open_encoder
     from .paths import display_path
 

@@ -193,6 +193,10 @@ class ImageStore:
         m = self.manifest["model"]
         return StoreModel(m["name"], m.get("pretrained"), m["key"], m.get("identity", {}), m.get("scoring", {}))
 
+    def describe(self) -> dict:
+        """The model as a run's header names it when answers come from the store alone (no model loaded)."""
+        return {"name": self.model.name, "pretrained": self.model.pretrained, "backend": None, "precision": None}
+
     @property
     def dim(self) -> int:
         return int(self.manifest["dim"])

@@ -91,7 +91,7 @@ def _from_store(store, labels, model, options, ui, open_set, on_adapt=None):
         from ..openset import open_set_without_model
 
         scorer = open_set_without_model(scorer, reader, open_set, options.score, model)
-    described = {"name": reader.model.name, "pretrained": reader.model.pretrained, "backend": None, "precision": None}
+    described = reader.describe()
     if scorer is None:
         from ..embeddings import load_model, store_model
         from ..store import check_model

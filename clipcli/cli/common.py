@@ -11,7 +11,7 @@ from typing import Callable, TypeVar
 
 import typer
 
-from ..errors import CacheWarning, ClipCliError, ClipCliWarning
+from ..errors import CacheWarning, ClipCliError, ClipCliWarning, EngineError
 from . import output
 
 EXIT_OK = 0
@@ -70,6 +70,12 @@ def _quiet_broken_pipe() -> None:
     os.dup2(devnull, sys.stdout.fileno())
 
 
+def _engine_failure() -> str | None:
+    """Why the Ray engine stopped the run, when it did (only looked up once that engine has run)."""
+    engine = sys.modules.get("clipcli.engines.ray")
+    return engine.cluster_failure() if engine is not None else None
+
+
 def handles_errors(command: F) -> F:
     """User errors -> one line on stderr and their exit code; Ctrl-C -> 130; closed pipe -> quiet; a full or
     failing disk under any output (standard output, a head, a store) -> one line and WriteError's code."""
@@ -83,6 +89,10 @@ def handles_errors(command: F) -> F:
             output.error(str(exc))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
+            failure = _engine_failure()
+            if failure is not None:  # not Ctrl-C: the Ray cluster failed mid-run (engines.ray.ClusterWatch)
+                output.error(failure)
+                raise typer.Exit(EngineError.exit_code) from None
             output.info("interrupted")
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except BrokenPipeError:

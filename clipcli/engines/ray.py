@@ -231,9 +231,10 @@ def _ray_notices_to_stderr():
     try:
         yield
     finally:
-        sys.stdout = saved
-        if muted is not None:
-            worker._worker_logs_enabled = muted
+        if not FAILURE:  # after a failed cluster, Ray's threads may still print as the process ends: not to stdout
+            sys.stdout = saved
+            if muted is not None:
+                worker._worker_logs_enabled = muted
 
 
 FAILURE: list[str] = []  # why the cluster was given up on mid-run (see ClusterWatch); read by the CLI on Ctrl-C
@@ -369,7 +370,12 @@ def _ray_batches(loaded, paths, batch_size, decode, settings, progress):
         raise
     finally:
         watch.stop()
-        if started and watch.failure is None:  # its notices (a retried task, ...) stop here, while they go to stderr
+        if FAILURE:  # a Ray shut down at exit with its raylet or GCS dead ends the process itself, with exit 1
+            import atexit
+
+            atexit.unregister(ray.shutdown)  # (a Ray started here is ended by its reaper when this process ends)
+            atexit.unregister(getattr(ray._private.worker, "shutdown", ray.shutdown))
+        elif started:  # its notices (a retried task, ...) stop here, while they still go to stderr
             ray.shutdown()
 
 

@@ -195,7 +195,13 @@ def ort_session(path: Path, threads: int | None = None, quick: bool = False):
 def quantized_image(directory: Path, size: tuple[int, int], input_name: str = "pixels") -> Path:
     """The image tower with int8 weights (ONNX Runtime's dynamic quantisation), made once beside the fp32
     one, atomically, and checked on probe inputs of the tower's input size (height, width); ExportError when
-    it fails or strays too far."""
+    it fails or strays too far.
+
+    Weights are quantised per output channel to 7 bits (`reduce_range`), so the answer does not depend on
+    the CPU: x86 kernels without VNNI (AVX2, AVX-512 without VNNI) multiply uint8 activations by int8 weights
+    with VPMADDUBSW, whose int16 pair sums saturate for 8-bit weights (2 x 255 x 127 > 32767) but never for
+    7-bit ones (2 x 255 x 64 = 32640); VNNI and ARM kernels accumulate in int32 either way.  Per-channel
+    scales win back the precision the eighth bit gave."""
     target = Path(directory) / "image.int8.onnx"
     if target.is_file():
         return target
@@ -207,7 +213,8 @@ def quantized_image(directory: Path, size: tuple[int, int], input_name: str = "p
         quiet = logging.NullHandler()  # the quantiser's advice goes to the root logger, and would otherwise
         logging.getLogger().addHandler(quiet)  # make logging print it (or configure the root logger for good)
         try:
-            quantize_dynamic(Path(directory) / "image.onnx", temporary, weight_type=QuantType.QInt8)
+            quantize_dynamic(Path(directory) / "image.onnx", temporary, weight_type=QuantType.QInt8,
+                             per_channel=True, reduce_range=True)
         except Exception as exc:  # noqa: BLE001  (the quantiser fails in many ways; each means: no int8 here)
             raise ExportError(f"int8 quantisation failed: {first_line(exc)}") from None
         finally:

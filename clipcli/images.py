@@ -239,3 +239,21 @@ def _to_upright_rgb(image, orientation: int | None):
         image = Image.alpha_composite(background, rgba)
     return image if image.mode == "RGB" else image.convert("RGB")
 
+
+
+def find_images(inputs: Iterable[str], recursive: bool = True, files_from: str | None = None) -> list[str]:
+    """Every image the inputs name (files, folders, globs, object storage) and, with files_from, the paths listed in
+    that file (- for standard input); a one-line InputError when they name none."""
+    named = list(inputs or [])
+    if files_from is not None:
+        listed = read_path_list(files_from)
+        if not listed and not named:
+            where = "standard input" if files_from == "-" else files_from
+            raise InputError(f"--files-from {files_from}: {where} holds no paths (one path per line)")
+        named += listed
+    if not named:
+        raise InputError("no images given; name files or folders, or use --files-from FILE (- for stdin)")
+    paths = discover(named, recursive=recursive)
+    if not paths:
+        raise InputError(f"no images found in {', '.join(named[:3])}{' ...' if len(named) > 3 else ''}")
+    return paths

@@ -80,6 +80,17 @@ class ScorerChoice:
     def templates_name(self) -> str | None:
         return self.template_set.name if self.head is None else self.head.meta.get("templates_name")
 
+    def header(self, described: dict, scorer: Scorer, store: str | Path | None = None) -> dict:
+        """The header of records scored by `scorer` (chosen here): model (as `described`), templates, labels, score
+        kind, and the head, the store and what the scorer adds (--other)."""
+        header = {"model": described, "templates": self.templates_name, "labels": scorer.labels,
+                  "score": self.score.score}
+        if self.head is not None:
+            header["head"] = {"path": str(self.options.head), "method": self.head.method, **self.head.params}
+        if store is not None:
+            header["store"] = str(store)
+        return {**header, **scorer.header()}
+
     def for_model(self, loaded, model: ModelOptions | None = None, progress: StageProgress | None = None) -> Scorer:
         """The scorer with a loaded model: the head (checked against the model), or the labels' classifier (its
         class embeddings from the cache, or encoded); with the --other rule when asked."""
@@ -164,14 +175,7 @@ class ClassifyRun:
             yield self
 
     def _header(self, described: dict) -> dict:
-        header = {"model": described, "templates": self.choice.templates_name, "labels": self.scorer.labels,
-                  "score": self.score.score}
-        head = self.choice.head
-        if head is not None:
-            header["head"] = {"path": str(self.choice.options.head), "method": head.method, **head.params}
-        if self.store is not None:
-            header["store"] = str(self.store)
-        return {**header, **self.scorer.header()}
+        return self.choice.header(described, self.scorer, self.store)
 
     def _open_encoder(self, stack: ExitStack) -> dict:
         from .embeddings import open_encoder

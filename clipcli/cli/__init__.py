@@ -63,7 +63,7 @@ class Readable:
         return code
 
 
-class Group(Readable, TyperGroup):
+class CommandGroup(Readable, TyperGroup):
     pass
 
 
@@ -81,7 +81,7 @@ def _version(value: bool) -> None:
 
 app = typer.Typer(
     name="clip",
-    cls=Group,
+    cls=CommandGroup,
     help="Zero-shot image classification with CLIP models: label images with words you choose, no training.",
     no_args_is_help=True,
     add_completion=False,
@@ -114,7 +114,7 @@ for name, command in (("classify", classify.classify), ("embed", embed.embed), (
                       ("templates", templates.templates)):
     app.command(name, cls=Command, epilog=f"Example: {EXAMPLES[name]}")(command)
 for name, group in (("cache", cache.app), ("store", store.app)):
-    group.info.cls = Group
+    group.info.cls = CommandGroup
     for info in group.registered_commands:
         info.cls = Command
     app.add_typer(group, name=name)

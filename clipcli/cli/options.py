@@ -37,7 +37,7 @@ STORE = "Embedding store"
 
 
 @dataclass(frozen=True)
-class Group:
+class OptionGroup:
     """Options that build one object: (name, annotation, default) per option, and the builder."""
 
     keyword: str  # the command's parameter that receives the built object
@@ -49,7 +49,7 @@ class Group:
                 for name, annotation, default in self.options]
 
 
-def uses(*groups: Group) -> Callable:
+def uses(*groups: OptionGroup) -> Callable:
     """Give a command the options of these groups, built into one object each (see the module doc)."""
     def decorate(command: Callable) -> Callable:
         own = inspect.signature(command, eval_str=True)
@@ -120,7 +120,7 @@ def _ui(quiet: bool, verbose: bool) -> Ui:
     return Ui(quiet, output.progress_enabled(quiet))
 
 
-UI = Group("ui", (
+UI = OptionGroup("ui", (
     ("quiet", option("--quiet", "-q", panel=OUTPUT, kind=bool, help="No progress bar."), False),
     ("verbose", option("--verbose", panel=OUTPUT, kind=bool, help="Show library log messages on stderr."), False),
 ), _ui)
@@ -154,14 +154,14 @@ MODEL_OPTIONS = (
     ("no_cache", option("--no-cache", panel=LABELS, kind=bool, help="Do not read or write cached class "
                         "embeddings."), False),
 )
-MODEL_GROUP = Group("model", MODEL_OPTIONS, _model)
+MODEL_GROUP = OptionGroup("model", MODEL_OPTIONS, _model)
 
 
 def _decode(batch_size, workers, max_megapixels, reduced_decode) -> DecodeOptions:
     return DecodeOptions(batch_size, workers, max_megapixels, reduced_decode)
 
 
-DECODE = Group("decode", (
+DECODE = OptionGroup("decode", (
     ("batch_size", option("--batch-size", "-b", panel=PERF, kind=int, min=1, show_default=True,
                           help="Images per model call."), 32),
     ("workers", option("--workers", "-j", panel=PERF, kind=Optional[int], min=0, help="Decoding workers: threads on "
@@ -186,7 +186,7 @@ def _engine(engine, ray_address, gpus_per_worker) -> EngineOptions:
     return options
 
 
-ENGINE = Group("engine", (
+ENGINE = OptionGroup("engine", (
     ("engine", option("--engine", panel=PERF, help="local, or ray (decode and encode on a Ray cluster; pip install "
                       "'clipcli\\[ray]'). Default: $CLIPCLI_ENGINE or local."), None),
     ("ray_address", option("--ray-address", panel=PERF, metavar="ADDRESS", help="With --engine ray: a cluster address, or 'auto' to "
@@ -208,7 +208,7 @@ class Sources:
         return find_images(inputs or [], self.recursive, self.files_from)
 
 
-SOURCES = Group("sources", (
+SOURCES = OptionGroup("sources", (
     ("files_from", option("--files-from", panel=INPUTS, metavar="FILE", help="Read image paths from FILE, one per line (- for "
                           "stdin)."), None),
     ("recursive", option("--recursive/--no-recursive", panel=INPUTS, kind=bool, show_default=True,
@@ -221,13 +221,13 @@ def _labels(labels, labels_file, templates, head) -> LabelOptions:
     return LabelOptions(read_labels(labels, labels_file) if given else None, templates, head)
 
 
-LABEL_GROUP = Group("labels", (
+LABEL_GROUP = OptionGroup("labels", (
     ("labels", LabelsOpt, None), ("labels_file", LabelsFileOpt, None), ("templates", TemplatesOpt, None),
     ("head", HeadOpt, None),
 ), _labels)
 
 
-OPEN_SET = Group("open_set", (
+OPEN_SET = OptionGroup("open_set", (
     ("other", option("--other", panel=LABELS, kind=bool, help="Answer 'other' for an image that fits none of the "
                      "labels (negative labels mined from a shipped vocabulary; see README)."), False),
     ("other_label", option("--other-label", panel=LABELS, kind=str, metavar="NAME", show_default=True,
@@ -242,7 +242,7 @@ def _adapt(adapt: bool) -> bool:
     return adapt
 
 
-ADAPT = Group("adapt", (
+ADAPT = OptionGroup("adapt", (
     ("adapt", option("--adapt", panel=LABELS, kind=bool, help="Refine the answers with all the images of the run "
                      "together (transductive; records come once every image is encoded; see README)."), False),
 ), _adapt)
@@ -283,7 +283,7 @@ def open_sink(stack: ExitStack, output_path: Path | None):
     return stack.enter_context(atomic_output(output_path))
 
 
-def option_of(group: Group, name: str) -> Any:
+def option_of(group: OptionGroup, name: str) -> Any:
     """One option of a group, for a command that takes it alone."""
     return next(annotation for option_name, annotation, _ in group.options if option_name == name)
 

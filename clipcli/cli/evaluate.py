@@ -122,7 +122,7 @@ def evaluate(
                 console.print(per_class_table(rows[0]))
     if report is not None:
         from ..report import render_report
-        from ..results import atomic_output
+        from ..fsutil import atomic_output
 
         with atomic_output(report) as handle:
             handle.write(render_report(f"clip eval: {dataset}", {"model": header["model"]["name"],

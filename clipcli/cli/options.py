@@ -276,7 +276,7 @@ def check_format(fmt: str, formats: tuple[str, ...] = FORMATS) -> str:
 
 
 def open_sink(stack: ExitStack, output_path: Path | None):
-    from ..results import atomic_output
+    from ..fsutil import atomic_output
 
     if output_path is None:
         return sys.stdout

@@ -111,7 +111,7 @@ def sort(
         output.print_table(_summary_table(operations, dry_run), to_stdout=output_path is None)
     if report is not None:
         from ..report import render_sort_preview
-        from ..results import atomic_output
+        from ..fsutil import atomic_output
 
         with atomic_output(report) as handle:
             handle.write(render_sort_preview(f"clip sort{' (dry run)' if dry_run else ''}: {into}",

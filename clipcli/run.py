@@ -67,7 +67,12 @@ class ScorerChoice:
             self.labels = as_labels(labels.labels)
         if open_set.enabled:
             check_other_label(open_set.label, self.names)
-        if self.labels is not None and len(self.labels) == 1 and score.score == "softmax" and not open_set.enabled:
+
+    def warn_single_label(self) -> None:
+        """One label under softmax always scores 1.0: said once per run (not with --other, which answers it or
+        'other')."""
+        if (self.labels is not None and len(self.labels) == 1 and self.score.score == "softmax"
+                and not self.open_set.enabled):
             warnings.warn(f"one label ({self.labels[0].name!r}) under softmax always scores 1.0; add labels, use "
                           "--other (answers 'other' for images that are not it), or --score sigmoid (SigLIP models) "
                           "to score it on its own", ClipCliWarning, stacklevel=3)
@@ -145,6 +150,7 @@ class ClassifyRun:
                  score: ScoreOptions = ScoreOptions(), open_set: OpenSetOptions = OpenSetOptions(),
                  store: str | Path | None = None, progress: StageProgress | None = None) -> None:
         self.choice = ScorerChoice(labels, open_set, score)
+        self.choice.warn_single_label()
         self.model_options, self.decode, self.engine, self.score = model, decode, engine, score
         self.store = store
         self.progress = progress
@@ -169,7 +175,9 @@ class ClassifyRun:
         if paths is None and self.store is None:
             raise UsageError("no images given; name files or folders, or a --store to classify what it holds")
         self.paths = None if paths is None else list(paths)
+        self.encoder, self.scorer, self.header = None, None, {}
         with ExitStack() as stack:
+            stack.callback(setattr, self, "_records", None)  # closed: records() refuses, and so do its generators
             described = self._open_store_only() if self.paths is None else self._open_encoder(stack)
             self.header = self._header(described)
             yield self
@@ -210,9 +218,23 @@ class ClassifyRun:
     def records(self) -> Iterator[dict]:
         """One record per input, in input order (store order for a whole store), as each batch is scored; with
         --adapt, after the last image (the header's "adapt" is filled before the first record)."""
+        self._check_open()
+        return self._while_open(self._records())
+
+    def _check_open(self) -> None:
         if self._records is None:
-            raise RuntimeError("a ClassifyRun gives records inside `with run.open(paths):`")
-        return self._records()
+            raise RuntimeError("a ClassifyRun gives records inside `with run.open(paths):` (its store and model are "
+                               "closed outside it)")
+
+    def _while_open(self, records: Iterator[dict]) -> Iterator[dict]:
+        """The records, each only while the run is open: nothing is encoded, or written to a closed store, after."""
+        while True:
+            self._check_open()
+            try:
+                record = next(records)
+            except StopIteration:
+                return
+            yield record
 
     @property
     def report(self) -> SyncReport | None:

@@ -79,7 +79,8 @@ def score_records(scorer: Scorer, items: Sequence[BatchItem], features, options:
         scores = scorer.scores(features, options.score)
     if scores is not None:
         values, indexes = ranked(as_array(scores), options.top_k)
-        rows = zip(values.tolist(), indexes.tolist(), scorer.leading(features))
+        leading = [None] * len(values) if features is None else scorer.leading(features)
+        rows = zip(values.tolist(), indexes.tolist(), leading)
     labels = scorer.labels
     for item in items:
         path = display_path(item.path)

@@ -244,7 +244,7 @@ def test_int8_quantises_the_image_tower_once_and_keeps_the_answers(tmp_path, ima
         assert [r["predictions"][0]["label"] for r in document["results"]] == ["red circle", "blue square", "green star"]
     assert 0 < np.abs(as_matrix(int8) - as_matrix(fp32)).max() <= 0.02
     loaded = load_backend_model("demo", precision="int8")
-    assert sorted(p.name for p in loaded.directory.iterdir()) == ["image.int8.onnx", "image.onnx", "model.json",
+    assert sorted(p.name for p in loaded.directory.iterdir()) == ["image.int8-w7.onnx", "image.onnx", "model.json",
                                                                    "text.onnx"]
     # the same quantisation done here independently gives the same features
     quantize_dynamic(loaded.directory / "image.onnx", tmp_path / "q.onnx", weight_type=QuantType.QInt8,
@@ -329,7 +329,7 @@ def test_int8_weights_fit_in_7_bits_so_no_cpu_kernel_saturates():
     from onnx import numpy_helper
 
     loaded = load_backend_model("demo", precision="int8")
-    graph = onnx.load(str(loaded.directory / "image.int8.onnx")).graph
+    graph = onnx.load(str(loaded.directory / "image.int8-w7.onnx")).graph
     weights = [numpy_helper.to_array(t) for t in graph.initializer if t.name.endswith("_quantized")]
     assert len(weights) >= 10 and all(w.dtype == np.int8 for w in weights)
     assert max(int(np.abs(w.astype(np.int32)).max()) for w in weights) <= 64

@@ -126,3 +126,30 @@ def test_each_option_is_checked_in_one_place():
                           (["--other-threshold", "1.5", "--other"], "from 0 to 1")):
         result = cli("classify", "x.png", "-l", "a,b", *args)
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_records_are_read_only_while_the_run_is_open(folder, tmp_path):
+    # regression: a records generator taken inside `with run.open()` and read after it encoded images into a store
+    # that was already committed and unlocked (their rows were lost), and run.report showed the previous run's counts
+    from clipcli.errors import UsageError
+
+    paths = sorted(str(p) for p in folder.glob("0*.png"))
+    run = ClassifyRun(LabelOptions(("red circle", "blue square")), ModelOptions("demo"), store=tmp_path / "s")
+    with run.open(paths[:3]):
+        late = run.records()
+    for read in (lambda: list(late), lambda: list(run.records())):
+        with pytest.raises(RuntimeError, match="inside `with run.open"):
+            read()
+    with run.open(paths):
+        assert len(list(run.records())) == len(paths)
+    assert (run.report.stored, run.report.encoded) == (0, len(paths))
+    with pytest.raises(UsageError, match="no images given"):
+        with ClassifyRun(LabelOptions(("a", "b"))).open(None):
+            pass
+
+
+def test_a_head_with_labels_is_refused_whatever_the_labels(head):
+    # regression: `--head h --labels ""` said "no labels given" instead of naming the conflict
+    for labels in ("", "a,b"):
+        result = cli("classify", "x.png", "--head", head, "--labels", labels)
+        assert result.exit_code == 2 and "--head brings its own labels" in result.output, result.output

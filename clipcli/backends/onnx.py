@@ -31,6 +31,7 @@ from ..preprocess import transform_from_config
 from ..vectors import l2_normalize
 
 TEXT_BATCH = 256
+INT8_IMAGE = "image.int8-w7.onnx"  # 7-bit weights (see quantized_image); the 8-bit "image.int8.onnx" is never read
 INT8_MIN_COSINE = 0.99  # a quantised image tower must keep every probe's features at least this close
 # A run of at most this many images (prompts) starts its session without pre-packing the weights, from a graph
 # optimised once beforehand.  ViT-B-32 on 2 cores (bench/bench_search.py): the session starts in 0.04 instead of
@@ -202,7 +203,7 @@ def quantized_image(directory: Path, size: tuple[int, int], input_name: str = "p
     with VPMADDUBSW, whose int16 pair sums saturate for 8-bit weights (2 x 255 x 127 > 32767) but never for
     7-bit ones (2 x 255 x 64 = 32640); VNNI and ARM kernels accumulate in int32 either way.  Per-channel
     scales win back the precision the eighth bit gave."""
-    target = Path(directory) / "image.int8.onnx"
+    target = Path(directory) / INT8_IMAGE
     if target.is_file():
         return target
     from onnxruntime.quantization import QuantType, quantize_dynamic

@@ -218,6 +218,8 @@ SOURCES = OptionGroup("sources", (
 
 def _labels(labels, labels_file, templates, head) -> LabelOptions:
     given = labels is not None or labels_file is not None
+    if head is not None and given:  # refused by LabelOptions, before the labels are read
+        return LabelOptions((), templates, head)
     return LabelOptions(read_labels(labels, labels_file) if given else None, templates, head)
 
 

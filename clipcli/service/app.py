@@ -143,6 +143,8 @@ class Metrics:
         self.batch = Histogram("clipcli_batch_images", "Images per model call", registry=self.registry,
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128))
         self.images = Counter("clipcli_images_encoded", "Images encoded", registry=self.registry)
+        self.in_flight = Gauge("clipcli_requests_in_flight", "Requests being answered", ["endpoint"],
+                               registry=self.registry)
         queue = Gauge("clipcli_queue_images", "Images waiting to be encoded", registry=self.registry)
         queue.set_function(queue_depth)
         speed = Gauge("clipcli_images_per_second", "Images encoded per second over the last 10 seconds",
@@ -416,6 +418,9 @@ class Guard:
                 status[0] = message["status"]
             await send(message)
 
+        metrics = self.metrics_of()
+        if metrics is not None:
+            metrics.in_flight.labels(endpoint).inc()
         try:
             headers = dict(scope["headers"])
             if self.key is not None and path != "/health" and not self.authorised(headers):
@@ -445,8 +450,8 @@ class Guard:
 
             await self.app(scope, counted, sending)
         finally:
-            metrics = self.metrics_of()
             if metrics is not None:
+                metrics.in_flight.labels(endpoint).dec()
                 metrics.requests.labels(endpoint, str(status[0])).inc()
                 metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
 

@@ -117,6 +117,16 @@ def test_hugging_face_json_with_a_hypothesis_template_equals_the_cli_with_that_t
     assert_same_records(served, expected["results"])
 
 
+def test_hugging_face_form_with_labels_in_parameters(client, pictures):
+    body = {"inputs": b64(pictures / "blue_square.jpg"),
+            "parameters": {"candidate_labels": LABELS, "hypothesis_template": "This is a photo of {}."}}
+    response = client.post("/v1/classify", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][0]["predictions"][0]["label"] == "blue square"
+    assert response.json()["templates"] == "hypothesis_template"
+    assert client.get("/nowhere").json()["error"]["type"] == "http"  # every error has the one JSON shape
+
+
 def test_template_set_and_other_equal_the_cli(client, pictures):
     body = {"inputs": {"image": b64(pictures / "green_star.webp"), "candidateLabels": "red circle,blue square"},
             "parameters": {"templates": "simple", "other": True, "other_threshold": 0.3, "top_k": 2}}

@@ -324,11 +324,16 @@ async def classify_request(request: Request, service: Service):
         sources = [(upload.filename or f"image[{n}]", await upload.read(), None) for n, upload in enumerate(uploads)]
         return classify_params(labels, params, service.config.templates), sources
     body = await read_json(request)
-    if not isinstance(body, dict) or not isinstance(body.get("inputs"), dict):
+    if not isinstance(body, dict) or not isinstance(body.get("inputs"), (dict, str, list)):
         raise UsageError('expected {"inputs": {"image": BASE64, "candidateLabels": [...]}, "parameters": {...}}')
     inputs = body["inputs"]
-    params = classify_params(inputs.get("candidateLabels", inputs.get("candidate_labels")),
-                             body.get("parameters") or {}, service.config.templates)
+    parameters = body.get("parameters") or {}
+    if not isinstance(inputs, dict):  # Hugging Face's other form: the image(s) as inputs, labels in parameters
+        parameters = dict(parameters) if isinstance(parameters, dict) else parameters
+        inputs = {"image": inputs, "candidateLabels": parameters.pop("candidate_labels", None)
+                  if isinstance(parameters, dict) else None}
+    params = classify_params(inputs.get("candidateLabels", inputs.get("candidate_labels")), parameters,
+                             service.config.templates)
     images = inputs.get("image", inputs.get("images"))
     images = images if isinstance(images, list) else [images] if images is not None else []
     if not images:
@@ -496,6 +501,11 @@ def create_app(config: ServeConfig = ServeConfig(), service: Service | None = No
         app.add_exception_handler(exc_class, on_error)
 
     from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    @app.exception_handler(HTTPException)
+    async def on_http(request: Request, exc: HTTPException):  # 404, 405, a malformed multipart body: same shape
+        return error_response(exc.status_code, "http", str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError):

@@ -438,6 +438,64 @@ def test_allow_dir_reads_inside_and_never_outside(pictures, tmp_path):
         assert encoded.json()["results"][0]["error"]["type"] == "not_found"
 
 
+class _Site:
+    """A local web server: /ok/red.png, /secret.png, and /ok/away (a redirect to /secret.png)."""
+
+    def __init__(self, red: bytes, secret: bytes) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        site = self
+        self.asked: list[str] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                site.asked.append(self.path)
+                if self.path == "/ok/away":
+                    self.send_response(302)
+                    self.send_header("Location", "/secret.png")
+                    self.end_headers()
+                    return
+                body = {"/ok/red.png": red, "/secret.png": secret}.get(self.path)
+                self.send_response(200 if body else 404)
+                self.send_header("Content-Length", str(len(body or b"")))
+                self.end_headers()
+                self.wfile.write(body or b"")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_allow_urls_fetches_under_the_prefix_only(pictures):
+    site = _Site((pictures / "red_circle.png").read_bytes(), (pictures / "blue_square.jpg").read_bytes())
+    config = ServeConfig(model=ModelOptions("demo"), allow_urls=(site.base + "/ok/",))
+
+    def ask(url):
+        return served.post("/v1/classify", json={"inputs": {"image": {"url": url}, "candidateLabels": LABELS}})
+
+    try:
+        with TestClient(create_app(config)) as served:
+            fetched = ask(site.base + "/ok/red.png")
+            assert fetched.status_code == 200, fetched.text
+            assert fetched.json()["results"][0]["predictions"][0]["label"] == "red circle"
+            for outside in (site.base + "/secret.png", site.base + "/ok/../secret.png",
+                            site.base + "/ok/%2e%2e/secret.png", site.base + "/ok%2fsecret.png", "http://user@" + site.base[7:] + "/ok/red.png",
+                            site.base.replace("127.0.0.1", "localhost") + "/ok/red.png", "file:///etc/passwd"):
+                refused = ask(outside)
+                assert refused.status_code == 403, outside
+            redirected = ask(site.base + "/ok/away").json()["results"][0]
+            assert redirected["error"]["type"] == "fetch_failed" and "not followed" in redirected["error"]["message"]
+            missing = ask(site.base + "/ok/none.png").json()["results"][0]
+            assert missing["error"] == {"type": "fetch_failed", "message": "HTTP 404 from the server"}
+    finally:
+        site.server.shutdown()
+    assert "/secret.png" not in site.asked  # never fetched, also not through the redirect
+    assert site.asked == ["/ok/red.png", "/ok/away", "/ok/none.png"]
+
+
 # --- search ----------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def store(pictures, tmp_path_factory) -> Path:

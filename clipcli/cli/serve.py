@@ -32,6 +32,10 @@ def serve(
     allow_dir: Annotated[Optional[List[Path]], typer.Option(
         "--allow-dir", metavar="DIR", rich_help_panel=SERVICE, help=(
             "Let requests name images by path ({\"path\": ...}) inside DIR (repeatable). Off by default."))] = None,
+    allow_urls: Annotated[Optional[List[str]], typer.Option(
+        "--allow-urls", metavar="PREFIX", rich_help_panel=SERVICE, help=(
+            "Let requests name images by URL ({\"url\": ...}) under PREFIX, e.g. https://images.example.com/photos/ "
+            "(repeatable; redirects are not followed). Off by default."))] = None,
     cors: Annotated[Optional[List[str]], typer.Option(
         "--cors", metavar="ORIGIN", rich_help_panel=SERVICE,
         help="Allow this web origin to call the API from a browser (repeatable). Off by default.")] = None,
@@ -68,9 +72,15 @@ def serve(
     for folder in allow_dir or []:
         if not folder.is_dir():
             raise _usage(f"--allow-dir {folder}: not a folder")
-    settings = ServeConfig(model, str(store) if store is not None else None, templates, max_megapixels, max_batch,
-                           max_wait_ms / 1000, max_queue, timeout, int(max_upload_mb * 1024 * 1024), api_key or None,
-                           tuple(str(folder.resolve()) for folder in allow_dir or []), tuple(cors or []))
+    for prefix in allow_urls or []:
+        if not prefix.startswith(("http://", "https://")) or "/" not in prefix.split("://", 1)[1]:
+            raise _usage(f"--allow-urls {prefix}: give a URL prefix with a path, e.g. https://images.example.com/")
+    settings = ServeConfig(
+        model=model, store=str(store) if store is not None else None, templates=templates,
+        max_megapixels=max_megapixels, max_batch=max_batch, max_wait=max_wait_ms / 1000, max_queue=max_queue,
+        timeout=timeout, max_upload=int(max_upload_mb * 1024 * 1024), api_key=api_key or None,
+        allow_dirs=tuple(str(folder.resolve()) for folder in allow_dir or []), allow_urls=tuple(allow_urls or []),
+        cors=tuple(cors or []))
     if templates is not None:
         from ..service.records import template_set
 

@@ -27,7 +27,7 @@ from collections import deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -125,6 +125,7 @@ class ServeConfig:
     max_upload: int = 32 * 1024 * 1024  # bytes of one request body (413 above)
     api_key: str | None = None  # required on every endpoint but /health when set
     allow_dirs: tuple[str, ...] = ()  # folders requests may name images in ({"path": ...}); none by default
+    allow_urls: tuple[str, ...] = ()  # URL prefixes requests may name images by ({"url": ...}); none by default
     cors: tuple[str, ...] = ()  # origins allowed by CORS; none by default
 
 
@@ -211,27 +212,86 @@ def _allowed_path(value: Any, allow_dirs: tuple[str, ...], where: str) -> str:
     raise Forbidden(f"{where}: {value!r} is outside the folders this service may read (--allow-dir)")
 
 
-def _image_source(value: Any, allow_dirs: tuple[str, ...], where: str) -> tuple[str, bytes | None, str | None]:
-    """(name, bytes, or None and a server-side path) of one image item: base64, a data URI, {"image": ...},
-    or {"path": ...} (with --allow-dir)."""
+class Source(NamedTuple):
+    """One image of a request: its bytes, or a server-side path (--allow-dir), or a URL (--allow-urls)."""
+
+    name: str
+    data: bytes | None = None
+    path: str | None = None
+    url: str | None = None
+
+
+def _allowed_url(value: Any, prefixes: tuple[str, ...], where: str) -> str:
+    """A URL a request names: fetched only under an --allow-urls prefix (same scheme, host and port, a path below
+    the prefix's), with no `..` segment, no encoded separator or dot, no user name."""
+    from urllib.parse import urlsplit
+
+    if not prefixes:
+        raise Forbidden(f"{where}: this service fetches no URLs; send the image's bytes (base64), or start clip "
+                        "serve with --allow-urls PREFIX")
+    if not isinstance(value, str) or not value:
+        raise UsageError(f"{where}: url must be a non-empty string")
+    url = urlsplit(value)
+    lowered = url.path.lower()
+    unsafe = (url.scheme not in ("http", "https") or "@" in url.netloc or "\\" in value
+              or any(code in lowered for code in ("%2f", "%5c", "%2e", "%00"))
+              or any(part in (".", "..") for part in url.path.split("/")))
+    if not unsafe:
+        for prefix in prefixes:
+            allowed = urlsplit(prefix)
+            if ((url.scheme, url.netloc.lower()) == (allowed.scheme, allowed.netloc.lower())
+                    and url.path.startswith(allowed.path.rstrip("/") + "/")):
+                return value
+    raise Forbidden(f"{where}: {value!r} is outside the URLs this service may fetch (--allow-urls)")
+
+
+def _image_source(value: Any, config: ServeConfig, where: str) -> Source:
+    """One image item: base64, a data URI, {"image": ...}, {"path": ...} (with --allow-dir) or {"url": ...} (with
+    --allow-urls)."""
     if isinstance(value, dict):
         if "path" in value:
-            return str(value["path"]), None, _allowed_path(value["path"], allow_dirs, where)
+            return Source(str(value["path"]), path=_allowed_path(value["path"], config.allow_dirs, where))
         if "url" in value:
-            raise Forbidden(f"{where}: this service fetches no URLs; send the image's bytes (base64)")
+            return Source(str(value["url"]), url=_allowed_url(value["url"], config.allow_urls, where))
         name = value.get("name") if isinstance(value.get("name"), str) else where
-        return name, _b64(value.get("image"), where), None
+        return Source(name, _b64(value.get("image"), where))
     if isinstance(value, str) and value.startswith(("http://", "https://")):
-        raise Forbidden(f"{where}: this service fetches no URLs; send the image's bytes (base64)")
-    return where, _b64(value, where), None
+        return Source(value, url=_allowed_url(value, config.allow_urls, where))
+    return Source(where, _b64(value, where))
 
 
-def decode(service: Service, name: str, data: bytes | None, path: str | None):
+def fetch(url: str, limit: int, timeout: float) -> bytes:
+    """An allowed URL's bytes: no redirect followed (it could leave the allowed prefix), at most `limit` bytes."""
+    import httpx
+
+    from ..errors import ImageReadError
+
+    try:
+        with httpx.stream("GET", url, timeout=timeout, follow_redirects=False) as response:
+            if response.is_redirect:
+                raise ImageReadError(url, f"redirected ({response.status_code}); redirects are not followed",
+                                     "fetch_failed")
+            if response.status_code != 200:
+                raise ImageReadError(url, f"HTTP {response.status_code} from the server", "fetch_failed")
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > limit:
+                    raise ImageReadError(url, f"larger than the service's limit of {limit} bytes", "too_large")
+            return bytes(body)
+    except httpx.HTTPError as exc:
+        raise ImageReadError(url, f"cannot fetch ({type(exc).__name__}: {exc})", "fetch_failed") from None
+
+
+def decode(service: Service, source: Source):
     """(BatchItem, pixels or None) of one image: decoded and preprocessed as `clip classify` does."""
     from ..images import read_image, read_image_bytes
     from ..errors import ImageReadError
 
+    name, data, path = source.name, source.data, source.path
     try:
+        if source.url is not None:
+            data = fetch(source.url, service.config.max_upload, min(30.0, service.config.timeout))
         if data is not None:
             image, size = read_image_bytes(name, data, service.config.max_megapixels)
         else:
@@ -244,11 +304,11 @@ def decode(service: Service, name: str, data: bytes | None, path: str | None):
         return BatchItem(name, ("decode_error", f"cannot preprocess image ({exc})")), None
 
 
-async def encode_items(service: Service, sources: list[tuple[str, bytes | None, str | None]], deadline: float):
+async def encode_items(service: Service, sources: list[Source], deadline: float):
     """Decode every image (a worker thread each), encode the readable ones in the batcher; (items, features)."""
     from starlette.concurrency import run_in_threadpool
 
-    decoded = await asyncio.gather(*(run_in_threadpool(decode, service, *source) for source in sources))
+    decoded = await asyncio.gather(*(run_in_threadpool(decode, service, source) for source in sources))
     items = [item for item, _ in decoded]
     pixels = [p for _, p in decoded if p is not None]
     if not pixels:
@@ -311,7 +371,6 @@ def classify_params(labels: Any, parameters: dict, default_templates: str | None
 
 async def classify_request(request: Request, service: Service):
     """(params, image sources) from the Hugging Face JSON schema or a multipart form."""
-    allow = service.config.allow_dirs
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         form = await request.form(max_files=MAX_IMAGES, max_fields=64)
         uploads = [value for key, value in form.multi_items() if key in ("image", "images", "file", "files")
@@ -321,7 +380,7 @@ async def classify_request(request: Request, service: Service):
         params = {key: value for key, value in form.multi_items() if isinstance(value, str) and key not in
                   ("labels", "candidateLabels")}
         labels = form.get("labels", form.get("candidateLabels"))
-        sources = [(upload.filename or f"image[{n}]", await upload.read(), None) for n, upload in enumerate(uploads)]
+        sources = [Source(upload.filename or f"image[{n}]", await upload.read()) for n, upload in enumerate(uploads)]
         return classify_params(labels, params, service.config.templates), sources
     body = await read_json(request)
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), (dict, str, list)):
@@ -341,7 +400,8 @@ async def classify_request(request: Request, service: Service):
     if len(images) > MAX_IMAGES:
         raise UsageError(f"{len(images)} images; at most {MAX_IMAGES} in one request")
     where = "inputs.image" if not isinstance(inputs.get("image", inputs.get("images")), list) else None
-    return params, [_image_source(item, allow, where or f"inputs.image[{n}]") for n, item in enumerate(images)]
+    return params, [_image_source(item, service.config, where or f"inputs.image[{n}]")
+                    for n, item in enumerate(images)]
 
 
 # --- the app ---------------------------------------------------------------------------------------------------------
@@ -577,7 +637,7 @@ def create_app(config: ServeConfig = ServeConfig(), service: Service | None = No
             if isinstance(item, str) and not item.startswith("data:"):
                 texts[n] = item
             elif isinstance(item, (str, dict)):
-                images[n] = _image_source(item, service_.config.allow_dirs, f"input[{n}]")
+                images[n] = _image_source(item, service_.config, f"input[{n}]")
             else:
                 raise UsageError(f"input[{n}]: expected a string, a data URI or {{\"image\": BASE64}}")
         if len(images) > MAX_IMAGES:
@@ -619,13 +679,13 @@ def create_app(config: ServeConfig = ServeConfig(), service: Service | None = No
             form = await request.form(max_files=1, max_fields=16)
             upload = form.get("image")
             body = {key: value for key, value in form.items() if isinstance(value, str)}
-            source = (upload.filename or "image", await upload.read(), None) if upload is not None and \
+            source = Source(upload.filename or "image", await upload.read()) if upload is not None and \
                 not isinstance(upload, str) else None
         else:
             body = await read_json(request)
             if not isinstance(body, dict):
                 raise UsageError('expected {"text": "...", "image": BASE64, "k": 10}')
-            source = (_image_source(body["image"], service_.config.allow_dirs, "image")
+            source = (_image_source(body["image"], service_.config, "image")
                       if body.get("image") else None)
         text = body.get("text") or None
         if text is not None and not isinstance(text, str):

@@ -187,6 +187,18 @@ def test_bad_requests_are_one_json_error_with_the_right_status(client, body, sta
     assert "Traceback" not in response.text
 
 
+def test_too_many_images_in_one_request_is_one_400(client, pictures):
+    from clipcli.service.app import MAX_IMAGES
+
+    red = (pictures / "red_circle.png").read_bytes()
+    form = client.post("/v1/classify", files=[("image", (f"{n}.png", red)) for n in range(MAX_IMAGES + 1)],
+                       data={"labels": "a,b"})
+    assert form.status_code == 400 and "Too many files" in form.json()["error"]["message"]
+    body = {"inputs": {"image": [base64.b64encode(red).decode()] * (MAX_IMAGES + 1), "candidateLabels": ["a"]}}
+    listed = client.post("/v1/classify", json=body)
+    assert listed.status_code == 400 and f"at most {MAX_IMAGES}" in listed.json()["error"]["message"]
+
+
 def test_a_decompression_bomb_is_that_images_error_record(pictures, tmp_path):
     from PIL import Image
 
@@ -482,7 +494,8 @@ def test_allow_urls_fetches_under_the_prefix_only(pictures):
             assert fetched.status_code == 200, fetched.text
             assert fetched.json()["results"][0]["predictions"][0]["label"] == "red circle"
             for outside in (site.base + "/secret.png", site.base + "/ok/../secret.png",
-                            site.base + "/ok/%2e%2e/secret.png", site.base + "/ok%2fsecret.png", "http://user@" + site.base[7:] + "/ok/red.png",
+                            site.base + "/ok/%2e%2e/secret.png", site.base + "/ok%2fsecret.png",
+                            "http://user@" + site.base[7:] + "/ok/red.png",
                             site.base.replace("127.0.0.1", "localhost") + "/ok/red.png", "file:///etc/passwd"):
                 refused = ask(outside)
                 assert refused.status_code == 403, outside
@@ -514,7 +527,8 @@ def test_search_equals_clip_search_and_thumbnails_are_only_of_store_rows(store, 
         expected = cli_json("search", "green star", "--store", store, "-k", "3")
         want = expected.get("results", expected.get("hits"))
         assert [Path(h["path"]).name for h in found["results"]] == [Path(h["path"]).name for h in want]
-        np.testing.assert_allclose([h["score"] for h in found["results"]], [h["score"] for h in want], rtol=0, atol=1e-6)
+        np.testing.assert_allclose([h["score"] for h in found["results"]], [h["score"] for h in want],
+                                   rtol=0, atol=1e-6)
         assert Path(found["results"][0]["path"]).name == "green_star.webp"
         by_image = served.post("/v1/search", files={"image": ("q.png", (pictures / "red_circle.png").read_bytes())},
                                data={"k": "1"})
@@ -568,7 +582,7 @@ def test_the_page_is_served_with_no_external_assets(client):
         assert "innerHTML" not in text, name  # labels and paths go in as text only
 
 
-# --- a real process on 127.0.0.1 ---------------------------------------------------------------------------------------
+# --- a real process on 127.0.0.1 -------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

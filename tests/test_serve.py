@@ -412,6 +412,16 @@ def test_any_other_address_needs_a_key():
     assert result.exit_code == 2 and "--api-key" in result.output
 
 
+def test_a_port_in_use_is_one_line_before_the_model_loads():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli("serve", "--model", "no-such-model", "--port", port)  # refused before the model is looked up
+    assert result.exit_code == 2
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.output
+
+
 def test_no_cors_unless_asked(pictures):
     origin = {"Origin": "http://elsewhere.example"}
     with TestClient(create_app(DEMO)) as plain:

@@ -151,3 +151,20 @@ def test_search_box_shows_store_thumbnails(served):
     assert first.find_element(By.TAG_NAME, "figcaption").text.endswith("red_circle.png")
     wait(driver, lambda d: d.execute_script(
         "const i = document.querySelector('#grid img'); return i.complete && i.naturalWidth > 0;"))
+
+
+def test_label_file_and_the_other_switch(served, drawn, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    driver, url, _ = served
+    open_page(driver, url)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("# shapes\nred circle\n蓝色方块\nblue square\n", encoding="utf-8")
+    driver.find_element(By.ID, "files").send_keys(str(drawn / "red_circle.png"))
+    driver.find_element(By.ID, "labelfile").send_keys(str(labels))
+    wait(driver, lambda d: top_labels(d) == ["red circle"])
+    assert driver.find_element(By.ID, "labels").get_property("value") == "red circle\n蓝色方块\nblue square"
+    driver.find_element(By.ID, "threshold").send_keys("0")  # threshold 0: every image is "other"
+    driver.find_element(By.ID, "other").click()
+    wait(driver, lambda d: top_labels(d) == ["other"])
+    assert driver.find_element(By.CSS_SELECTOR, ".record .bars li:first-child").get_attribute("class") == "is-other"

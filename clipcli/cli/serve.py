@@ -85,29 +85,47 @@ def serve(
         from ..service.records import template_set
 
         template_set(templates)  # an unknown set is refused now, not by every request
-    service = load_service(settings)  # the model loaded and warmed before the port opens
-    app = create_app(settings, service)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning" if ui.quiet else "info",
-                                          access_log=not ui.quiet, timeout_graceful_shutdown=settings.timeout + 5))
-    if not ui.quiet:
-        shown = f"[{host}]" if ":" in host else host
-        output.info(f"serving {service.describe()['name']} on http://{shown}:{port}/ (API docs at /docs); "
-                    "Ctrl-C or SIGTERM stops")
-    _run_until_signal(server)
+    sock = _bind(host, port)  # a port in use is refused before the model loads; nobody can connect until listen
+    try:
+        service = load_service(settings)  # the model loaded and warmed before the port opens
+        app = create_app(settings, service)
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning" if ui.quiet else "info",
+                                              access_log=not ui.quiet,
+                                              timeout_graceful_shutdown=settings.timeout + 5))
+        if not ui.quiet:
+            shown = f"[{host}]" if ":" in host else host
+            output.info(f"serving {service.describe()['name']} on http://{shown}:{sock.getsockname()[1]}/ "
+                        "(API docs at /docs); Ctrl-C or SIGTERM stops")
+        _run_until_signal(server, sock)
+    finally:
+        sock.close()
 
 
-def _run_until_signal(server) -> None:
+def _bind(host: str, port: int):
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        raise _usage(f"cannot listen on {host}:{port}: {exc.strerror or exc} (choose another --port or --host)") \
+            from None
+    return sock
+
+
+def _run_until_signal(server, sock) -> None:
     """uvicorn drains in-flight requests on SIGTERM, then raises the signal again; a handler of ours takes that
     second one, so SIGTERM ends the command with 0 (SIGINT still ends it with 130)."""
     import signal
 
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if not server.started:
-        raise _usage(f"could not listen on {server.config.host}:{server.config.port} (see the message above)")
 
 
 def _usage(message: str):

@@ -30,7 +30,7 @@ from clipcli.cli import app as cli_app  # noqa: E402
 from clipcli.demo import shapes  # noqa: E402
 from clipcli.options import ModelOptions  # noqa: E402
 from clipcli.service import ServeConfig, check_exposure, create_app  # noqa: E402
-from clipcli.service.app import Service, load_service  # noqa: E402
+from clipcli.service.app import load_service  # noqa: E402
 from clipcli.service.batcher import Batcher, DeadlineExceeded, QueueFull  # noqa: E402
 
 LABELS = ["red circle", "blue square", "green star", "yellow triangle"]
@@ -653,7 +653,8 @@ def test_load_on_loopback_every_answer_checked(server, pictures):
     line = next(x for x in metrics.splitlines() if x.startswith('clipcli_requests_total{endpoint="/v1/classify"'))
     assert float(line.rsplit(" ", 1)[1]) >= clients * per_client
     sizes = next(x for x in metrics.splitlines() if x.startswith("clipcli_batch_images_count"))
-    assert float(sizes.rsplit(" ", 1)[1]) < clients * per_client * 4 / 5  # 4 of 5 readable: batched together
+    readable = sum("predictions" in record for _, record in answers)
+    assert float(sizes.rsplit(" ", 1)[1]) < readable  # fewer model calls than images: some were batched together
 
 
 @pytest.mark.e2e

@@ -26,9 +26,9 @@ pytestmark = [
     pytest.mark.e2e, pytest.mark.slow,
 ]
 
-from clipcli.demo import shapes  # noqa: E402
-
 from test_serve import start_server  # noqa: E402
+
+from clipcli.demo import shapes  # noqa: E402
 
 HOSTILE = '<img src=x onerror="document.title=\'owned\'">'
 

@@ -36,8 +36,17 @@ from fastapi.staticfiles import StaticFiles
 
 from .. import config as clip_config
 from ..batches import BatchItem
-from ..errors import (ClipCliError, DeviceError, ExportError, InputError, LabelError, ModelLoadError, StoreError,
-                      TemplateError, UsageError)
+from ..errors import (
+    ClipCliError,
+    DeviceError,
+    ExportError,
+    InputError,
+    LabelError,
+    ModelLoadError,
+    StoreError,
+    TemplateError,
+    UsageError,
+)
 from ..options import ModelOptions, OpenSetOptions
 from .batcher import Batcher, BatcherClosed, DeadlineExceeded, QueueFull
 from .records import ClassifyParams, ScorerCache, classify_records, labels_of, template_set
@@ -285,8 +294,8 @@ def fetch(url: str, limit: int, timeout: float) -> bytes:
 
 def decode(service: Service, source: Source):
     """(BatchItem, pixels or None) of one image: decoded and preprocessed as `clip classify` does."""
-    from ..images import read_image, read_image_bytes
     from ..errors import ImageReadError
+    from ..images import read_image, read_image_bytes
 
     name, data, path = source.name, source.data, source.path
     try:
@@ -589,7 +598,7 @@ def create_app(config: ServeConfig = ServeConfig(), service: Service | None = No
         service_ = state(request)
         described = service_.describe()
         return {"object": "list", "data": [{"id": described["name"], "object": "model", "owned_by": "clipcli",
-                                            "created": int(service_.started), **{"clipcli": described}}]}
+                                            "created": int(service_.started), "clipcli": described}]}
 
     @app.get("/v1/config", summary="What the page needs: template sets, the default, limits, the store")
     async def page_config(request: Request):
@@ -741,8 +750,8 @@ def create_app(config: ServeConfig = ServeConfig(), service: Service | None = No
 
 
 def _thumbnail(service: Service, path: str, size: int) -> bytes:
-    from ..images import read_image
     from ..errors import ImageReadError
+    from ..images import read_image
     from ..store import open_store
 
     reader = open_store(service.config.store)

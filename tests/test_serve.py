@@ -127,6 +127,23 @@ def test_hugging_face_form_with_labels_in_parameters(client, pictures):
     assert client.get("/nowhere").json()["error"]["type"] == "http"  # every error has the one JSON shape
 
 
+def test_label_embeddings_are_encoded_once_per_labels_and_templates(pictures):
+    service = load_service(DEMO)
+    texts = []
+    encode_texts = service.loaded.encode_texts
+    service.loaded.encode_texts = lambda batch, *args: texts.append(len(batch)) or encode_texts(batch, *args)
+    files = [("image", ("r.png", (pictures / "red_circle.png").read_bytes()))]
+    with TestClient(create_app(DEMO, service)) as served:
+        first = served.post("/v1/classify", files=files, data={"labels": "red circle,blue square"}).json()
+        encoded = len(texts)
+        again = served.post("/v1/classify", files=files, data={"labels": "red circle,blue square"}).json()
+        assert len(texts) == encoded  # the same labels and templates: nothing encoded again
+        served.post("/v1/classify", files=files, data={"labels": "red circle,blue square", "templates": "simple"})
+    assert first == again
+    assert service.scorers.misses == 2  # built for (labels, imagenet) and (labels, simple); the rest from memory
+    assert encoded > 0 and len(texts) > encoded  # the new template set was encoded
+
+
 def test_template_set_and_other_equal_the_cli(client, pictures):
     body = {"inputs": {"image": b64(pictures / "green_star.webp"), "candidateLabels": "red circle,blue square"},
             "parameters": {"templates": "simple", "other": True, "other_threshold": 0.3, "top_k": 2}}
@@ -420,6 +437,18 @@ def test_a_port_in_use_is_one_line_before_the_model_loads():
         result = cli("serve", "--model", "no-such-model", "--port", port)  # refused before the model is looked up
     assert result.exit_code == 2
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.output
+
+
+def test_the_key_can_come_from_the_environment(monkeypatch):
+    with socket.socket() as taken:  # the port is taken, so the command stops right after the key check
+        taken.bind(("0.0.0.0", 0))
+        port = taken.getsockname()[1]
+        monkeypatch.delenv("CLIPCLI_API_KEY", raising=False)
+        refused = cli("serve", "--model", "demo", "--host", "0.0.0.0", "--port", port)
+        monkeypatch.setenv("CLIPCLI_API_KEY", "from-env")
+        passed = cli("serve", "--model", "demo", "--host", "0.0.0.0", "--port", port)
+    assert refused.exit_code == 2 and "--api-key" in refused.output
+    assert passed.exit_code == 2 and "cannot listen on 0.0.0.0" in passed.output  # past the key check
 
 
 def test_no_cors_unless_asked(pictures):

@@ -1,6 +1,6 @@
 """`clip serve` (issue 27): the three speed figures, side by side in one run.
 
-    HF_HUB_OFFLINE=1 python bench/bench_serve.py [--images 96] [--repeats 20] [--requests 5000]
+    HF_HUB_OFFLINE=1 python bench/bench_serve.py [--images 64] [--rounds 3] [--repeats 20] [--requests 5000]
 
 1. one image over HTTP to a warm service (labels cached): median latency of sequential requests, as a ratio to
    `clip classify one.jpg` from process start (same model, image and labels; target <= 0.2x) and to the model's
@@ -8,7 +8,7 @@
    <= 1.5x).
 2. 16 concurrent clients each posting single images: total images/s, as a ratio to `clip classify DIR` on the
    same images (whole command; target >= 0.8x) and to the same service with batching off (--max-batch 1;
-   target >= 3x).
+   target >= 3x); interleaved rounds, medians.
 3. memory: the service's RSS after 5,000 requests against its RSS after 500 (target within 10%).
 
 1 and 2 use ViT-B-32 with seeded random weights (bench/common.py; speed does not depend on the weights) on the
@@ -150,48 +150,60 @@ def latency(model: str, env: dict, one: Path, repeats: int) -> None:
           f"{http / whole:.2f}x decode + preprocess + encode)")
 
 
-def throughput(model: str, env: dict, paths: list[Path]) -> None:
+def throughput(model: str, env: dict, paths: list[Path], rounds: int) -> None:
+    """Interleaved rounds of `clip classify DIR`, the batching service and the service with batching off (both
+    services up the whole time), so that all three see the same load on a shared machine; medians."""
     import httpx
 
     folder = paths[0].parent
     clip = clip_command()
-    cli = wall([*clip, "classify", str(folder), "-m", model, "-l", LABELS, "-f", "jsonl"], env)
+    classify = [*clip, "classify", str(folder), "-m", model, "-l", LABELS, "-f", "jsonl"]
+    servers = {"on": Server(model, env), "off": Server(model, env, "--max-batch", "1")}
+    times: dict[str, list[float]] = {"cli": [], "on": [], "off": []}
+    calls: dict[str, list[int]] = {"on": [], "off": []}
 
-    def served(*args: str) -> tuple[float, int]:
-        server = Server(model, env, *args)
-        try:
-            with httpx.Client(base_url=server.url, timeout=300) as warm:
-                post(warm, paths[0])
+    def model_calls(server: Server) -> int:
+        metrics = httpx.get(server.url + "/metrics").text
+        return int(next(float(line.split()[-1]) for line in metrics.splitlines()
+                        if line.startswith("clipcli_batch_images_count")))
 
-            def client(index: int) -> int:
-                done = 0
-                with httpx.Client(base_url=server.url, timeout=300) as http:
-                    for path in paths[index::CLIENTS]:
-                        record = post(http, path)["results"][0]
-                        done += "predictions" in record
-                return done
+    def load(server: Server) -> float:
+        def client(index: int) -> int:
+            done = 0
+            with httpx.Client(base_url=server.url, timeout=600) as http:
+                for path in paths[index::CLIENTS]:
+                    done += "predictions" in post(http, path)["results"][0]
+            return done
 
-            start = time.perf_counter()
-            with ThreadPoolExecutor(CLIENTS) as pool:
-                done = sum(pool.map(client, range(CLIENTS)))
-            seconds = time.perf_counter() - start
-            metrics = httpx.get(server.url + "/metrics").text
-            batches = next(float(line.split()[-1]) for line in metrics.splitlines()
-                           if line.startswith("clipcli_batch_images_count"))
-        finally:
-            server.close()
+        start = time.perf_counter()
+        with ThreadPoolExecutor(CLIENTS) as pool:
+            done = sum(pool.map(client, range(CLIENTS)))
         assert done == len(paths), f"{done} of {len(paths)} answered"
-        return seconds, int(batches) - 1
+        return time.perf_counter() - start
 
-    batched, calls = served()
-    single, calls_off = served("--max-batch", "1")
+    try:
+        for server in servers.values():
+            with httpx.Client(base_url=server.url, timeout=300) as warm:
+                post(warm, paths[0])  # labels cached
+        for _ in range(rounds):
+            times["cli"].append(wall(classify, env))
+            for name, server in servers.items():
+                before = model_calls(server)
+                times[name].append(load(server))
+                calls[name].append(model_calls(server) - before)
+    finally:
+        for server in servers.values():
+            server.close()
     n = len(paths)
-    print(f"\n2. {n} images (ViT-B-32, 512 px JPEGs), {CLIENTS} concurrent clients posting one image each")
+    cli, on, off = (statistics.median(times[k]) for k in ("cli", "on", "off"))
+    print(f"\n2. {n} images (ViT-B-32, 512 px JPEGs), {CLIENTS} concurrent clients posting one image each; "
+          f"medians of {rounds} interleaved rounds")
     print(f"   clip classify DIR (whole command): {cli:.2f} s = {n / cli:.2f} images/s")
-    print(f"   service, batching on (--max-batch 32): {batched:.2f} s = {n / batched:.2f} images/s in {calls} "
-          f"model calls = {cli / batched:.2f}x clip classify DIR (target >= 0.8x)")
-    print(f"   service, batching off (--max-batch 1): {single:.2f} s = {n / single:.2f} images/s in {calls_off} "
-          f"model calls; batching on is {single / batched:.2f}x faster (target >= 3x)")
+    print(f"   service, batching on (--max-batch 32): {on:.2f} s = {n / on:.2f} images/s, model calls per round "
+          f"{calls['on']} = {cli / on:.2f}x clip classify DIR (target >= 0.8x)")
+    print(f"   service, batching off (--max-batch 1): {off:.2f} s = {n / off:.2f} images/s, model calls per round "
+          f"{calls['off']}; batching on is {off / on:.2f}x faster (target >= 3x)")
+    print("   rounds (s): " + "; ".join(f"{k} " + ", ".join(f"{t:.1f}" for t in v) for k, v in times.items()))
 
 
 def memory(env: dict, requests: int, paths: list[Path]) -> None:
@@ -221,9 +233,10 @@ def memory(env: dict, requests: int, paths: list[Path]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     DATA.mkdir(exist_ok=True)
     print(machine())
@@ -233,7 +246,7 @@ def main() -> None:
     paths = images(args.images)
     started = time.perf_counter()
     latency(model, env, paths[0], args.repeats)
-    throughput(model, env, paths)
+    throughput(model, env, paths, args.rounds)
     memory(env, args.requests, paths)
     print(f"\nbench finished in {time.perf_counter() - started:.0f} s")
 

@@ -7,7 +7,7 @@ import sys
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from . import cache, classify, compare, embed, evaluate, fit, models, search, sort, store, templates
+from . import cache, classify, compare, embed, evaluate, fit, models, search, serve, sort, store, templates
 
 EXIT_PARSE = 2
 # The parser's own exceptions (Typer vendors click in newer versions: take them from Typer itself).
@@ -107,11 +107,12 @@ EXAMPLES = {
     "templates": "clip templates food",
     "search": "clip search 'a red bicycle' --store photos.store -k 20",
     "dupes": "clip dupes --store photos.store -f csv -o dupes.csv",
+    "serve": "clip serve --model demo --port 8000",
 }
 for name, command in (("classify", classify.classify), ("embed", embed.embed), ("eval", evaluate.evaluate),
                       ("fit", fit.fit), ("sort", sort.sort), ("compare", compare.compare), ("search", search.search),
                       ("dupes", search.dupes), ("models", models.models),
-                      ("templates", templates.templates)):
+                      ("templates", templates.templates), ("serve", serve.serve)):
     app.command(name, cls=Command, epilog=f"Example: {EXAMPLES[name]}")(command)
 for name, group in (("cache", cache.app), ("store", store.app)):
     group.info.cls = CommandGroup

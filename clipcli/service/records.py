@@ -1,9 +1,9 @@
 """From a request's image embeddings to the records `clip classify -f json` writes (numpy; no web framework).
 
 `classify_records` is the one place the service turns (embeddings, labels, templates, score kind, other, top-k)
-into records: it builds the run's scorer with the library (the zero-shot classifier, `--other`'s open-set rule)
-and scores with `scoring.score_records`, the CLI's own code, so a record here equals the CLI's for the same
-image.  Scorers are kept per (labels, templates, score kind, other) in a small LRU cache: label embeddings are
+into records: the request becomes a run's `ScorerChoice` (the object `clip classify` scores with), which builds
+the scorer and the header, and `scoring.score_records` makes the records, so a record here equals the CLI's for
+the same image.  Scorers are kept per (labels, templates, score kind, other) in a small LRU cache: label embeddings are
 encoded once, and memory stays bounded however many label lists clients send.
 """
 
@@ -103,26 +103,29 @@ class ScorerCache:
             return scorer
 
 
+def choice_of(params: ClassifyParams):
+    """The request as a run's scorer choice (`run.ScorerChoice`: the labels checked, --other's label among them
+    refused), the same object `clip classify` scores with."""
+    from ..options import LabelOptions
+    from ..run import ScorerChoice
+
+    return ScorerChoice(LabelOptions(params.labels, params.templates), params.other,
+                        ScoreOptions(params.score, params.top_k))
+
+
 def build_scorer(loaded, params: ClassifyParams, cache_dir: str | None = None, use_cache: bool = True):
     """The run's scorer as `clip classify` builds it: the labels' zero-shot classifier, with --other's rule."""
-    from ..classifier import zero_shot_classifier
-    from ..openset import open_set_scorer
+    from ..options import ModelOptions
 
-    scorer = zero_shot_classifier(loaded, list(params.labels), params.templates, cache_dir, use_cache)
-    scorer = open_set_scorer(scorer, loaded, params.other, params.score, cache_dir, use_cache)
-    scorer.check_score(params.score)
-    return scorer
+    return choice_of(params).for_model(loaded, ModelOptions(cache_dir=cache_dir, use_cache=use_cache))
 
 
 def classify_records(scorers: ScorerCache, described: dict, params: ClassifyParams, items: Sequence[BatchItem],
                      features) -> dict:
-    """THE glue: the request's scorer (cached) and its records, one per item in order (errors in place), in the
-    document `clip classify -f json` writes for the same images: its header fields, then "results"."""
+    """The request's scorer (cached) and its records, one per item in order (errors in place), in the document
+    `clip classify -f json` writes for the same images: the run's header, then "results"."""
     from ..scoring import score_records
 
     scorer = scorers.get(params)
-    head = {"model": described, "templates": params.templates.name, "labels": list(scorer.labels),
-            "score": params.score}
-    if hasattr(scorer, "other_scores"):
-        head["other"] = scorer.describe()
-    return {**head, "results": list(score_records(scorer, items, features, ScoreOptions(params.score, params.top_k)))}
+    header = choice_of(params).header(described, scorer)
+    return {**header, "results": list(score_records(scorer, items, features, ScoreOptions(params.score, params.top_k)))}

@@ -385,7 +385,7 @@ def load_transformers_model(spec: ModelSpec, source: str, device, precision: str
             tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
     except Exception as exc:  # noqa: BLE001  (a corrupt or mismatched checkpoint surfaces as many error types)
         raise ModelLoadError(f"cannot load {spec.display_name}: {checkpoint_error(exc)}") from None
-    mismatched = list(info.get("mismatched_keys") or [])
+    mismatched = sorted(info.get("mismatched_keys") or [], key=lambda row: row[0])  # the same one named each time
     if mismatched:
         key, stored, wanted = mismatched[0]
         raise ModelLoadError(f"cannot load {spec.display_name}: its weights do not fit config.json ({len(mismatched)} "

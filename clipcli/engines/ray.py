@@ -275,7 +275,7 @@ class ClusterWatch:
 
     INTERVAL = 0.5
     FATAL_MISSES = 3
-    HANDOVER = 3.0  # seconds the main thread has to end the run itself once interrupted
+    HANDOVER = 2.0  # seconds the main thread has to end the run itself once interrupted
 
     def __init__(self, ray) -> None:
         import threading

@@ -698,7 +698,7 @@ class TagJournal(Journal):
 
     def __init__(self, path: Path) -> None:
         super().__init__(path, "clip tag")
-        self.backups = backup_folder(path)
+        self.backups = backup_folder(path.absolute())
 
 
 def _link_or_copy(source: str | Path, destination: Path) -> None:

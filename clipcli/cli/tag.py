@@ -1,0 +1,175 @@
+"""`clip tag`: classify, then write each image's labels into its XMP sidecar (or, --embed, the image), merged
+with what is there, previewed with --dry-run, journaled, reversible with --undo."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from typing_extensions import Annotated
+
+from . import output
+from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors
+from .options import (ADAPT, DECODE, ENGINE, LABEL_GROUP, LABELS, MODEL_GROUP, OPEN_SET, OUTPUT, SOURCES, UI,
+                      StoreOpt, check_choice, check_format, check_other, check_outputs, open_sink, scorer_for, uses,
+                      warn_single_label, with_other)
+
+TAG = "Tagging"
+PLAN_COLUMNS = ("path", "target", "kind", "operation", "labels", "add", "remove", "note")
+
+
+@handles_errors
+@uses(SOURCES, LABEL_GROUP, OPEN_SET, MODEL_GROUP, DECODE, ENGINE, UI, ADAPT)
+def tag(
+    inputs: Annotated[Optional[List[str]], typer.Argument(
+        help="Image files, folders (recursed) and glob patterns.", show_default=False)] = None,
+    sidecar_name: Annotated[str, typer.Option(
+        "--sidecar-name", rich_help_panel=TAG, help="New sidecars as darktable names them (IMG.JPG.xmp) or as "
+        "digiKam and Lightroom do (IMG.xmp: digikam). An existing sidecar of either name is the one updated.")
+    ] = "darktable",
+    embed: Annotated[bool, typer.Option(
+        "--embed", rich_help_panel=TAG, help="Write into JPEG, PNG, WebP and TIFF files themselves (XMP, and IPTC "
+        "keywords for JPEG) instead of a sidecar; other formats still get a sidecar.")] = False,
+    root: Annotated[str, typer.Option(
+        "--root", rich_help_panel=TAG, help="The top of the hierarchical tags: ROOT|label, ROOT/label.")] = "clip",
+    top_k: Annotated[Optional[int], typer.Option(
+        "--top-k", "-k", min=0, rich_help_panel=TAG, help="Labels per image at most (0: every label that passes "
+        "--min-score). Default: 1 with softmax, 0 with --score sigmoid.", show_default=False)] = None,
+    min_score: Annotated[Optional[float], typer.Option(
+        "--min-score", rich_help_panel=TAG, help="A label's score must be at least this (0-1). Default: 0 with "
+        "softmax, 0.5 with --score sigmoid.", show_default=False)] = None,
+    score: Annotated[str, typer.Option(
+        "--score", rich_help_panel=LABELS,
+        help="softmax (the labels compete: CLIP) or sigmoid (each label decided on its own: SigLIP models).")
+    ] = "softmax",
+    manifest: Annotated[Optional[Path], typer.Option(
+        "--manifest", rich_help_panel=TAG, help="Journal of every file written (for --undo). "
+        "Default: ./clip-tag-<timestamp>.jsonl.", show_default=False)] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", "-n", rich_help_panel=TAG, help="Print what each file would gain and lose; write nothing.")
+    ] = False,
+    undo: Annotated[Optional[Path], typer.Option(
+        "--undo", rich_help_panel=TAG, help="Put back every file the tagging journaled in this manifest.",
+        show_default=False)] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", rich_help_panel=OUTPUT,
+                                     help="table, json, jsonl or csv (one row per image).")] = "table",
+    output_path: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", rich_help_panel=OUTPUT, help="Write the plan/result records to FILE.", show_default=False)
+    ] = None,
+    store: StoreOpt = None,
+    *, sources, labels, open_set, model, decode, engine, ui, adapt,
+) -> None:
+    """Write labels where photo managers read them (XMP sidecars or embedded keywords): merged, previewed with
+    --dry-run, reversible with --undo."""
+    check_format(fmt)
+    if undo is not None:
+        _undo(undo, ui)
+        return
+    from ..sorting import refuse_remote
+    from ..tagging import TagRules, default_manifest, plan_tags
+
+    check_choice("--score", score, ("softmax", "sigmoid"))
+    rules = TagRules(root, top_k, min_score, score, open_set.label if open_set.enabled else None, sidecar_name, embed)
+    rules.check()
+    if labels.head is None:
+        warn_single_label(labels.required(), score, open_set.enabled)
+    check_other(open_set, labels)
+    refuse_remote(inputs or [])
+    paths = refuse_remote(sources.paths(inputs))
+    journal_path = manifest or default_manifest()
+    check_outputs(files={"--output": output_path, **({} if dry_run else {"--manifest": journal_path})},
+                  folders={"--store": store})
+
+    records, header = _records(paths, score, labels, open_set, model, decode, engine, store, ui, adapt)
+    plan = plan_tags(paths, records, rules)
+
+    operations = []
+    with ExitStack() as stack:
+        sink = open_sink(stack, output_path) if (fmt != "table" or output_path) else None
+        writer = _plan_writer(fmt, sink, {**header, "dry_run": dry_run, "root": rules.root,
+                                          "sidecar_name": sidecar_name, "embed": embed})
+        if dry_run:
+            operations = [op.as_record() for op in plan]
+            for op in operations:
+                if writer is not None:
+                    writer.write(op)
+        else:
+            from ..tagging import TagJournal, execute, read_tag_journal, remove_temporaries
+
+            if journal_path.exists():
+                remove_temporaries(read_tag_journal(journal_path))  # what an interrupted run left
+            journal = TagJournal(journal_path)
+            stack.callback(journal.close)
+            with output.progress_bar("tagging", ui.progress) as progress:
+                for op in execute(plan, journal, progress):
+                    operations.append(op.as_record())
+                    if writer is not None:
+                        writer.write(operations[-1])
+            output.info(f"manifest: {journal.path} (undo with `clip tag --undo {journal.path}`)")
+        if writer is not None:
+            writer.close()
+    if fmt == "table":
+        output.print_table(_table(operations, dry_run), to_stdout=output_path is None)
+    failed = [op for op in operations if op["operation"] == "error"]
+    for op in failed:
+        output.error(f"{op['path']}: {op['note']}")
+    raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
+
+
+def _records(paths, score, labels, open_set, model, decode, engine, store, ui, adapt) -> tuple[list[dict], dict]:
+    """The run's records (every label ranked) and a header: the one place where clip tag classifies (the
+    assembly `clip sort` uses today)."""
+    from ..api import ScoreOptions, classify_paths
+    from ..embeddings import open_encoder
+
+    with open_encoder(model, decode, engine, store) as encoder:
+        classifier = with_other(scorer_for(encoder.model, labels, model, ui), encoder.model, open_set, score, model,
+                                ui)
+        classifier.check_score(score)
+        with output.progress_bar("classifying", ui.progress) as progress:
+            records = list(classify_paths(encoder, classifier, paths, ScoreOptions(score, 0, adapt), progress))
+        header = {"model": encoder.describe(), "labels": classifier.labels, "score": score}
+    return records, header
+
+
+def _plan_writer(fmt: str, sink, header: dict):
+    if sink is None:
+        return None
+    from ..results import DictCsvWriter, make_writer
+
+    if fmt == "csv":
+        writer = DictCsvWriter(sink, PLAN_COLUMNS)
+        plain = writer.write
+        writer.write = lambda record: plain({**record, "labels": "; ".join(p["label"] for p in record["labels"]),
+                                             "add": "; ".join(record["add"]), "remove": "; ".join(record["remove"])})
+        return writer
+    return make_writer("jsonl" if fmt == "table" else fmt, sink, header)
+
+
+def _table(operations: list[dict], dry_run: bool):
+    import os
+
+    verb = {"create": "would create", "update": "would update"} if dry_run else {}
+    table = output.plain_table("dry run: nothing was changed" if dry_run else None, "image", "written to", "gains",
+                               "loses", "operation")
+    for op in operations:
+        target = op["target"]
+        where = os.path.basename(target) if target and op["kind"] == "sidecar" else ("the image" if target else "-")
+        table.add_row(output.escape(os.path.basename(op["path"])), output.escape(where),
+                      output.escape(", ".join(op["add"]) or "-"), output.escape(", ".join(op["remove"]) or "-"),
+                      verb.get(op["operation"], op["operation"]))
+    return table
+
+
+def _undo(manifest: Path, ui) -> None:
+    from ..tagging import undo
+
+    with output.progress_bar("undoing", ui.progress) as progress:
+        result = undo(manifest, progress)
+    for path, why in result.refused:
+        output.error(f"{path}: {why}")
+    output.info(f"undone: {len(result.restored)} file(s) restored or removed"
+                + (f"; {len(result.refused)} refused" if result.refused else ""))
+    raise typer.Exit(EXIT_SOME_FAILED if result.refused else EXIT_OK)

@@ -2,7 +2,7 @@
 
 Where: an XMP sidecar beside each image (`IMG.JPG.xmp` as darktable names it, or `IMG.xmp` as digiKam and
 Lightroom do; an existing sidecar of either name is the one updated), or, with `embed`, the XMP packet inside a
-JPEG/PNG/WebP/TIFF file (and IPTC keywords for JPEG), through exiv2 (pyexiv2).  Other formats (RAW files among
+JPEG/PNG/WebP/TIFF file (and IPTC keywords for JPEG), through ExifTool (see `exiftool` for why).  Other formats (RAW files among
 them) only ever get sidecars.
 
 What: `dc:subject` (the plain keywords every manager reads), `lr:hierarchicalSubject` as `ROOT|label`
@@ -17,9 +17,9 @@ How a sidecar is edited: it is checked with defusedxml (no DOCTYPE, so no entity
 well-formed; at most MAX_SIDECAR_BYTES), then located with expat's byte offsets and spliced: our `rdf:li`
 items are cut out or appended and missing properties inserted, so every byte clipcli did not write stays as it
 was (comments, other namespaces, darktable's history, the order).  The result is parsed again and must hold
-exactly the planned keywords before it is written.  exiv2 re-serialises an embedded packet (the meaning of
-every other property is kept, the bytes of the packet are not); the image data and the other metadata blocks
-are copied as they are.
+exactly the planned keywords before it is written.  An embedded packet is spliced the same way and handed to
+ExifTool whole, which writes it and the IPTC keywords into a private copy of the image, copying the image data
+and every other metadata block as they are; the copy's bytes then replace the image atomically.
 
 Journal and undo (the journal of `clip sort`, `sorting.Journal`): one JSON line per written file, begun and
 fsynced before the write with the sha256 of the file before (`before`, null for a sidecar clipcli creates) and
@@ -543,29 +543,27 @@ def _sidecar_state(data: bytes | None, name: str) -> XmpText:
     return _with_description(NEW_SIDECAR if data is None else data, name)
 
 
-def _pyexiv2():
-    import pyexiv2
+def _embedded_state(path: str) -> tuple[XmpText, list[str], bool]:
+    """The image's XMP packet (a new one when it has none), its IPTC keywords, and whether its IPTC declares a
+    character set (read by exiftool)."""
+    import base64
+    import json
 
-    pyexiv2.set_log_level(4)  # exiv2's own warnings off: its errors come back as exceptions, reported per file
-    return pyexiv2
+    from .exiftool import ExifToolError, exiftool
 
-
-def _embedded_state(data: bytes, name: str) -> tuple[XmpText, list[str]]:
-    """The image's XMP packet (a new one when it has none) and its IPTC keywords."""
-    pyexiv2 = _pyexiv2()
     try:
-        image = pyexiv2.ImageData(data)
-    except Exception as exc:
-        raise TagFileError(f"{name}: exiv2 cannot read its metadata ({exc}); left as it is") from None
-    try:
-        raw = image.read_raw_xmp()
-        keywords = image.read_iptc().get("Iptc.Application2.Keywords", [])
-    except Exception as exc:
-        raise TagFileError(f"{name}: exiv2 cannot read its metadata ({exc}); left as it is") from None
-    finally:
-        image.close()
-    keywords = [keywords] if isinstance(keywords, str) else list(keywords)
-    return _with_description(raw.encode("utf-8") if raw else NEW_PACKET, name), keywords
+        out, err = exiftool().run("-j", "-b", "-XMP", "-IPTC:Keywords", "-IPTC:CodedCharacterSet", path)
+        # numbers as their text: a keyword "1.50" stays "1.50"
+        meta = json.loads(out, parse_int=str, parse_float=str)[0] if out.strip() else {}
+    except (ExifToolError, ValueError) as exc:
+        raise TagFileError(f"{path}: exiftool cannot read its metadata ({exc}); left as it is") from None
+    if "Error" in meta or (not out.strip() and err):
+        raise TagFileError(f"{path}: exiftool cannot read its metadata ({meta.get('Error') or err}); left as it is")
+    raw = meta.get("XMP")
+    packet = (base64.b64decode(raw[7:]) if raw.startswith("base64:") else raw.encode("utf-8")) if raw else NEW_PACKET
+    keywords = meta.get("Keywords", [])
+    keywords = [str(k) for k in (keywords if isinstance(keywords, list) else [keywords])]
+    return _with_description(packet, path), keywords, "CodedCharacterSet" in meta
 
 
 def _state(xmp: XmpText, keywords: list[str] | None) -> tuple[dict, dict]:
@@ -590,7 +588,7 @@ def plan_one(path: str, record: dict, rules: TagRules) -> TagOperation:
         check_writable(target, "the image" if fmt else "its sidecar")
         data = read_target(target)
         if fmt:
-            xmp, keywords = _embedded_state(data, target)
+            xmp, keywords, _charset = _embedded_state(target)
         else:
             xmp, keywords = _sidecar_state(data, target), None
         current, ours = _state(xmp, keywords if fmt == "jpeg" else None)
@@ -647,27 +645,39 @@ def new_bytes(op: TagOperation, data: bytes | None) -> bytes:
         result = xmp.edited(changes)
         _verify(XmpText(result, op.target), op)
         return result
-    xmp, keywords = _embedded_state(data, op.target)
+    xmp, keywords, charset = _embedded_state(op.target)
     packet = xmp.edited(changes)
     _verify(XmpText(packet, op.target), op)
-    pyexiv2 = _pyexiv2()
-    image = pyexiv2.ImageData(data)
-    try:
-        image.modify_raw_xmp(packet.decode("utf-8"))
-        if "keywords" in op.keywords:
-            remove, add = op.keywords["keywords"][:2]
-            new = [k for k in keywords if k not in remove] + add
-            iptc = {"Iptc.Application2.Keywords": new}
-            if any(not k.isascii() for k in new) and not image.read_iptc().get("Iptc.Envelope.CharacterSet"):
-                iptc["Iptc.Envelope.CharacterSet"] = "\x1b%G"  # UTF-8, so that readers decode the keywords
-            image.modify_iptc(iptc)
-        result = image.get_bytes()
-    except Exception as exc:
-        raise TagFileError(f"{op.target}: exiv2 cannot write its metadata ({exc}); left as it is") from None
-    finally:
-        image.close()
-    _verify(_embedded_state(result, op.target)[0], op)  # as exiv2 wrote it
-    return result
+    return _embedded_bytes(op, packet, keywords, charset)
+
+
+def _embedded_bytes(op: TagOperation, packet: bytes, keywords: list[str], charset: bool) -> bytes:
+    """The image with the new XMP packet (and IPTC keywords for JPEG), written by exiftool into a private copy
+    (exiftool writes in place; the user's file is replaced later, atomically, from these bytes)."""
+    import tempfile
+
+    from .exiftool import ExifToolError, exiftool
+
+    args = ["-overwrite_original"]
+    if "keywords" in op.keywords:
+        remove, add = op.keywords["keywords"][:2]
+        args += [*(f"-IPTC:Keywords-={v}" for v in remove), *(f"-IPTC:Keywords+={v}" for v in add)]
+        if any(not v.isascii() for v in add) and not charset and all(k.isascii() for k in keywords):
+            args += ["-IPTC:CodedCharacterSet=UTF8", "-charset", "iptc=UTF8"]  # so readers decode them
+    with tempfile.TemporaryDirectory(prefix="clip-tag-") as work:
+        copy = os.path.join(work, "image" + os.path.splitext(op.target)[1].lower())
+        shutil.copyfile(op.target, copy)
+        xmp_file = os.path.join(work, "packet.xmp")
+        Path(xmp_file).write_bytes(packet)
+        try:
+            _out, err = exiftool().run(*args, f"-XMP<={xmp_file}", copy)
+        except ExifToolError as exc:
+            raise TagFileError(f"{op.target}: exiftool cannot write its metadata ({exc}); left as it is") from None
+        if any(line.startswith("Error") for line in err.splitlines()):
+            raise TagFileError(f"{op.target}: exiftool cannot write its metadata ({err.splitlines()[0]}); left as "
+                               "it is")
+        _verify(_embedded_state(copy)[0], op)  # as exiftool wrote it
+        return Path(copy).read_bytes()
 
 
 def _verify(xmp: XmpText, op: TagOperation) -> None:
@@ -801,22 +811,46 @@ class UndoResult:
     refused: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
 
 
+def undone_ids(manifest: Path) -> set[str]:
+    """The ids of the entries an undo has already put back (its `{"undone": id}` lines)."""
+    import json
+
+    ids = set()
+    for line in manifest.read_bytes().decode("utf-8").splitlines():
+        with suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict) and isinstance(entry.get("undone"), str):
+                ids.add(entry["undone"])
+    return ids
+
+
 def undo(manifest: Path, progress: Callable[[int, int], None] | None = None) -> UndoResult:
-    """Put every file the journal names back as it was, newest first; refuse (naming it) one changed since."""
+    """Put every file the journal names back as it was, newest first; refuse (naming it) one changed since.
+    Each entry put back is marked in the journal (`{"undone": id}`), so that an undo run again, or finished
+    after a crash, goes on from there instead of refusing the files an earlier entry already put back."""
     entries = read_tag_journal(manifest)
     remove_temporaries(entries)
     result = UndoResult()
-    for done, entry in enumerate(reversed(entries), start=1):
-        try:
-            why = _undo_one(entry)
-        except OSError as exc:
-            why = f"cannot restore: {reason(exc)}"
-        if why is None:
-            result.restored.append(entry["target"])
-        elif why:
-            result.refused.append((entry["target"], why))
-        if progress is not None:
-            progress(done, len(entries))
+    journal = Journal(manifest, "clip tag")
+    try:
+        done_before = undone_ids(manifest)
+        for done, entry in enumerate(reversed(entries), start=1):
+            if entry["id"] not in done_before:
+                try:
+                    why = _undo_one(entry)
+                except OSError as exc:
+                    why = f"cannot restore: {reason(exc)}"
+                if why is None:
+                    result.restored.append(entry["target"])
+                elif why:
+                    result.refused.append((entry["target"], why))
+                if not why:
+                    journal.begin_entry({"undone": entry["id"]})
+                    journal.end_entry()
+            if progress is not None:
+                progress(done, len(entries))
+    finally:
+        journal.close()
     with suppress(OSError):
         backup_folder(manifest).rmdir()  # only once every backup is back in place
     return result

@@ -120,6 +120,17 @@ class TagRules:
         if not root or any(ch in root for ch in "|/") or any(ord(ch) < 32 for ch in root):
             raise UsageError(f"--root {self.root!r}: give one plain word (no '|' or '/'), e.g. clip")
 
+    def check_tools(self) -> None:
+        """The libraries and programs this run needs, before any slow work: defusedxml, and ExifTool to embed."""
+        try:
+            import defusedxml  # noqa: F401
+        except ImportError:
+            raise UsageError("clip tag needs defusedxml to read sidecars safely: pip install 'clipcli[tag]'") from None
+        if self.embed and shutil.which("exiftool") is None:
+            from .exiftool import INSTALL
+
+            raise UsageError(INSTALL)
+
     def chosen(self, record: dict) -> list[dict]:
         """The predictions an image is tagged with: softmax, the best `top_k` with at least `min_score`;
         sigmoid, each label on its own at least `min_score` (0.5: the model's own yes/no); `other`: none."""

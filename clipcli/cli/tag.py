@@ -73,6 +73,7 @@ def tag(
     check_choice("--score", score, ("softmax", "sigmoid"))
     rules = TagRules(root, top_k, min_score, score, open_set.label if open_set.enabled else None, sidecar_name, embed)
     rules.check()
+    rules.check_tools()
     if labels.head is None:
         warn_single_label(labels.required(), score, open_set.enabled)
     check_other(open_set, labels)

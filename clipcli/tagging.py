@@ -300,10 +300,11 @@ class XmpText:
             element = elements[stack.pop()]
             scopes.pop()
             at = parser.CurrentByteIndex
-            if data[at:at + 2] == b"</":
+            start_tag_end = _tag_end(data, element.start)
+            if at == start_tag_end and data[at - 2:at] == b"/>":  # an empty-element tag: reported just after it
+                element.end = at
+            else:  # an end tag, reported where it starts
                 element.inner_end, element.end = at, data.index(b">", at) + 1
-            else:  # an empty-element tag
-                element.end = _tag_end(data, element.start)
 
         def text(chars):
             if stack:

@@ -539,3 +539,57 @@ def test_sigkill_mid_run_then_rerun_finishes_and_undo_still_works(tmp_path, embe
                              str(journal)], capture_output=True, text=True, timeout=300)
     assert undone.returncode == 0, undone.stderr
     assert tree(folder) == original
+
+
+ODD_SIDECARS = {  # valid XMP in the shapes other tools write, each to be merged into
+    "self_closing": '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-'
+                    'ns#"><rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmp:Rating="2"/>'
+                    '</rdf:RDF></x:xmpmeta>',
+    "no_description": '<?xml version="1.0"?>\n<x:xmpmeta xmlns:x="adobe:ns:meta/">\n <rdf:RDF xmlns:rdf="http://www.w3'
+                      '.org/1999/02/22-rdf-syntax-ns#">\n </rdf:RDF>\n</x:xmpmeta>\n',
+    "other_prefixes": '<x:xmpmeta xmlns:x="adobe:ns:meta/"><R:RDF xmlns:R="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+                      # an empty <R:Bag/> just before an end tag: once taken for that end tag (items went after it)
+                      '<R:Description R:about="" xmlns:D="http://purl.org/dc/elements/1.1/" xmlns:xmp="http://ns.adobe'
+                      '.com/xap/1.0/" xmp:Rating="3"><D:subject><R:Bag/></D:subject></R:Description>'
+                      '<R:Description R:about="" xmlns:photoshop="http://ns.adobe.com/photoshop/1.0/">'
+                      '<photoshop:City>Lisbon</photoshop:City></R:Description></R:RDF></x:xmpmeta>',
+}
+
+
+@needs_exiftool
+@pytest.mark.parametrize("shape", sorted(ODD_SIDECARS))
+def test_other_valid_xmp_shapes_are_merged(tmp_path, shape):
+    image = tmp_path / "a.png"
+    shapes.draw_pil("red", "circle", size=48, seed=1).save(image)
+    sidecar = tmp_path / "a.png.xmp"
+    sidecar.write_text(ODD_SIDECARS[shape], "utf-8")
+    before = exiftool(sidecar)[0]
+    result, document = tag(image, "-l", LABELS)
+    assert result.exit_code == 0, result.output
+    after = exiftool(sidecar)[0]
+    assert as_list(after["XMP-dc:Subject"]) == ["red circle"]
+    assert as_list(after["XMP-lr:HierarchicalSubject"]) == ["clip|red circle"]
+    assert as_list(after["XMP-digiKam:TagsList"]) == ["clip/red circle"]
+    for key, value in before.items():
+        if not key.startswith("System:") and key not in OURS:
+            assert after[key] == value, key
+    assert tag(image, "-l", LABELS)[1]["results"][0]["operation"] == "unchanged"
+
+
+def test_embed_without_exiftool_is_refused_before_the_model_loads(photos, monkeypatch):
+    from clipcli import embeddings
+
+    monkeypatch.setenv("PATH", str(photos))  # no exiftool on it
+    monkeypatch.setattr(embeddings, "open_encoder", lambda *a, **k: pytest.fail("the model was loaded"))
+    result = cli("tag", photos, "-m", "demo", "-l", LABELS, "--embed")
+    assert result.exit_code == 2 and len(errors(result)) == 1
+    assert "needs ExifTool" in result.stderr and "libimage-exiftool-perl" in result.stderr
+
+
+def test_tag_through_a_store(photos, tmp_path):
+    store = tmp_path / "photos.store"
+    result, first = tag(photos, "-l", LABELS, "--store", store, "--dry-run")
+    assert result.exit_code == 0 and store.is_dir()
+    result, again = tag(photos, "-l", LABELS, "--store", store)  # embeddings read back from the store
+    assert result.exit_code == 0 and chosen(again) == chosen(first)
+    assert {r["operation"] for r in again["results"]} == {"create"}

@@ -2,8 +2,8 @@
 
 Where: an XMP sidecar beside each image (`IMG.JPG.xmp` as darktable names it, or `IMG.xmp` as digiKam and
 Lightroom do; an existing sidecar of either name is the one updated), or, with `embed`, the XMP packet inside a
-JPEG/PNG/WebP/TIFF file (and IPTC keywords for JPEG), through ExifTool (see `exiftool` for why).  Other formats (RAW files among
-them) only ever get sidecars.
+JPEG/PNG/WebP/TIFF file (and IPTC keywords for JPEG), through ExifTool (see `exiftool` for why).  Other formats
+(RAW files among them) only ever get sidecars.
 
 What: `dc:subject` (the plain keywords every manager reads), `lr:hierarchicalSubject` as `ROOT|label`
 (Lightroom, Immich), `digiKam:TagsList` as `ROOT/label` (digiKam); ROOT is "clip" unless told otherwise.  What

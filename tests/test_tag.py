@@ -122,7 +122,8 @@ def photos(tmp_path):
 
 # --- the pure parts -------------------------------------------------------------------------------------------------
 def test_merge_removes_only_what_clipcli_added():
-    current = {"subject": ["holiday", "red circle", "blue square"], "hierarchical": ["places|Lisbon", "clip|blue square"]}
+    current = {"subject": ["holiday", "red circle", "blue square"],
+               "hierarchical": ["places|Lisbon", "clip|blue square"]}
     ours = {"subject": ["blue square"], "hierarchical": ["clip|blue square"]}  # the user had "red circle" already
     changes = merge(current, ours, wanted(["red circle"], "clip"))
     assert changes["subject"].remove == ["blue square"] and changes["subject"].add == []
@@ -139,7 +140,8 @@ def test_labels_chosen_softmax_sigmoid_and_other():
     assert [p["label"] for p in TagRules(top_k=2).chosen(record)] == ["a", "b"]
     assert [p["label"] for p in TagRules(top_k=0, min_score=0.2).chosen(record)] == ["a", "b"]
     assert TagRules(min_score=0.7).chosen(record) == []
-    sigmoid = {"predictions": [{"label": "a", "score": 0.9}, {"label": "b", "score": 0.8}, {"label": "c", "score": 0.2}]}
+    sigmoid = {"predictions": [{"label": "a", "score": 0.9}, {"label": "b", "score": 0.8},
+                               {"label": "c", "score": 0.2}]}
     assert [p["label"] for p in TagRules(score="sigmoid").chosen(sigmoid)] == ["a", "b"]  # each on its own, >= 0.5
     other = {"predictions": [{"label": "other", "score": 0.4}, *record["predictions"]]}
     assert TagRules(other_label="other").chosen(other) == []
@@ -200,7 +202,8 @@ def test_merge_keeps_foreign_tags_rerun_is_idempotent_relabel_replaces_only_ours
     new = chosen(document)
     red, blue = exiftool(mine)[0], exiftool(theirs)[0]
     assert as_list(red["XMP-dc:Subject"]) == ["holiday", "Grandma & me", *new["red_circle.png"]]
-    assert as_list(red["XMP-lr:HierarchicalSubject"]) == ["places|Lisbon", *(f"clip|{x}" for x in new["red_circle.png"])]
+    assert as_list(red["XMP-lr:HierarchicalSubject"]) == ["places|Lisbon",
+                                                          *(f"clip|{x}" for x in new["red_circle.png"])]
     assert as_list(red["XMP-digiKam:TagsList"]) == [f"clip/{x}" for x in new["red_circle.png"]]
     assert as_list(blue["XMP-dc:Subject"]) == ["blue square", "Grandma & me", *new["blue_square.png"]]
     record = {Path(r["path"]).name: r for r in document["results"]}["red_circle.png"]
@@ -564,7 +567,7 @@ def test_other_valid_xmp_shapes_are_merged(tmp_path, shape):
     sidecar = tmp_path / "a.png.xmp"
     sidecar.write_text(ODD_SIDECARS[shape], "utf-8")
     before = exiftool(sidecar)[0]
-    result, document = tag(image, "-l", LABELS)
+    result, _ = tag(image, "-l", LABELS)
     assert result.exit_code == 0, result.output
     after = exiftool(sidecar)[0]
     assert as_list(after["XMP-dc:Subject"]) == ["red circle"]

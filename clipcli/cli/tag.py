@@ -12,8 +12,8 @@ from typing_extensions import Annotated
 
 from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors
-from .options import (ADAPT, DECODE, ENGINE, LABEL_GROUP, LABELS, MODEL_GROUP, OPEN_SET, OUTPUT, SOURCES, UI,
-                      StoreOpt, check_choice, check_format, check_other, check_outputs, open_sink, scorer_for, uses,
+from .options import (ADAPT, DECODE, ENGINE, LABEL_GROUP, LABELS, MODEL_GROUP, OPEN_SET, OUTPUT, SOURCES, UI, StoreOpt,
+                      check_choice, check_format, check_other, check_outputs, open_sink, scorer_for, uses,
                       warn_single_label, with_other)
 
 TAG = "Tagging"

@@ -555,27 +555,29 @@ def _sidecar_state(data: bytes | None, name: str) -> XmpText:
     return _with_description(NEW_SIDECAR if data is None else data, name)
 
 
-def _embedded_state(path: str) -> tuple[XmpText, list[str], bool]:
+def _embedded_state(path: str, name: str | None = None) -> tuple[XmpText, list[str], bool]:
     """The image's XMP packet (a new one when it has none), its IPTC keywords, and whether its IPTC declares a
-    character set (read by exiftool)."""
+    character set (read by exiftool; errors name `name`, the user's file, when `path` is a copy of it)."""
     import base64
     import json
 
     from .exiftool import ExifToolError, exiftool
+
+    shown = name or path
 
     try:
         out, err = exiftool().run("-j", "-b", "-XMP", "-IPTC:Keywords", "-IPTC:CodedCharacterSet", path)
         # numbers as their text: a keyword "1.50" stays "1.50"
         meta = json.loads(out, parse_int=str, parse_float=str)[0] if out.strip() else {}
     except (ExifToolError, ValueError) as exc:
-        raise TagFileError(f"{path}: exiftool cannot read its metadata ({exc}); left as it is") from None
+        raise TagFileError(f"{shown}: exiftool cannot read its metadata ({exc}); left as it is") from None
     if "Error" in meta or (not out.strip() and err):
-        raise TagFileError(f"{path}: exiftool cannot read its metadata ({meta.get('Error') or err}); left as it is")
+        raise TagFileError(f"{shown}: exiftool cannot read its metadata ({meta.get('Error') or err}); left as it is")
     raw = meta.get("XMP")
     packet = (base64.b64decode(raw[7:]) if raw.startswith("base64:") else raw.encode("utf-8")) if raw else NEW_PACKET
     keywords = meta.get("Keywords", [])
     keywords = [str(k) for k in (keywords if isinstance(keywords, list) else [keywords])]
-    return _with_description(packet, path), keywords, "CodedCharacterSet" in meta
+    return _with_description(packet, shown), keywords, "CodedCharacterSet" in meta
 
 
 def _state(xmp: XmpText, keywords: list[str] | None) -> tuple[dict, dict]:
@@ -657,17 +659,20 @@ def new_bytes(op: TagOperation, data: bytes | None) -> bytes:
         result = xmp.edited(changes)
         _verify(XmpText(result, op.target), op)
         return result
-    xmp, keywords, charset = _embedded_state(op.target)
-    packet = xmp.edited(changes)
-    _verify(XmpText(packet, op.target), op)
-    return _embedded_bytes(op, packet, keywords, charset)
-
-
-def _embedded_bytes(op: TagOperation, packet: bytes, keywords: list[str], charset: bool) -> bytes:
-    """The image with the new XMP packet (and IPTC keywords for JPEG), written by exiftool into a private copy
-    (exiftool writes in place; the user's file is replaced later, atomically, from these bytes)."""
     import tempfile
 
+    with tempfile.TemporaryDirectory(prefix="clip-tag-") as work:  # exiftool works on a private copy of `data`
+        copy = os.path.join(work, "image" + os.path.splitext(op.target)[1].lower())
+        Path(copy).write_bytes(data)
+        xmp, keywords, charset = _embedded_state(copy, op.target)
+        packet = xmp.edited(changes)
+        _verify(XmpText(packet, op.target), op)
+        return _embedded_bytes(op, copy, packet, keywords, charset)
+
+
+def _embedded_bytes(op: TagOperation, copy: str, packet: bytes, keywords: list[str], charset: bool) -> bytes:
+    """The private copy of the image with the new XMP packet (and IPTC keywords for JPEG), written by exiftool
+    (which writes in place; the user's file is replaced later, atomically, from these bytes)."""
     from .exiftool import ExifToolError, exiftool
 
     args = ["-overwrite_original"]
@@ -676,20 +681,16 @@ def _embedded_bytes(op: TagOperation, packet: bytes, keywords: list[str], charse
         args += [*(f"-IPTC:Keywords-={v}" for v in remove), *(f"-IPTC:Keywords+={v}" for v in add)]
         if any(not v.isascii() for v in add) and not charset and all(k.isascii() for k in keywords):
             args += ["-IPTC:CodedCharacterSet=UTF8", "-charset", "iptc=UTF8"]  # so readers decode them
-    with tempfile.TemporaryDirectory(prefix="clip-tag-") as work:
-        copy = os.path.join(work, "image" + os.path.splitext(op.target)[1].lower())
-        shutil.copyfile(op.target, copy)
-        xmp_file = os.path.join(work, "packet.xmp")
-        Path(xmp_file).write_bytes(packet)
-        try:
-            _out, err = exiftool().run(*args, f"-XMP<={xmp_file}", copy)
-        except ExifToolError as exc:
-            raise TagFileError(f"{op.target}: exiftool cannot write its metadata ({exc}); left as it is") from None
-        if any(line.startswith("Error") for line in err.splitlines()):
-            raise TagFileError(f"{op.target}: exiftool cannot write its metadata ({err.splitlines()[0]}); left as "
-                               "it is")
-        _verify(_embedded_state(copy)[0], op)  # as exiftool wrote it
-        return Path(copy).read_bytes()
+    xmp_file = os.path.join(os.path.dirname(copy), "packet.xmp")
+    Path(xmp_file).write_bytes(packet)
+    try:
+        _out, err = exiftool().run(*args, f"-XMP<={xmp_file}", copy)
+    except ExifToolError as exc:
+        raise TagFileError(f"{op.target}: exiftool cannot write its metadata ({exc}); left as it is") from None
+    if any(line.startswith("Error") for line in err.splitlines()):
+        raise TagFileError(f"{op.target}: exiftool cannot write its metadata ({err.splitlines()[0]}); left as it is")
+    _verify(_embedded_state(copy, op.target)[0], op)  # as exiftool wrote it
+    return Path(copy).read_bytes()
 
 
 def _verify(xmp: XmpText, op: TagOperation) -> None:

@@ -598,6 +598,9 @@ def plan_one(path: str, record: dict, rules: TagRules) -> TagOperation:
     fmt = embeddable(source) if rules.embed else None
     target = source if fmt else sidecar_of(source, rules.naming)
     op = TagOperation(source, target, "embedded" if fmt else "sidecar", "unchanged", chosen)
+    if fmt and os.path.lexists(sidecar_of(source, rules.naming)):
+        op.note = (f"{os.path.basename(sidecar_of(source, rules.naming))} exists too: darktable and digiKam read "
+                   "the sidecar first, so tag it as well (without --embed)")
     try:
         check_writable(target, "the image" if fmt else "its sidecar")
         data = read_target(target)

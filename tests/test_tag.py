@@ -383,7 +383,11 @@ def test_embedded_write_keeps_pixels_and_other_metadata(rich_images, tmp_path):
     assert after["red.jpg"]["File:Comment"] == "keep this comment" and after["blue.png"]["PNG:Comment"] == "keep me"
     assert after["red.jpg"]["IFD0:Make"] == "TestMake" and after["red.jpg"]["ICC-header:ProfileClass"]
     rerun = tag(rich_images, "-l", LABELS, "--embed", "--manifest", journal)[1]
-    assert {r["operation"] for r in rerun["results"]} == {"unchanged"}
+    assert {r["operation"] for r in rerun["results"]} == {"unchanged"} and {r["note"] for r in rerun["results"]} == {""}
+    (rich_images / "red.jpg.xmp").write_text(HAND_WRITTEN, "utf-8")  # a sidecar beside: managers read it first
+    noted = {Path(r["path"]).name: r["note"] for r in tag(rich_images, "-l", LABELS, "--embed", "-n")[1]["results"]}
+    assert noted.pop("red.jpg").startswith("red.jpg.xmp exists too") and set(noted.values()) == {""}
+    (rich_images / "red.jpg.xmp").unlink()
     assert cli("tag", "--undo", journal).exit_code == 0
     assert tree(rich_images) == original
 

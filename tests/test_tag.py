@@ -289,7 +289,8 @@ def test_undo_is_byte_identical_and_removes_created_sidecars(photos, tmp_path):
     journal = tmp_path / "journal.jsonl"
     assert tag(photos, "-l", LABELS, "--manifest", journal)[0].exit_code == 0
     assert tag(photos, "-l", "round thing,flat thing", "--manifest", journal)[0].exit_code == 0  # a second run
-    assert tag(photos, "-l", LABELS, "--embed", "--manifest", journal)[0].exit_code == 0  # and the images
+    if EXIFTOOL:  # and the images themselves
+        assert tag(photos, "-l", LABELS, "--embed", "--manifest", journal)[0].exit_code == 0
     assert tree(photos) != original
     undone = cli("tag", "--undo", journal)
     assert undone.exit_code == 0, undone.output

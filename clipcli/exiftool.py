@@ -38,12 +38,15 @@ class ExifTool:
         program = shutil.which("exiftool")
         if program is None:
             raise UsageError(INSTALL)
-        fd, self._err_path = tempfile.mkstemp(prefix="clip-exiftool-", suffix=".err")
+        fd, path = tempfile.mkstemp(prefix="clip-exiftool-", suffix=".err")
         os.close(fd)
-        self._err_read = open(self._err_path, "rb")
-        with open(self._err_path, "ab") as err:
-            self._process = subprocess.Popen([program, "-stay_open", "True", "-@", "-"], stdin=subprocess.PIPE,
-                                             stdout=subprocess.PIPE, stderr=err)
+        try:  # its standard error: a file written (appended) by exiftool, read here, named nowhere
+            self._err_read = open(path, "rb")
+            with open(path, "ab") as err:
+                self._process = subprocess.Popen([*_die_with_parent(), program, "-stay_open", "True", "-@", "-"],
+                                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+        finally:
+            os.unlink(path)
         self._lock = threading.Lock()
 
     def run(self, *args: str) -> tuple[bytes, str]:
@@ -70,14 +73,14 @@ class ExifTool:
         except (OSError, subprocess.TimeoutExpired, ValueError):
             self._process.kill()
         self._err_read.close()
-        with_suppress_unlink(self._err_path)
 
 
-def with_suppress_unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+def _die_with_parent() -> list[str]:
+    """A prefix that ends exiftool when clip ends, even by SIGKILL (exiftool with -stay_open does not stop at the
+    end of its input): util-linux's setpriv --pdeathsig, where there is one (Linux); elsewhere none, and an
+    orphaned exiftool waits for input."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM"] if setpriv else []
 
 
 _running: ExifTool | None = None

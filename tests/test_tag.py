@@ -108,6 +108,12 @@ def chosen(document: dict) -> dict[str, list[str]]:
     return {Path(r["path"]).name: [p["label"] for p in r["labels"]] for r in document["results"]}
 
 
+@pytest.fixture(autouse=True)
+def _cwd(tmp_path, monkeypatch):
+    """Each test in its own folder: a run without --manifest journals into ./clip-tag-<timestamp>.jsonl."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def photos(tmp_path):
     """Drawn shapes the demo model knows, as JPEG and PNG."""
@@ -601,3 +607,6 @@ def test_tag_through_a_store(photos, tmp_path):
     result, again = tag(photos, "-l", LABELS, "--store", store)  # embeddings read back from the store
     assert result.exit_code == 0 and chosen(again) == chosen(first)
     assert {r["operation"] for r in again["results"]} == {"create"}
+    journals = list(tmp_path.glob("clip-tag-*.jsonl"))  # the default journal: in the current folder
+    assert len(journals) == 1 and f"clip tag --undo {journals[0].name}" in result.stderr
+    assert cli("tag", "--undo", journals[0]).exit_code == 0 and not list(photos.glob("*.xmp"))

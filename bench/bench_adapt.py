@@ -43,7 +43,7 @@ def drawn_features() -> dict:
     chosen = sorted(np.random.default_rng(24).choice(len(labels), 24, replace=False).tolist())
     labels = [labels[i] for i in chosen]
     classifier = zero_shot_classifier(loaded, labels, "imagenet")
-    out = {"labels": np.array(labels), "text": classifier.class_embeddings, "scale": np.float32(classifier.logit_scale)}
+    out = {"labels": np.array(labels), "text": classifier.label_embeddings, "scale": np.float32(classifier.logit_scale)}
     for name in STYLES:
         style = {"training": shapes.TRAINING, "shifted": shapes.SHIFTED, "outline": shapes.OUTLINE,
                  "noisy": shapes.NOISY}[name]

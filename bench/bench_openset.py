@@ -88,7 +88,7 @@ def encode(folders: dict[str, Path]):
 
 def method_scores(clf, wrapped, x) -> dict[str, np.ndarray]:
     """Higher: more likely none of the labels."""
-    cos = x @ clf.class_embeddings.T
+    cos = x @ clf.label_embeddings.T
     neg = x @ wrapped.negative_embeddings.T
     s = clf.logit_scale
     label_mass = np.exp(s * cos).sum(axis=1)
@@ -113,7 +113,7 @@ def main() -> None:
     default = default_threshold("softmax")
     for draw in range(DRAWS):
         chosen = sorted(random.Random(draw).sample(range(len(names)), 24))
-        clf = ZeroShotClassifier([names[i] for i in chosen], everything.class_embeddings[chosen],
+        clf = ZeroShotClassifier([names[i] for i in chosen], everything.label_embeddings[chosen],
                                  everything.logit_scale)
         wrapped = wrap(clf, words, OpenSetOptions(True))
         for style in STYLES:
@@ -167,8 +167,8 @@ def variants(features, targets, names, everything, words) -> None:
             draws = []
             for draw in range(DRAWS):
                 chosen = sorted(random.Random(draw).sample(range(len(names)), 24))
-                labels = everything.class_embeddings[chosen]
-                negatives = mine_negatives(words.labels, words.class_embeddings, labels, keep)[1]
+                labels = everything.label_embeddings[chosen]
+                negatives = mine_negatives(words.labels, words.label_embeddings, labels, keep)[1]
 
                 def margin(x):
                     top = np.sort(x @ negatives.T, axis=1)[:, -best:].mean(axis=1)

@@ -80,7 +80,7 @@ def template_choice() -> None:
         features /= np.linalg.norm(features, axis=1, keepdims=True)
         truth = np.array(truth)
         for templates in ("imagenet", "imagenet-7", "simple", "raw"):
-            queries = zero_shot_classifier(loaded, labels, templates, use_cache=False).class_embeddings
+            queries = zero_shot_classifier(loaded, labels, templates, use_cache=False).label_embeddings
             scores = features @ queries.T
             ap = [average_precision_score(truth == q, scores[:, q]) for q in range(len(labels))]
             top5 = np.mean([(truth[np.argsort(-scores[:, q])[:5]] == q).mean() for q in range(len(labels))])

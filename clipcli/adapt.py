@@ -116,14 +116,14 @@ def _step(x: np.ndarray, anchored: list[np.ndarray], mu, var, log_prior):
     return blocks, sums, counts
 
 
-def adapt_logits(features, class_embeddings, logits, settings: AdaptSettings = AdaptSettings(),
+def adapt_logits(features, label_embeddings, logits, settings: AdaptSettings = AdaptSettings(),
                  warn: bool = True) -> Adaptation:
     """Adapted logits for image features [N, d] (L2-normalised), the scorer's class embeddings [K, d] and its
     logits [N, K] (see the module doc).  Fewer than settings.min_images images: the logits unchanged, with
     one warning (unless warn is False)."""
     settings.check()
     x = as_array(features).astype(np.float32, copy=False)
-    text = as_array(class_embeddings).astype(np.float64)
+    text = as_array(label_embeddings).astype(np.float64)
     logits = as_array(logits).astype(np.float32, copy=False)
     n = 0 if x.ndim != 2 else x.shape[0]
     if x.ndim != 2 or logits.shape != (n, text.shape[0]) or x.shape[1] != text.shape[1]:
@@ -200,14 +200,12 @@ def adapted_scores(scorer, features, score: str = "softmax", settings: AdaptSett
                    warn: bool = True) -> tuple[np.ndarray, Adaptation]:
     """A scorer's scores [N, labels] for features [N, d], adapted over all of them: softmax of the adapted
     logits, or (sigmoid) each label's sigmoid with the logit bias.  Returns the scores and the Adaptation."""
-    from .scoring import label_embeddings
     from .vectors import sigmoid, softmax
 
     scorer.check_score(score)
-    base = getattr(scorer, "base", scorer)  # an open-set scorer (--other): its labels' scores are its base's
     x = as_array(features)
-    result = adapt_logits(x, label_embeddings(base), base.logits(x), settings, warn)
+    result = adapt_logits(x, scorer.label_embeddings, scorer.logits(x), settings, warn)
     if score == "sigmoid":
         with np.errstate(over="ignore"):  # exp of a very negative adapted logit: the score is 0, as it should be
-            return sigmoid(result.logits + base.logit_bias), result
+            return sigmoid(result.logits + scorer.logit_bias), result
     return softmax(result.logits), result

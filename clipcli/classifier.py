@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from . import config
 from .cache import PACK_MIN_LABELS, EmbeddingCache
 from .errors import ClipCliWarning, UsageError
-from .labels import Label, clean_labels, require_labels
-from .models import is_text_truncated
+from .labels import Label, as_labels  # noqa: F401 (as_labels: API)
+from .scoring import ScorerBase
 from .templates import TemplateSet, load_template_set, render_template
+from .tokenizer import is_text_truncated
 from .vectors import as_array, l2_normalize, sigmoid, softmax
 
 SCORES = ("softmax", "sigmoid")
@@ -30,18 +31,20 @@ Progress = Callable[[int, int], None]
 
 
 @dataclass
-class ZeroShotClassifier:
+class ZeroShotClassifier(ScorerBase):
+    """The labels' class embeddings and the model's logit scale (and bias): a `scoring.Scorer`."""
+
     labels: list[str]
-    class_embeddings: np.ndarray  # [labels, dim], L2-normalised, float32
+    label_embeddings: np.ndarray  # [labels, dim] class embeddings, L2-normalised, float32
     logit_scale: float
     logit_bias: float | None = None
 
     def __post_init__(self) -> None:
-        self.class_embeddings = as_array(self.class_embeddings)
+        self.label_embeddings = as_array(self.label_embeddings)
 
     def logits(self, image_features) -> np.ndarray:
         """image_features: L2-normalised [N, dim]."""
-        return self.logit_scale * (as_array(image_features) @ self.class_embeddings.T)
+        return self.logit_scale * (as_array(image_features) @ self.label_embeddings.T)
 
     def check_score(self, score: str) -> None:
         if score not in SCORES:
@@ -89,8 +92,7 @@ def build_class_embeddings(loaded, labels: list[Label], templates: TemplateSet, 
     if missing:
         prompts = [label_prompts(labels[i], templates) for i in missing]
         flat = [p for group in prompts for p in group]
-        if hasattr(loaded, "expect_texts"):  # the ONNX backend starts its text session while the tokenizer loads
-            loaded.expect_texts(len(flat))
+        loaded.expect_texts(len(flat))  # the ONNX backend starts its text session while the tokenizer loads
         _warn_truncated(loaded, [labels[i] for i in missing], templates)
         encoded = loaded.encode_texts(flat, progress)
         start = 0
@@ -115,10 +117,6 @@ def build_classifier(loaded, labels: list[Label], templates: TemplateSet, cache:
 def open_cache(loaded, templates: TemplateSet, root) -> EmbeddingCache:
     info = {**loaded.identity, "alias": loaded.spec.alias, "name": loaded.spec.name}  # shown by `clip cache info`
     return EmbeddingCache.for_model(root, loaded.identity_key(), info, templates.templates)
-
-def as_labels(labels: Iterable[str | Label]) -> list[Label]:
-    return require_labels(clean_labels([x if isinstance(x, Label) else Label.plain(str(x).strip()) for x in labels]))
-
 
 def zero_shot_classifier(loaded, labels: Sequence[str | Label], templates: str | TemplateSet,
                          cache_dir: str | None = None, use_cache: bool = True,

@@ -84,8 +84,7 @@ class Encoder:
             yield from ray_batches(loaded, paths, decode.batch_size, limits, settings, progress)
             return
         done = 0
-        if hasattr(loaded, "expect_images"):  # the ONNX backend starts a quicker session for a short run
-            loaded.expect_images(len(paths))
+        loaded.expect_images(len(paths))  # the ONNX backend starts a quicker session for a short run
         for batch in loaded.image_batches(paths, decode.batch_size, decode.workers, limits):
             yield batch.items, (None if batch.pixels is None else as_array(loaded.encode_pixels(batch.pixels)))
             done += len(batch.items)
@@ -173,7 +172,7 @@ def open_encoder(model: ModelOptions, decode: DecodeOptions = DecodeOptions(), e
     way out, also on Ctrl-C).  images: how many the run names, if known; a local ONNX model then starts its
     image session at once, in the background, quick for a short run."""
     loaded = load_model(model, store)
-    start = images is not None and engine.name != "ray" and hasattr(loaded, "expect_images")
+    start = images is not None and engine.name != "ray"
     if store is None:
         if start:
             loaded.expect_images(images)

@@ -25,8 +25,10 @@ from .vectors import as_array
 
 if TYPE_CHECKING:
     from .embeddings import Encoder
-    from .fewshot import FewShotHead
-    from .options import OpenSetOptions
+    from .heads import FewShotHead
+    from .openset import OpenSetScorer
+    from .options import ModelOptions
+    from .run import ScorerChoice
 
 Progress = Callable[[int, int], None]
 
@@ -222,26 +224,22 @@ def head_scorer(head: "FewShotHead", dataset: Dataset) -> tuple[TemplateSet, lis
     return templates, head.labels, [position[name] for name in dataset.class_names]
 
 
-def evaluate(encoder: "Encoder", dataset: Dataset, template_sets: Sequence[TemplateSet], cache_dir: str | None = None,
-             use_cache: bool = True, progress: Progress | None = None, mistakes: int = 12,
-             head: "FewShotHead | None" = None, open_set: "OpenSetOptions | None" = None,
+def evaluate(encoder: "Encoder", dataset: Dataset, choices: Sequence["ScorerChoice"],
+             model: "ModelOptions | None" = None, progress: Progress | None = None, mistakes: int = 12,
              unknown: Sequence[str] = (), adapt: bool = False) -> tuple[list[EvalResult], list[dict]]:
-    """Accuracy of each template set (or of a few-shot head) on the dataset; images are encoded once for all.
-    Every result has its calibration; with `open_set` (--other) or `unknown` images (that belong to no class),
-    its open-set metrics too.  adapt: the scores after a transductive pass over all the dataset's images
-    (`adapt`; the unknown images are not part of it), per template set.
+    """Accuracy of each scorer choice (a template set over the dataset's class names, or a few-shot head) on the
+    dataset; images are encoded once for all.  Every result has its calibration; with the open set on in the
+    choices (--other, or `unknown` images that belong to no class), its open-set metrics too.  adapt: the scores
+    after a transductive pass over all the dataset's images (`adapt`; the unknown images are not part of it), per
+    choice.
 
     Returns the results and the error records of images that could not be read (left out of the metrics)."""
-    from .classifier import zero_shot_classifier
     from .scoring import ranked
 
-    if head is not None:
-        templates, classes, to_scorer = head_scorer(head, dataset)
-        scorers = [(templates, head)]
-    else:
-        scorers = [(t, zero_shot_classifier(encoder.model, dataset.class_names, t, cache_dir, use_cache))
-                   for t in template_sets]
-        classes, to_scorer = dataset.class_names, list(range(len(dataset.class_names)))
+    scorers = [(choice, choice.for_model(encoder.model, model),
+                head_scorer(choice.head, dataset) if choice.head is not None else
+                (choice.template_set, dataset.class_names, list(range(len(dataset.class_names)))))
+               for choice in choices]
     kept, stacked, errors = encode_dataset(encoder, dataset.paths, progress)
     if stacked is None:
         return [], errors
@@ -249,9 +247,9 @@ def evaluate(encoder: "Encoder", dataset: Dataset, template_sets: Sequence[Templ
     if unknown:
         _, unknown_features, unknown_errors = encode_dataset(encoder, unknown)
         errors += unknown_errors
-    targets = [to_scorer[dataset.targets[i]] for i in kept]
     results = []
-    for number, (template_set, scorer) in enumerate(scorers):
+    for number, (choice, scorer, (templates, classes, to_scorer)) in enumerate(scorers):
+        targets = [to_scorer[dataset.targets[i]] for i in kept]
         adaptation = None
         if adapt:
             from .adapt import adapted_scores
@@ -266,11 +264,10 @@ def evaluate(encoder: "Encoder", dataset: Dataset, template_sets: Sequence[Templ
         top_wrong = [{"path": display_path(dataset.paths[kept[row]]), "true": classes[targets[row]],
                       "predicted": classes[predicted], "confidence": confidence}
                      for confidence, row, predicted in sorted(wrong, reverse=True)[:mistakes]]
-        result = EvalResult(template_set, compute_metrics(targets, top, classes), top_wrong)
+        result = EvalResult(templates, compute_metrics(targets, top, classes), top_wrong)
         result.calibration = calibration_of(probabilities, targets)
-        if open_set is not None or unknown:
-            result.open_set = open_set_of(encoder, scorer, stacked, unknown_features, targets, top, open_set,
-                                          cache_dir, use_cache)
+        if choice.open_set.enabled:
+            result.open_set = open_set_of(scorer, stacked, unknown_features, targets, top)
         if adaptation is not None:
             result.adapt = adaptation.as_header(classes)
         results.append(result)
@@ -287,15 +284,11 @@ def calibration_of(probabilities: np.ndarray, targets: Sequence[int]) -> dict:
             "reliability": reliability(confidence, correct, BINS)}
 
 
-def open_set_of(encoder, scorer, known, unknown, targets, top, options, cache_dir, use_cache) -> dict:
-    """The open-set metrics of `scorer` with the --other rule, on the known (and unknown) images."""
+def open_set_of(scorer: "OpenSetScorer", known, unknown, targets, top) -> dict:
+    """The open-set metrics of a scorer with the --other rule, on the known (and unknown) images."""
     from .calibration import open_set_metrics
-    from .openset import open_set_scorer
-    from .options import OpenSetOptions
 
-    options = OpenSetOptions(True, *(() if options is None else (options.label, options.threshold)))
-    wrapped = open_set_scorer(scorer, encoder.model, options, "softmax", cache_dir, use_cache)
     correct = [order[0] == truth for order, truth in zip(top, targets)]
-    metrics = open_set_metrics(wrapped.other_scores(known),
-                               wrapped.other_scores(unknown) if unknown is not None else [], correct, wrapped.threshold)
-    return {"label": wrapped.label, "negatives": len(wrapped.negatives), **metrics}
+    metrics = open_set_metrics(scorer.other_scores(known), scorer.other_scores(unknown) if unknown is not None else [],
+                               correct, scorer.threshold)
+    return {"label": scorer.label, "negatives": len(scorer.negatives), **metrics}

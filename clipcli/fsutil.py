@@ -10,8 +10,9 @@ import os
 import stat
 import tempfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO, Iterator
 
 from .errors import OutputPathError, WriteError
 
@@ -203,3 +204,53 @@ def check_output_dir(path: str | os.PathLike, option: str) -> None:
         existing = existing.parent
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputPathError(f"{option} {target}: folder {existing} is not writable")
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[IO[str]]:
+    """Write to a temporary file beside `path` and rename it over `path` only on success.
+
+    If the block is interrupted (KeyboardInterrupt), the complete records written
+    so far are kept as `path.partial` and `path` itself is left untouched; on any
+    other error the temporary file is removed.  A full or failing disk raises WriteError naming `path`.
+    """
+    target = Path(path)
+    try:
+        if target.exists() and not target.is_file():  # /dev/null, a FIFO: nothing to replace, write straight in
+            with open(target, "w", encoding="utf-8", newline="") as stream:
+                yield stream
+        else:
+            with _replacing(target) as stream:
+                yield stream
+    except OSError as exc:
+        error = disk_error(exc, target)
+        if error is None:
+            raise
+        raise error from None
+
+
+@contextmanager
+def _replacing(target: Path) -> Iterator[IO[str]]:
+    """A temporary file that replaces `target` when the block ends well; removed (or kept as `.partial` on
+    Ctrl-C) on every other way out, even when closing it fails on a full disk."""
+    fd, temp_name = temp_beside(target)  # mode as a plain write under the umask would give, not mkstemp's 0600
+    stream = os.fdopen(fd, "w", encoding="utf-8", newline="")
+    try:
+        yield stream
+        stream.close()
+        os.replace(temp_name, target)
+    except KeyboardInterrupt:
+        _close(stream)
+        os.replace(temp_name, f"{target}.partial")
+        raise
+    finally:
+        _close(stream)
+        Path(temp_name).unlink(missing_ok=True)
+
+
+def _close(stream: IO[str]) -> None:
+    """Close a stream whose last write may fail (a full disk): the file is closed either way."""
+    try:
+        stream.close()
+    except OSError:
+        pass

@@ -149,6 +149,16 @@ def read_image(path: str, max_megapixels: float | None = None, min_size: int | N
         still >= min_size (Pillow's draft mode), which is much faster for photos.
         Without it, only JPEGs above HUGE_MEGAPIXELS are decoded reduced (to bound memory).
     """
+    return _read(path, None, max_megapixels, min_size)
+
+
+def read_image_bytes(name: str, data: bytes, max_megapixels: float | None = None, min_size: int | None = None):
+    """read_image for an image held in memory (an upload): the same checks and decoding, nothing written to disk;
+    errors name `name`."""
+    return _read(name, io.BytesIO(data), max_megapixels, min_size)
+
+
+def _read(path: str, source, max_megapixels: float | None, min_size: int | None):
     from PIL import Image
 
     from . import remote
@@ -156,7 +166,7 @@ def read_image(path: str, max_megapixels: float | None = None, min_size: int | N
     if max_megapixels is not None:
         Image.MAX_IMAGE_PIXELS = None  # our own limit (below) replaces Pillow's fixed one
     try:
-        with Image.open(_open_source(path)) as image:
+        with Image.open(_open_source(path) if source is None else source) as image:
             _check_pixels(path, image, max_megapixels)
             width, height = image.size
             orientation = image.getexif().get(EXIF_ORIENTATION)
@@ -174,7 +184,7 @@ def read_image(path: str, max_megapixels: float | None = None, min_size: int | N
     except IsADirectoryError:
         raise _folder_error(path) from None
     except FileNotFoundError:
-        if not remote.is_remote(path) and os.path.islink(path):
+        if source is None and not remote.is_remote(path) and os.path.islink(path):
             raise ImageReadError(path, f"broken symlink (points to {os.readlink(path)})", "broken_symlink") from None
         raise ImageReadError(path, "file not found", "not_found") from None
     except Exception as exc:  # Pillow raises many types for bad data; all of them mean "this file"
@@ -239,3 +249,21 @@ def _to_upright_rgb(image, orientation: int | None):
         image = Image.alpha_composite(background, rgba)
     return image if image.mode == "RGB" else image.convert("RGB")
 
+
+
+def find_images(inputs: Iterable[str], recursive: bool = True, files_from: str | None = None) -> list[str]:
+    """Every image the inputs name (files, folders, globs, object storage) and, with files_from, the paths listed in
+    that file (- for standard input); a one-line InputError when they name none."""
+    named = list(inputs or [])
+    if files_from is not None:
+        listed = read_path_list(files_from)
+        if not listed and not named:
+            where = "standard input" if files_from == "-" else files_from
+            raise InputError(f"--files-from {files_from}: {where} holds no paths (one path per line)")
+        named += listed
+    if not named:
+        raise InputError("no images given; name files or folders, or use --files-from FILE (- for stdin)")
+    paths = discover(named, recursive=recursive)
+    if not paths:
+        raise InputError(f"no images found in {', '.join(named[:3])}{' ...' if len(named) > 3 else ''}")
+    return paths

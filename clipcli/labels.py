@@ -11,6 +11,7 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Sequence
 
 from .errors import ClipCliWarning, LabelError, yaml_error_message
 from .fsutil import parse_yaml, read_config_text, reason, yaml_text
@@ -111,3 +112,15 @@ def require_labels(labels: list[Label]) -> list[Label]:
     if not labels:
         raise LabelError('no labels given; use --labels "cat,dog" or --labels-file labels.txt')
     return labels
+
+
+def as_labels(labels: Iterable[str | Label]) -> list[Label]:
+    """Labels from texts (or Labels), cleaned (blank and duplicate ones dropped, with a warning); one line when none
+    is left."""
+    return require_labels(clean_labels([x if isinstance(x, Label) else Label.plain(str(x).strip()) for x in labels]))
+
+
+def check_other_label(label: str, labels: Sequence[str]) -> None:
+    """--other-label must not be one of the labels (its name and threshold are checked by `OpenSetOptions`)."""
+    if any(label.casefold() == existing.casefold() for existing in labels):
+        raise LabelError(f"--other-label {label!r} is one of the labels; pick another name with --other-label")

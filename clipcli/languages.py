@@ -40,7 +40,7 @@ def scripts_of(text: str) -> list[str]:
 
 def english_only(loaded) -> bool:
     """Whether the model reads text with OpenAI's English CLIP BPE (judged from its identity: no torch needed)."""
-    return (getattr(loaded, "identity", None) or {}).get("tokenizer") in ENGLISH_ONLY_TOKENIZERS
+    return loaded.identity.get("tokenizer") in ENGLISH_ONLY_TOKENIZERS
 
 
 def warn_unsupported_script(loaded, texts: Iterable[str]) -> None:

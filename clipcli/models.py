@@ -92,6 +92,12 @@ class LoadedModel:
     identity: dict = field(default_factory=dict)
     load_args: dict = field(default_factory=dict)  # how to load this model again elsewhere (a Ray worker)
 
+    def expect_images(self, count: int) -> None:
+        """How many images the run will encode: the ONNX backend starts its session early; torch has nothing to do."""
+
+    def expect_texts(self, count: int) -> None:
+        """How many prompts are about to be encoded (likewise)."""
+
     @property
     def cast_dtype(self):
         import torch
@@ -418,20 +424,6 @@ def _hf_weights_fingerprint(spec: ModelSpec, weights_dir: str | None) -> str | N
 
 def _first_line(text: str) -> str:
     return (text.strip().splitlines() or ["unknown error"])[0][:300]
-
-
-def is_text_truncated(tokenizer, text: str) -> bool:
-    """True when a prompt is longer than the tokenizer's context (the tokenizer cuts it silently)."""
-    encode = getattr(tokenizer, "encode", None)
-    context = getattr(tokenizer, "context_length", None)
-    if encode is None or context is None:
-        return False
-    if len(text.encode("utf-8")) + 2 <= context:  # byte-level BPE: never more tokens than bytes
-        return False
-    try:
-        return len(encode(text)) + 2 > context  # + start and end tokens
-    except Exception:
-        return False
 
 
 def _is_cached(cfg: dict, weights_dir: str | None) -> bool:

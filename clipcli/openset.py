@@ -14,9 +14,10 @@ Chosen by measurement over the raw-cosine threshold, the softmax maximum and Neg
 (bench/bench_openset.py, bench/RESULTS.md): a raw cosine has no threshold that carries from one model to another,
 while the margin to the best negative does.
 
-A scorer wrapper gives any scorer (zero-shot classifier, few-shot head) the same rule: `OpenSetScorer` keeps the
-scorer contract (`labels`, `check_score`, `scores`) and adds `other_scores(features)`, which `scoring` reads to
-put `{"label": "other", "score": s}` first in the record of an image judged to be none of the labels.
+A scorer wrapper gives any scorer (zero-shot classifier, few-shot head) the same rule: `OpenSetScorer` is a
+`scoring.Scorer` whose labels, embeddings and scores are its base's; through the contract's hooks it puts
+`{"label": "other", "score": s}` first in the record of an image judged to be none of the labels (`leading`) and
+describes the rule in the run's header (`header`).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import UsageError
+from .labels import check_other_label
 from .options import OpenSetOptions
-from .scoring import label_embeddings as scorer_text  # the parameters below are named label_embeddings
+from .scoring import Scorer
 from .vectors import as_array
 
 VOCABULARY = "negatives.txt"
@@ -77,9 +79,9 @@ def other_confidence(features, label_embeddings, negative_embeddings, logit_scal
 
 @dataclass
 class OpenSetScorer:
-    """A scorer with an `other` answer: same labels and scores as `base`, plus `other_scores(features)`."""
+    """A scorer with an `other` answer: the labels and scores of `base`, and `other` first where it wins."""
 
-    base: object
+    base: Scorer
     negatives: list[str]
     negative_embeddings: np.ndarray
     label: str = "other"
@@ -90,8 +92,19 @@ class OpenSetScorer:
         return self.base.labels
 
     @property
+    def label_embeddings(self) -> np.ndarray:
+        return self.base.label_embeddings
+
+    @property
     def logit_scale(self) -> float:
         return float(self.base.logit_scale)
+
+    @property
+    def logit_bias(self) -> float | None:
+        return self.base.logit_bias
+
+    def logits(self, features) -> np.ndarray:
+        return self.base.logits(features)
 
     def check_score(self, score: str) -> None:
         self.base.check_score(score)
@@ -100,33 +113,28 @@ class OpenSetScorer:
         return self.base.scores(features, score)
 
     def other_scores(self, features) -> np.ndarray:
-        return other_confidence(features, scorer_text(self.base), self.negative_embeddings, self.logit_scale)
+        """s per image (see the module doc)."""
+        return other_confidence(features, self.label_embeddings, self.negative_embeddings, self.logit_scale)
 
-    def is_other(self, confidence) -> np.ndarray:
-        return np.asarray(confidence) >= self.threshold
+    def leading(self, features) -> list[dict | None]:
+        return [{"label": self.label, "score": s} if s >= self.threshold else None
+                for s in self.other_scores(features).tolist()]
 
     def describe(self) -> dict:
-        """For the JSON header of a run."""
         return {"label": self.label, "threshold": self.threshold, "method": "negative labels",
                 "negatives": len(self.negatives)}
 
-
-def check_other_label(label: str, labels: Sequence[str]) -> None:
-    if not label.strip():
-        raise UsageError("--other-label needs a name")
-    if any(label.casefold() == existing.casefold() for existing in labels):
-        raise UsageError(f"--other-label {label!r} is one of the labels; pick another name with --other-label")
+    def header(self) -> dict:
+        return {**self.base.header(), "other": self.describe()}
 
 
 def wrap(scorer, vocabulary_classifier, options: OpenSetOptions, score: str = "softmax") -> OpenSetScorer:
     """`scorer` with the open-set rule; `vocabulary_classifier` holds the encoded vocabulary (`labels`,
-    `class_embeddings`), as `vocabulary_scorer` builds it."""
+    `label_embeddings`), as `vocabulary_scorer` builds it."""
     check_other_label(options.label, scorer.labels)
-    words, vectors = mine_negatives(vocabulary_classifier.labels, vocabulary_classifier.class_embeddings,
-                                    scorer_text(scorer), KEEP, exclude=scorer.labels)
+    words, vectors = mine_negatives(vocabulary_classifier.labels, vocabulary_classifier.label_embeddings,
+                                    scorer.label_embeddings, KEEP, exclude=scorer.labels)
     threshold = default_threshold(score) if options.threshold is None else options.threshold
-    if not 0.0 <= threshold <= 1.0:
-        raise UsageError("--other-threshold takes a number from 0 to 1")
     return OpenSetScorer(scorer, words, vectors, options.label, threshold)
 
 
@@ -141,7 +149,8 @@ def vocabulary_scorer(loaded, cache_dir: str | None = None, use_cache: bool = Tr
 def cached_vocabulary(scoring: dict, root):
     """The encoded vocabulary from the class-embedding cache alone (no model), for stored embeddings; None
     when it was never encoded with this model."""
-    from .classifier import as_labels, cached_classifier
+    from .classifier import cached_classifier
+    from .labels import as_labels
     from .templates import load_template_set
 
     return cached_classifier(scoring, as_labels(vocabulary()), load_template_set(NEGATIVE_TEMPLATES), root)

@@ -3,13 +3,29 @@
 The command line builds each of them in one place (`cli/options.py`) and hands it down whole; a library
 function takes the objects it needs, never a list of loose values.  Adding an option is a change to one
 of these classes, one parser line, and the code that uses it.
+
+Each object checks its own values when it is made (one place per option, before any slow work): a bad value
+is a one-line `UsageError` naming the option as the command line spells it.  Checks that need more than one
+object (an `--other-label` that is one of the labels) are the run's (`run.ClassifyRun`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import config
+from .errors import LabelError, UsageError
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")  # int8: ONNX Runtime only (see backends)
+ENGINES = ("local", "ray")
+SCORES = ("softmax", "sigmoid")
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise UsageError(f"unknown {name} {value!r}; use one of {', '.join(choices)}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -24,6 +40,9 @@ class ModelOptions:
     weights_dir: str | None = None  # None: $CLIPCLI_WEIGHTS_DIR, else Hugging Face's own cache
     cache_dir: str | None = None  # class embeddings and ONNX exports; None: $CLIPCLI_CACHE_DIR or the user cache
     use_cache: bool = True  # read and write cached class embeddings
+
+    def __post_init__(self) -> None:
+        check_choice("--precision", self.precision, PRECISIONS)
 
 
 @dataclass(frozen=True)
@@ -44,6 +63,11 @@ class EngineOptions:
     address: str | None = None  # Ray: None starts a local Ray with this machine's cores; "auto" joins one
     gpus_per_worker: float = 0.0  # Ray: GPUs per encoder actor (DecodeOptions.workers counts the actors)
 
+    def __post_init__(self) -> None:
+        check_choice("--engine", self.name, ENGINES)
+        if self.name != "ray" and (self.address or self.gpus_per_worker):
+            raise UsageError("--ray-address and --gpus-per-worker go with --engine ray")
+
 
 @dataclass(frozen=True)
 class ScoreOptions:
@@ -53,6 +77,11 @@ class ScoreOptions:
     top_k: int = 5  # 0: every label
     adapt: bool = False  # transductive pass over all images of the run before any record (clipcli.adapt)
 
+    def __post_init__(self) -> None:
+        check_choice("--score", self.score, SCORES)
+        if self.top_k < 0:
+            raise UsageError("--top-k takes a whole number >= 0 (0: every label)")
+
 
 @dataclass(frozen=True)
 class OpenSetOptions:
@@ -61,6 +90,31 @@ class OpenSetOptions:
     enabled: bool = False
     label: str = "other"
     threshold: float | None = None  # None: the default of the score kind (openset.DEFAULT_THRESHOLDS)
+
+    def __post_init__(self) -> None:
+        if not self.enabled and (self.label != "other" or self.threshold is not None):
+            raise UsageError("--other-label and --other-threshold go with --other")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise UsageError("--other-threshold takes a number from 0 to 1")
+        if not self.label.strip():
+            raise UsageError("--other-label needs a name")
+        object.__setattr__(self, "label", self.label.strip())
+
+
+@dataclass(frozen=True)
+class LabelOptions:
+    """What images are scored into: labels put through a template set, or a few-shot head (which brings its own
+    labels and templates)."""
+
+    labels: tuple | None = None  # str or labels.Label each; None with a head
+    templates: object = None  # a bundled set's name, a YAML file or a TemplateSet; None: $CLIPCLI_TEMPLATES or imagenet
+    head: Path | None = None  # a head file from `clip fit`
+
+    def __post_init__(self) -> None:
+        if self.head is not None and self.labels is not None:
+            raise LabelError("--head brings its own labels; leave out --labels / --labels-file")
+        if self.labels is not None:
+            object.__setattr__(self, "labels", tuple(self.labels))
 
 # `clip dupes`: the embedding cosine from which two images are copies (see search.py; measured in
 # bench/bench_search.py).  Here, in a module without numpy, so the help can state it.

@@ -12,12 +12,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-from contextlib import contextmanager
-from pathlib import Path
-from typing import IO, Iterator, Sequence
+from typing import IO, Sequence
 
-from .fsutil import disk_error, temp_beside
+from .fsutil import atomic_output  # noqa: F401 (its home is fsutil: every atomic write is there)
 
 FORMATS = ("table", "json", "jsonl", "csv")
 CSV_COLUMNS = ("path", "rank", "label", "score", "error_type", "error_message")
@@ -125,53 +122,3 @@ def read_csv_records(text: str) -> list[dict]:
         if not row["error_type"]:
             records[-1]["predictions"].append({"label": row["label"], "score": float(row["score"])})
     return records
-
-
-@contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[IO[str]]:
-    """Write to a temporary file beside `path` and rename it over `path` only on success.
-
-    If the block is interrupted (KeyboardInterrupt), the complete records written
-    so far are kept as `path.partial` and `path` itself is left untouched; on any
-    other error the temporary file is removed.  A full or failing disk raises WriteError naming `path`.
-    """
-    target = Path(path)
-    try:
-        if target.exists() and not target.is_file():  # /dev/null, a FIFO: nothing to replace, write straight in
-            with open(target, "w", encoding="utf-8", newline="") as stream:
-                yield stream
-        else:
-            with _replacing(target) as stream:
-                yield stream
-    except OSError as exc:
-        error = disk_error(exc, target)
-        if error is None:
-            raise
-        raise error from None
-
-
-@contextmanager
-def _replacing(target: Path) -> Iterator[IO[str]]:
-    """A temporary file that replaces `target` when the block ends well; removed (or kept as `.partial` on
-    Ctrl-C) on every other way out, even when closing it fails on a full disk."""
-    fd, temp_name = temp_beside(target)  # mode as a plain write under the umask would give, not mkstemp's 0600
-    stream = os.fdopen(fd, "w", encoding="utf-8", newline="")
-    try:
-        yield stream
-        stream.close()
-        os.replace(temp_name, target)
-    except KeyboardInterrupt:
-        _close(stream)
-        os.replace(temp_name, f"{target}.partial")
-        raise
-    finally:
-        _close(stream)
-        Path(temp_name).unlink(missing_ok=True)
-
-
-def _close(stream: IO[str]) -> None:
-    """Close a stream whose last write may fail (a full disk): the file is closed either way."""
-    try:
-        stream.close()
-    except OSError:
-        pass

@@ -1,14 +1,15 @@
-"""From a scorer's scores to records (numpy only): ranking, one record per image, streamed.
+"""Scorers and their records (numpy only): the `Scorer` contract, ranking, one record per image, streamed.
 
-A scorer is anything with `labels`, `check_score(score)` and `scores(features, score)` -> [N, labels]:
-the zero-shot classifier (`classifier`) or a few-shot head (`fewshot`).  With `options.adapt` the records
-come after every feature of the run is known (a transductive pass, `adapt`), in input order, errors in place;
-`on_adapt(header)` hears what the pass did before the first record.
+Every scorer honours `Scorer`: the zero-shot classifier (`classifier`), a few-shot head (`heads`) and the open-set
+wrapper (`openset`).  Callers never ask what kind of scorer they hold: what a scorer adds to a run's header and to
+a record (the open set's "other", put first) comes through the contract's own hooks.  With `options.adapt` the
+records come after every feature of the run is known (a transductive pass, `adapt`), in input order, errors in
+place; `on_adapt(header)` hears what the pass did before the first record.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -19,15 +20,38 @@ from .results import error_record, prediction_record
 from .vectors import as_array
 
 
-def label_embeddings(scorer) -> np.ndarray:
-    """The text embeddings of a scorer's labels [labels, dim]: a zero-shot classifier's class embeddings, a
-    few-shot head's text (what --other and --adapt compare images with)."""
-    from .errors import UsageError
+class Scorer(Protocol):
+    """L2-normalised image features [N, dim] in, scores [N, labels] out."""
 
-    for name in ("class_embeddings", "text"):
-        if getattr(scorer, name, None) is not None:
-            return as_array(getattr(scorer, name))
-    raise UsageError("this scorer has no text embeddings of its labels (needed by --other and --adapt)")
+    labels: list[str]
+    label_embeddings: np.ndarray  # [labels, dim]: the labels' text embeddings (what --other and --adapt compare with)
+    logit_scale: float
+    logit_bias: float | None  # None: no sigmoid scores (models trained with a softmax loss)
+
+    def logits(self, features) -> np.ndarray:
+        """[N, labels] logits, before softmax or sigmoid."""
+
+    def check_score(self, score: str) -> None:
+        """A one-line UsageError when this scorer cannot give `score` (softmax or sigmoid) scores."""
+
+    def scores(self, features, score: str = "softmax") -> np.ndarray:
+        """[N, labels] scores of the kind asked."""
+
+    def header(self) -> dict:
+        """What the scorer adds to a run's header ({} for none)."""
+
+    def leading(self, features) -> list[dict | None]:
+        """Per image, a prediction put before the ranked labels in its record (the open set's "other"), or None."""
+
+
+class ScorerBase:
+    """The hooks of `Scorer` for a scorer that adds nothing to headers and records."""
+
+    def header(self) -> dict:
+        return {}
+
+    def leading(self, features) -> list[dict | None]:
+        return [None] * len(features)
 
 
 def ranked(scores: np.ndarray, top_k: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -46,56 +70,56 @@ def ranked(scores: np.ndarray, top_k: int = 0) -> tuple[np.ndarray, np.ndarray]:
 OnAdapt = Callable[[dict], None]
 
 
-def score_records(scorer, items: Sequence[BatchItem], features, options: ScoreOptions = ScoreOptions(),
+def score_records(scorer: Scorer, items: Sequence[BatchItem], features, options: ScoreOptions = ScoreOptions(),
                   scores=None) -> Iterator[dict]:
     """One record per item, in order: ranked predictions, or the item's error (scores: precomputed, one row
     per readable item)."""
     rows = iter(())
-    others = getattr(scorer, "other_scores", None)  # an open-set scorer (openset): `other` first when it is
     if scores is None and features is not None:
         scores = scorer.scores(features, options.score)
     if scores is not None:
         values, indexes = ranked(as_array(scores), options.top_k)
-        confidence = others(features).tolist() if others else [None] * len(values)
-        rows = zip(values.tolist(), indexes.tolist(), confidence)
+        leading = [None] * len(values) if features is None else scorer.leading(features)
+        rows = zip(values.tolist(), indexes.tolist(), leading)
     labels = scorer.labels
     for item in items:
         path = display_path(item.path)
         if item.error:
             yield error_record(path, *item.error)
         else:
-            values, indexes, other = next(rows)
+            values, indexes, first = next(rows)
             record = prediction_record(path, [labels[i] for i in indexes], values)
-            if other is not None and scorer.is_other(other):
-                record["predictions"].insert(0, {"label": scorer.label, "score": float(other)})
+            if first is not None:
+                record["predictions"].insert(0, first)
             yield record
 
 
-def classify_store(scorer, store, options: ScoreOptions = ScoreOptions(), progress: Callable[[int, int], None] | None = None,
-                   rows: int = 8192, on_adapt: OnAdapt | None = None) -> Iterator[dict]:
-    """Every image in the store, scored from its stored embedding (nothing is decoded or encoded), read row group
-    by row group: memory does not grow with the store (except with options.adapt, which holds every embedding)."""
-    scorer.check_score(options.score)
+def store_batches(store, progress: Callable[[int, int], None] | None = None,
+                  rows: int = 8192) -> Iterator[tuple[list[BatchItem], np.ndarray | None]]:
+    """Every image in the store as (items, features of the readable ones) batches, read row group by row group:
+    memory does not grow with the store."""
     done, total = 0, store.rows
-
-    def groups():
-        nonlocal done
-        for paths, vectors, errors in store.iter_embeddings(rows):
-            bad = {row: (kind, message) for row, kind, message in errors}
-            items = [BatchItem(path, bad.get(row)) for row, path in enumerate(paths)]
-            keep = np.array([row not in bad for row in range(len(paths))], dtype=bool)
-            yield items, (vectors[keep] if bad else vectors) if keep.any() else None
-            done += len(items)
-            if progress is not None:
-                progress(done, total)
-
-    yield from batch_records(scorer, groups(), options, on_adapt)
+    for paths, vectors, errors in store.iter_embeddings(rows):
+        bad = {row: (kind, message) for row, kind, message in errors}
+        items = [BatchItem(path, bad.get(row)) for row, path in enumerate(paths)]
+        keep = np.array([row not in bad for row in range(len(paths))], dtype=bool)
+        yield items, (vectors[keep] if bad else vectors) if keep.any() else None
+        done += len(items)
+        if progress is not None:
+            progress(done, total)
 
 
-def batch_records(scorer, batches: Iterable[tuple[Sequence[BatchItem], object]],
+def classify_store(scorer: Scorer, store, options: ScoreOptions = ScoreOptions(),
+                   progress: Callable[[int, int], None] | None = None, rows: int = 8192,
+                   on_adapt: OnAdapt | None = None) -> Iterator[dict]:
+    """Every image in the store, scored from its stored embedding (nothing is decoded or encoded); memory does
+    not grow with the store (except with options.adapt, which holds every embedding)."""
+    return batch_records(scorer, store_batches(store, progress, rows), options, on_adapt)
+
+
+def batch_records(scorer: Scorer, batches: Iterable[tuple[Sequence[BatchItem], object]],
                   options: ScoreOptions = ScoreOptions(), on_adapt: OnAdapt | None = None) -> Iterator[dict]:
     """Records of (items, features) batches, in order, as each batch comes; with options.adapt, after the last."""
-    scorer.check_score(options.score)
     if options.adapt:
         yield from adapted_records(scorer, batches, options, on_adapt)
         return
@@ -103,7 +127,7 @@ def batch_records(scorer, batches: Iterable[tuple[Sequence[BatchItem], object]],
         yield from score_records(scorer, items, features, options)
 
 
-def adapted_records(scorer, batches: Iterable[tuple[Sequence[BatchItem], object]],
+def adapted_records(scorer: Scorer, batches: Iterable[tuple[Sequence[BatchItem], object]],
                     options: ScoreOptions = ScoreOptions(), on_adapt: OnAdapt | None = None) -> Iterator[dict]:
     """Every batch collected, one transductive pass over all readable images (`adapt.adapted_scores`), then the
     records in input order with errors in place."""

@@ -165,10 +165,10 @@ def text_embedding(text: str, templates, loaded=None, scoring: dict | None = Non
     if scoring is not None and use_cache and cache_root is not None:
         cached = cached_classifier(scoring, labels, templates, cache_root)
         if cached is not None:
-            return cached.class_embeddings[0]
+            return cached.label_embeddings[0]
     if loaded is None:
         return None
-    return zero_shot_classifier(loaded, labels, templates, cache_root, use_cache).class_embeddings[0]
+    return zero_shot_classifier(loaded, labels, templates, cache_root, use_cache).label_embeddings[0]
 
 
 def image_embeddings(paths: Sequence[str], store=None,

@@ -115,3 +115,18 @@ class ClipTokenizer:
                 ids[-1] = self.eot
             result[row, :len(ids)] = ids
         return result
+
+
+def is_text_truncated(tokenizer, text: str) -> bool:
+    """True when a prompt is longer than the tokenizer's context (the tokenizer cuts it silently).  Any tokenizer:
+    this package's, open_clip's or transformers' (those without `encode` or a context length are never judged)."""
+    encode = getattr(tokenizer, "encode", None)
+    context = getattr(tokenizer, "context_length", None)
+    if encode is None or context is None:
+        return False
+    if len(text.encode("utf-8")) + 2 <= context:  # byte-level BPE: never more tokens than bytes
+        return False
+    try:
+        return len(encode(text)) + 2 > context  # + start and end tokens
+    except Exception:
+        return False

@@ -6,10 +6,17 @@ import numpy as np
 
 
 def as_array(features) -> np.ndarray:
-    """float32 numpy from numpy or a torch tensor (on any device)."""
+    """float32 numpy from numpy, lists, or a torch tensor (on any device; converted without importing torch)."""
     if isinstance(features, np.ndarray):
         return features.astype(np.float32, copy=False)
-    return features.detach().float().cpu().numpy()
+    if type(features).__module__.startswith("torch"):
+        return features.detach().float().cpu().numpy()
+    return np.asarray(features, dtype=np.float32)
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, as torch.nn.functional.normalize (norms below 1e-12 count as 1e-12)."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12).astype(x.dtype)
 
 
 def l2_normalize(vectors: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

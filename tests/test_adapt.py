@@ -87,8 +87,8 @@ def test_adapted_posterior_equals_the_dense_reference(demo, sets, monkeypatch):
     x = x[::3]  # 160 images
     monkeypatch.setattr(adapt, "CHUNK_ROWS", 50)  # several chunks
     logits = classifier.logits(x)
-    result = adapt.adapt_logits(x, classifier.class_embeddings, logits, adapt.AdaptSettings(tolerance=0))
-    expected = reference(x, classifier.class_embeddings, logits)
+    result = adapt.adapt_logits(x, classifier.label_embeddings, logits, adapt.AdaptSettings(tolerance=0))
+    expected = reference(x, classifier.label_embeddings, logits)
     got = np.exp(log_softmax(result.logits.astype(np.float64), axis=1))
     assert result.ran and result.steps == 10 and np.abs(got - expected).max() < 2e-3
     assert result.changed == int((got.argmax(1) != logits.argmax(1)).sum())
@@ -103,7 +103,7 @@ def test_gains_on_a_style_the_model_never_saw(demo, sets):
     _, classifier = demo
     x, y = sets["outline"]
     logits = classifier.logits(x)
-    adapted = adapt.adapt_logits(x, classifier.class_embeddings, logits).logits
+    adapted = adapt.adapt_logits(x, classifier.label_embeddings, logits).logits
     zero, after = accuracy(logits, y), accuracy(adapted, y)
     assert zero < 0.4 and after >= zero + 0.05, (zero, after)
 
@@ -120,7 +120,7 @@ def test_never_below_zero_shot_when_only_a_few_labels_occur(demo, sets, style):
         present = rng.choice(len(LABELS24), 2 + draw % 2, replace=False)
         keep = np.isin(y, present)
         logits = classifier.logits(x[keep])
-        result = adapt.adapt_logits(x[keep], classifier.class_embeddings, logits)
+        result = adapt.adapt_logits(x[keep], classifier.label_embeddings, logits)
         assert result.ran
         zero.append(accuracy(logits, y[keep]))
         after.append(accuracy(result.logits, y[keep]))
@@ -147,7 +147,7 @@ def test_sigmoid_scores_move_by_the_same_evidence(demo, sets):
 
     _, classifier = demo
     x, _ = sets["outline"]
-    siglip = ZeroShotClassifier(classifier.labels, classifier.class_embeddings, 10.0, -5.0)
+    siglip = ZeroShotClassifier(classifier.labels, classifier.label_embeddings, 10.0, -5.0)
     sig, result = adapt.adapted_scores(siglip, x, "sigmoid")
     soft, _ = adapt.adapted_scores(siglip, x, "softmax")
     moderate = np.abs(result.logits - 5.0) < 15  # where float32 sigmoids can be inverted

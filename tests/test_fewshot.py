@@ -132,13 +132,13 @@ def demo_features(style, per_label, seed):
 def test_default_head_against_zero_shot(style, strong):
     train_x, train_y, classifier = demo_features(style, 4, seed=11)
     test_x, test_y, _ = demo_features(style, 4, seed=12)
-    zero = fewshot.fit_head(train_x[:0], [], classifier.labels, classifier.class_embeddings,
+    zero = fewshot.fit_head(train_x[:0], [], classifier.labels, classifier.label_embeddings,
                             classifier.logit_scale, "zero-shot")
     zero_acc = fewshot.accuracy(zero, test_x, test_y)
     for k in (1, 4):
         chosen = fewshot.sample_shots(train_y, k, seed=0)
         head = fewshot.fit_head(train_x[chosen], [train_y[i] for i in chosen], classifier.labels,
-                                classifier.class_embeddings, classifier.logit_scale)
+                                classifier.label_embeddings, classifier.logit_scale)
         acc = fewshot.accuracy(head, test_x, test_y)
         if strong:  # at one shot never below a strong zero-shot; with more, cross-validation noise stays small
             assert zero_acc > 0.95 and acc >= zero_acc - (0 if k == 1 else 0.01), (k, acc, zero_acc)

@@ -434,7 +434,7 @@ def test_int8_image_tower_of_siglip2_takes_the_packed_naflex_inputs(hf_dirs, tmp
     model = f"local-dir:{hf_dirs['siglip2']}"
     fp32 = load_backend_model(model, device="cpu", backend="onnx")
     int8 = load_backend_model(model, device="cpu", backend="onnx", precision="int8")
-    assert int8.precision == "int8" and (fp32.directory / "image.int8.onnx").is_file()
+    assert int8.precision == "int8" and (fp32.directory / "image.int8-w7.onnx").is_file()
     rng = np.random.default_rng(3)
     pixels = np.stack([fp32.preprocess(Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)))
                        for shape in ((30, 50, 3), (90, 20, 3), (64, 64, 3))])

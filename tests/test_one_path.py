@@ -284,10 +284,10 @@ def test_library_modules_flow_one_way():
                 found.add((node.module or "").split(".")[0] or next(a.name for a in node.names))
         return found
 
-    scorers = {"classifier", "scoring", "fewshot", "adapt", "evaluate", "api"}
+    scorers = {"classifier", "scoring", "fewshot", "heads", "openset", "adapt", "evaluate", "run", "api"}
     for below in ("store", "images", "remote", "batches", "pipeline", "embeddings", "models", "preprocess"):
         assert not imports(below) & scorers, below
-    assert imports("vectors") == set() and imports("paths") == set() and imports("options") == {"config"}
+    assert imports("vectors") == set() and imports("paths") == set() and imports("options") == {"config", "errors"}
     assert "images" not in imports("remote")
     onnx_imports = {n for n in imports("backends/onnx")}
     assert not onnx_imports & scorers

@@ -1,5 +1,6 @@
 """The batch pipeline: worker and batch-size independence, failures inside workers, Ctrl-C."""
 
+import io
 import json
 import os
 import signal
@@ -67,11 +68,18 @@ def test_reduced_jpeg_decoding_keeps_the_model_input_size(tmp_path):
     assert open_image(str(tmp_path / "big.jpg"), None, None).size == (2000, 1200)
 
 
+IMAGES_NEVER_DONE_IN_TIME = 20_000
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_ctrl_c_stops_quickly_and_leaves_complete_lines(tiny_model, tmp_path, workers):
-    for i in range(300):
-        shapes.draw_pil("red", "circle", size=48, seed=i).save(tmp_path / f"{i:03d}.png")
+    # regression: with 300 images the run could finish before the signal landed on a fast machine (exit 0, not
+    # 130); 20,000 files (copies of one drawing) cannot all be classified in the moment the signal takes
+    drawn = io.BytesIO()
+    shapes.draw_pil("red", "circle", size=48, seed=0).save(drawn, format="PNG")
+    for i in range(IMAGES_NEVER_DONE_IN_TIME):
+        (tmp_path / f"{i:05d}.png").write_bytes(drawn.getvalue())
     command = [sys.executable, "-m", "clipcli", "classify", str(tmp_path), "--model", tiny_model, "--labels",
                "red circle,blue square", "--format", "jsonl", "--batch-size", "1", "--workers", workers,
                "--templates", "simple", "--no-cache"]
@@ -85,6 +93,6 @@ def test_ctrl_c_stops_quickly_and_leaves_complete_lines(tiny_model, tmp_path, wo
     assert time.monotonic() - sent < 3
     assert proc.returncode == 130
     lines = (first + rest).splitlines()
-    assert 1 <= len(lines) < 300
+    assert 1 <= len(lines) < IMAGES_NEVER_DONE_IN_TIME
     assert all(json.loads(line)["predictions"] for line in lines)
     assert "interrupted" in stderr and "Traceback" not in stderr

@@ -241,8 +241,13 @@ def open_rows(store: Path) -> int:
 @pytest.mark.e2e
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_interrupted_embed_resumes_with_every_image_once(tiny_model, tmp_path, sig):
+    # regression: with 240 images the embed could finish before SIGINT landed on a fast machine (exit 0, not
+    # 130); 2,400 cannot all be encoded and committed in the moment the signal takes
     folder = tmp_path / "many"
-    draw(folder, 240, size=32)
+    total = 2400
+    for i, path in enumerate(draw(folder, 16, size=32)):  # 16 drawings, copied: drawing 2,400 takes long
+        for copy in range(1, total // 16):
+            (folder / f"img_{copy * 16 + i:04d}.png").write_bytes(path.read_bytes())
     store = tmp_path / "store"
     command = [sys.executable, "-c", "from clipcli.cli import main; main()", "embed", str(folder), "--store",
                str(store), "--model", tiny_model, "--shard-size", "8", "--batch-size", "8", "--workers", "0", "-q"]
@@ -258,15 +263,15 @@ def test_interrupted_embed_resumes_with_every_image_once(tiny_model, tmp_path, s
     assert process.returncode == (-9 if sig == signal.SIGKILL else 130)
     _, partial = live_table(store)  # the store opens
     done = partial.num_rows
-    assert 0 < done < 240, done
+    assert 0 < done < total, done
     assert len(set(partial.column("path").to_pylist())) == done
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
-    assert f"{done} already stored, {240 - done} encoded" in rerun.stderr
+    assert f"{done} already stored, {total - done} encoded" in rerun.stderr
     _, table = live_table(store)
     paths = table.column("path").to_pylist()
-    assert len(paths) == 240 and sorted(paths) == sorted(os.path.realpath(p) for p in folder.iterdir())
-    assert pq.read_table(store / "shards").num_rows == 240  # left-overs of the killed commit are gone
+    assert len(paths) == total and sorted(paths) == sorted(os.path.realpath(p) for p in folder.iterdir())
+    assert pq.read_table(store / "shards").num_rows == total  # left-overs of the killed commit are gone
 
 
 def test_output_paths_checked_before_the_model_loads(tmp_path, folder):

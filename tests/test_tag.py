@@ -607,6 +607,9 @@ def test_tag_through_a_store(photos, tmp_path):
     result, again = tag(photos, "-l", LABELS, "--store", store)  # embeddings read back from the store
     assert result.exit_code == 0 and chosen(again) == chosen(first)
     assert {r["operation"] for r in again["results"]} == {"create"}
+    listed, whole = tag("-l", LABELS, "--store", store, "-n")  # no inputs: every image the store holds
+    assert listed.exit_code == 0 and chosen(whole) == chosen(first)
+    assert {r["operation"] for r in whole["results"]} == {"unchanged"}
     journals = list(tmp_path.glob("clip-tag-*.jsonl"))  # the default journal: in the current folder
     assert len(journals) == 1 and f"clip tag --undo {journals[0].name}" in result.stderr
     assert cli("tag", "--undo", journals[0]).exit_code == 0 and not list(photos.glob("*.xmp"))

@@ -7,7 +7,7 @@ import sys
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from . import cache, classify, compare, embed, evaluate, fit, models, search, sort, store, tag, templates
+from . import cache, classify, compare, embed, evaluate, fit, models, search, serve, sort, store, tag, templates
 
 EXIT_PARSE = 2
 # The parser's own exceptions (Typer vendors click in newer versions: take them from Typer itself).
@@ -63,7 +63,7 @@ class Readable:
         return code
 
 
-class Group(Readable, TyperGroup):
+class CommandGroup(Readable, TyperGroup):
     pass
 
 
@@ -81,7 +81,7 @@ def _version(value: bool) -> None:
 
 app = typer.Typer(
     name="clip",
-    cls=Group,
+    cls=CommandGroup,
     help="Zero-shot image classification with CLIP models: label images with words you choose, no training.",
     no_args_is_help=True,
     add_completion=False,
@@ -108,14 +108,15 @@ EXAMPLES = {
     "templates": "clip templates food",
     "search": "clip search 'a red bicycle' --store photos.store -k 20",
     "dupes": "clip dupes --store photos.store -f csv -o dupes.csv",
+    "serve": "clip serve --model demo --port 8000",
 }
 for name, command in (("classify", classify.classify), ("embed", embed.embed), ("eval", evaluate.evaluate),
                       ("fit", fit.fit), ("sort", sort.sort), ("tag", tag.tag), ("compare", compare.compare),
                       ("search", search.search), ("dupes", search.dupes), ("models", models.models),
-                      ("templates", templates.templates)):
+                      ("templates", templates.templates), ("serve", serve.serve)):
     app.command(name, cls=Command, epilog=f"Example: {EXAMPLES[name]}")(command)
 for name, group in (("cache", cache.app), ("store", store.app)):
-    group.info.cls = Group
+    group.info.cls = CommandGroup
     for info in group.registered_commands:
         info.cls = Command
     app.add_typer(group, name=name)

@@ -141,8 +141,13 @@ def compare_accuracy(inputs, mapping, specs, template_set, run_models, model, fm
         raise UsageError("--dataset takes exactly one dataset (a folder of class subfolders or a manifest)")
     data = load_dataset(inputs[0], mapping)
 
+    from ..options import LabelOptions
+    from ..run import ScorerChoice
+
+    choice = ScorerChoice(LabelOptions(tuple(data.class_names), template_set))
+
     def evaluate_with(spec, encoder, progress):
-        return evaluate(encoder, data, [template_set], model.cache_dir, model.use_cache, progress)
+        return evaluate(encoder, data, [choice], model, progress)
 
     rows, failed = [], False
     for spec, (results, errors) in zip(specs, run_models(evaluate_with)):

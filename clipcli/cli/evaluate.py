@@ -16,7 +16,7 @@ from .. import config
 from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors
 from .options import (ADAPT, DECODE, ENGINE, INPUTS, LABELS, MODEL_GROUP, OPEN_SET, OUTPUT, UI, HeadOpt, OutputOpt,
-                      StoreOpt, check_format, check_outputs, open_sink, option, scorer_for, uses)
+                      StoreOpt, check_format, check_outputs, open_sink, option, uses)
 
 UnknownOpt = option("--unknown", panel=INPUTS, kind=Optional[Path], metavar="DIR", help="Images that belong to none "
                     "of the classes: adds open-set metrics (AUROC, FPR at 95% TPR, accuracy with --other on).")
@@ -82,23 +82,18 @@ def evaluate(
     check_format(fmt, ("table", "json"))
     from ..evaluate import evaluate as run_evaluation
     from ..evaluate import load_dataset
-    from ..templates import load_template_set
+    from ..options import OpenSetOptions
 
     check_outputs(files={"--output": output_path, "--report": report}, folders={"--store": store})
     data = load_dataset(dataset, mapping)
     unknown_paths = _unknown_images(unknown)
-    names = [n.strip() for n in (templates or config.default_templates()).split(",") if n.strip()]
-    template_sets = [load_template_set(name) for name in names]
-    head_model = _read_head(head)
+    choices = _scorer_choices(data, templates, head, open_set if open_set.enabled or unknown is None else
+                              OpenSetOptions(True))
     from ..embeddings import open_encoder
 
     with open_encoder(model, decode, engine, store) as encoder:
-        if head_model is not None:
-            scorer_for(encoder.model, head_model, model, ui)  # checked against the model
         with output.progress_bar("encoding images", ui.progress) as progress:
-            results, errors = run_evaluation(encoder, data, template_sets, model.cache_dir, model.use_cache, progress,
-                                             head=head_model.head if head_model else None,
-                                             open_set=open_set if open_set.enabled else None, unknown=unknown_paths,
+            results, errors = run_evaluation(encoder, data, choices, model, progress, unknown=unknown_paths,
                                              adapt=adapt)
     for error in errors:
         output.error(f"{error['path']}: {error['error']['message']}")
@@ -127,7 +122,7 @@ def evaluate(
                 console.print(per_class_table(rows[0]))
     if report is not None:
         from ..report import render_report
-        from ..results import atomic_output
+        from ..fsutil import atomic_output
 
         with atomic_output(report) as handle:
             handle.write(render_report(f"clip eval: {dataset}", {"model": header["model"]["name"],
@@ -153,11 +148,12 @@ def _unknown_images(folder: Path | None) -> list[str]:
     return paths
 
 
-def _read_head(head: Path | None):
-    """The head as a label choice (its templates are its own), or None."""
-    if head is None:
-        return None
-    from ..fewshot import load_head
-    from .options import LabelChoice
+def _scorer_choices(data, templates: str | None, head: Path | None, open_set) -> list:
+    """A head, or each template set over the dataset's class names: checked before any slow work."""
+    from ..options import LabelOptions
+    from ..run import ScorerChoice
 
-    return LabelChoice(None, None, load_head(head), head)
+    if head is not None:
+        return [ScorerChoice(LabelOptions(head=head), open_set)]
+    names = [n.strip() for n in (templates or config.default_templates()).split(",") if n.strip()]
+    return [ScorerChoice(LabelOptions(tuple(data.class_names), name), open_set) for name in names]

@@ -109,7 +109,7 @@ def fit(
                                  "templates": template_set.name, "repeats": repeats, "seed": seed})
         if report is not None:
             from ..report import render_curve
-            from ..results import atomic_output
+            from ..fsutil import atomic_output
 
             with atomic_output(report) as handle:
                 handle.write(render_curve(f"clip fit: {train} -> {eval_set}",

@@ -3,7 +3,8 @@
 Options that several commands share come in groups.  `@uses(MODEL, DECODE, ...)` adds a group's options to
 a command's signature (Typer reads it from there) and hands the command one built object per group
 instead: `model: ModelOptions`, `decode: DecodeOptions`, `engine: EngineOptions`, `sources: Sources`,
-`labels: LabelChoice`, `ui: Ui`.  Every command that encodes images takes the same options, with the
+`labels: LabelOptions`, `ui: Ui`.  The option objects check their own values; a `run.ClassifyRun` checks
+the rest (labels, head, templates) before any slow work, so a command only parses, builds a run and renders.  Every command that encodes images takes the same options, with the
 same names, help and environment variables; a new option is one line in its group and one field in
 its options class.
 """
@@ -22,8 +23,8 @@ import typer
 from typing_extensions import Annotated
 
 from .. import config
-from ..errors import InputError, LabelError, UsageError
-from ..options import DecodeOptions, EngineOptions, ModelOptions, OpenSetOptions
+from ..errors import LabelError
+from ..options import DecodeOptions, EngineOptions, LabelOptions, ModelOptions, OpenSetOptions, check_choice
 from ..results import FORMATS
 
 # Help panels, in the order every command shows them.
@@ -36,7 +37,7 @@ STORE = "Embedding store"
 
 
 @dataclass(frozen=True)
-class Group:
+class OptionGroup:
     """Options that build one object: (name, annotation, default) per option, and the builder."""
 
     keyword: str  # the command's parameter that receives the built object
@@ -48,7 +49,7 @@ class Group:
                 for name, annotation, default in self.options]
 
 
-def uses(*groups: Group) -> Callable:
+def uses(*groups: OptionGroup) -> Callable:
     """Give a command the options of these groups, built into one object each (see the module doc)."""
     def decorate(command: Callable) -> Callable:
         own = inspect.signature(command, eval_str=True)
@@ -119,7 +120,7 @@ def _ui(quiet: bool, verbose: bool) -> Ui:
     return Ui(quiet, output.progress_enabled(quiet))
 
 
-UI = Group("ui", (
+UI = OptionGroup("ui", (
     ("quiet", option("--quiet", "-q", panel=OUTPUT, kind=bool, help="No progress bar."), False),
     ("verbose", option("--verbose", panel=OUTPUT, kind=bool, help="Show library log messages on stderr."), False),
 ), _ui)
@@ -127,9 +128,7 @@ UI = Group("ui", (
 
 def _model(model, pretrained, device, precision, backend, weights_dir, cache_dir, no_cache) -> ModelOptions:
     from ..backends import default_backend
-    from ..models import PRECISIONS
 
-    check_choice("--precision", precision, PRECISIONS)
     return ModelOptions(model, pretrained, device or config.default_device(), precision, backend or default_backend(),
                         weights_dir, str(cache_dir) if cache_dir else None, not no_cache)
 
@@ -155,14 +154,14 @@ MODEL_OPTIONS = (
     ("no_cache", option("--no-cache", panel=LABELS, kind=bool, help="Do not read or write cached class "
                         "embeddings."), False),
 )
-MODEL_GROUP = Group("model", MODEL_OPTIONS, _model)
+MODEL_GROUP = OptionGroup("model", MODEL_OPTIONS, _model)
 
 
 def _decode(batch_size, workers, max_megapixels, reduced_decode) -> DecodeOptions:
     return DecodeOptions(batch_size, workers, max_megapixels, reduced_decode)
 
 
-DECODE = Group("decode", (
+DECODE = OptionGroup("decode", (
     ("batch_size", option("--batch-size", "-b", panel=PERF, kind=int, min=1, show_default=True,
                           help="Images per model call."), 32),
     ("workers", option("--workers", "-j", panel=PERF, kind=Optional[int], min=0, help="Decoding workers: threads on "
@@ -177,20 +176,17 @@ DECODE = Group("decode", (
 
 
 def _engine(engine, ray_address, gpus_per_worker) -> EngineOptions:
-    from ..engines import ENGINES, default_engine
+    from ..engines import default_engine
 
-    engine = engine or default_engine()
-    check_choice("--engine", engine, ENGINES)
-    if engine == "ray":
+    options = EngineOptions(engine or default_engine(), ray_address, gpus_per_worker)
+    if options.name == "ray":
         from ..engines.ray import require_ray
 
         require_ray()
-    elif ray_address or gpus_per_worker:
-        raise UsageError("--ray-address and --gpus-per-worker go with --engine ray")
-    return EngineOptions(engine, ray_address, gpus_per_worker)
+    return options
 
 
-ENGINE = Group("engine", (
+ENGINE = OptionGroup("engine", (
     ("engine", option("--engine", panel=PERF, help="local, or ray (decode and encode on a Ray cluster; pip install "
                       "'clipcli\\[ray]'). Default: $CLIPCLI_ENGINE or local."), None),
     ("ray_address", option("--ray-address", panel=PERF, metavar="ADDRESS", help="With --engine ray: a cluster address, or 'auto' to "
@@ -207,24 +203,12 @@ class Sources:
 
     def paths(self, inputs: list[str] | None) -> list[str]:
         """Every image the inputs name (files, folders, globs, object storage, --files-from)."""
-        from ..images import discover, read_path_list
+        from ..images import find_images
 
-        named = list(inputs or [])
-        if self.files_from is not None:
-            listed = read_path_list(self.files_from)
-            if not listed and not named:
-                where = "standard input" if self.files_from == "-" else self.files_from
-                raise InputError(f"--files-from {self.files_from}: {where} holds no paths (one path per line)")
-            named += listed
-        if not named:
-            raise InputError("no images given; name files or folders, or use --files-from FILE (- for stdin)")
-        paths = discover(named, recursive=self.recursive)
-        if not paths:
-            raise InputError(f"no images found in {', '.join(named[:3])}{' ...' if len(named) > 3 else ''}")
-        return paths
+        return find_images(inputs or [], self.recursive, self.files_from)
 
 
-SOURCES = Group("sources", (
+SOURCES = OptionGroup("sources", (
     ("files_from", option("--files-from", panel=INPUTS, metavar="FILE", help="Read image paths from FILE, one per line (- for "
                           "stdin)."), None),
     ("recursive", option("--recursive/--no-recursive", panel=INPUTS, kind=bool, show_default=True,
@@ -232,51 +216,20 @@ SOURCES = Group("sources", (
 ), Sources)
 
 
-@dataclass(frozen=True)
-class LabelChoice:
-    """What the images are scored into: labels through templates, or a few-shot head (which knows its labels)."""
-
-    labels: list | None  # [Label], or None with a head
-    templates: Any  # TemplateSet
-    head: Any = None  # FewShotHead
-    head_path: Path | None = None
-
-    def required(self) -> list:
-        """The labels; a one-line error when none were given."""
-        return self.labels if self.labels is not None else read_labels(None, None)
-
-
-def _labels(labels, labels_file, templates, head) -> LabelChoice:
-    from ..templates import load_template_set
-
-    template_set = load_template_set(templates or config.default_templates())
-    if head is not None:
-        if labels is not None or labels_file is not None:
-            raise LabelError("--head brings its own labels; leave out --labels / --labels-file")
-        from ..fewshot import load_head
-
-        return LabelChoice(None, template_set, load_head(head), head)
+def _labels(labels, labels_file, templates, head) -> LabelOptions:
     given = labels is not None or labels_file is not None
-    return LabelChoice(read_labels(labels, labels_file) if given else None, template_set)
+    if head is not None and given:  # refused by LabelOptions, before the labels are read
+        return LabelOptions((), templates, head)
+    return LabelOptions(read_labels(labels, labels_file) if given else None, templates, head)
 
 
-LABEL_GROUP = Group("labels", (
+LABEL_GROUP = OptionGroup("labels", (
     ("labels", LabelsOpt, None), ("labels_file", LabelsFileOpt, None), ("templates", TemplatesOpt, None),
     ("head", HeadOpt, None),
 ), _labels)
 
 
-def _open_set(other, other_label, other_threshold) -> OpenSetOptions:
-    if not other and (other_label != "other" or other_threshold is not None):
-        raise UsageError("--other-label and --other-threshold go with --other")
-    if other_threshold is not None and not 0.0 <= other_threshold <= 1.0:
-        raise UsageError("--other-threshold takes a number from 0 to 1")
-    if not other_label.strip():
-        raise UsageError("--other-label needs a name")
-    return OpenSetOptions(other, other_label.strip(), other_threshold)
-
-
-OPEN_SET = Group("open_set", (
+OPEN_SET = OptionGroup("open_set", (
     ("other", option("--other", panel=LABELS, kind=bool, help="Answer 'other' for an image that fits none of the "
                      "labels (negative labels mined from a shipped vocabulary; see README)."), False),
     ("other_label", option("--other-label", panel=LABELS, kind=str, metavar="NAME", show_default=True,
@@ -284,14 +237,14 @@ OPEN_SET = Group("open_set", (
     ("other_threshold", option("--other-threshold", panel=LABELS, kind=Optional[float], metavar="X",
                                help="With --other: answer 'other' when its confidence is at least X (0-1; lower: "
                                "more images go to 'other'). Default: 0.2."), None),
-), _open_set)
+), lambda other, other_label, other_threshold: OpenSetOptions(other, other_label, other_threshold))
 
 
 def _adapt(adapt: bool) -> bool:
     return adapt
 
 
-ADAPT = Group("adapt", (
+ADAPT = OptionGroup("adapt", (
     ("adapt", option("--adapt", panel=LABELS, kind=bool, help="Refine the answers with all the images of the run "
                      "together (transductive; records come once every image is encoded; see README)."), False),
 ), _adapt)
@@ -320,91 +273,22 @@ def check_outputs(files: dict[str, Path | None] = {}, folders: dict[str, Path | 
             check_output_dir(path, name)
 
 
-def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise UsageError(f"unknown {name} {value!r}; use one of {', '.join(choices)}")
-    return value
-
-
 def check_format(fmt: str, formats: tuple[str, ...] = FORMATS) -> str:
     return check_choice("--format", fmt, formats)
 
 
 def open_sink(stack: ExitStack, output_path: Path | None):
-    from ..results import atomic_output
+    from ..fsutil import atomic_output
 
     if output_path is None:
         return sys.stdout
     return stack.enter_context(atomic_output(output_path))
 
 
-def scorer_for(model, choice: LabelChoice, options: ModelOptions, ui: Ui):
-    """The run's scorer: the few-shot head (checked against the model), or the labels' zero-shot classifier."""
-    from . import output
-
-    if choice.head is not None:
-        from ..embeddings import store_model
-        from ..fewshot import check_head_model
-
-        check_head_model(choice.head, choice.head_path, store_model(model).key, model.spec.display_name)
-        return choice.head
-    from ..classifier import zero_shot_classifier
-
-    with output.progress_bar("encoding labels", ui.progress) as progress:
-        return zero_shot_classifier(model, choice.required(), choice.templates, options.cache_dir, options.use_cache,
-                                    progress)
-
-
-def check_other(open_set: OpenSetOptions, choice: LabelChoice) -> None:
-    """--other-label must not be one of the labels: refused before any slow work."""
-    if open_set.enabled:
-        from ..openset import check_other_label
-
-        names = choice.head.labels if choice.head is not None else [label.name for label in choice.required()]
-        check_other_label(open_set.label, names)
-
-
-def with_other(scorer, loaded, open_set: OpenSetOptions, score: str, options: ModelOptions, ui: Ui):
-    """The run's scorer with the --other rule (the vocabulary encoded by the model, or from the cache)."""
-    if not open_set.enabled:
-        return scorer
-    from ..openset import open_set_scorer
-    from . import output
-
-    with output.progress_bar("encoding negative labels", ui.progress) as progress:
-        return open_set_scorer(scorer, loaded, open_set, score, options.cache_dir, options.use_cache, progress)
-
-
-def header_of(choice: LabelChoice, scorer, described: dict, score: str, store: Path | None) -> dict:
-    """The JSON header of a run's records: model, templates, labels, score kind (and head, store)."""
-    head = choice.head
-    header = {"model": described, "templates": choice.templates.name if head is None else
-              head.meta.get("templates_name"), "labels": scorer.labels, "score": score}
-    if head is not None:
-        header["head"] = {"path": str(choice.head_path), "method": head.method, **head.params}
-    if store is not None:
-        header["store"] = str(store)
-    if hasattr(scorer, "other_scores"):
-        header["other"] = scorer.describe()
-    return header
-
-
-def option_of(group: Group, name: str) -> Any:
+def option_of(group: OptionGroup, name: str) -> Any:
     """One option of a group, for a command that takes it alone."""
     return next(annotation for option_name, annotation, _ in group.options if option_name == name)
 
 
 CacheDirOpt = option_of(MODEL_GROUP, "cache_dir")
 WeightsDirOpt = option_of(MODEL_GROUP, "weights_dir")
-
-
-def warn_single_label(labels: list | None, score: str = "softmax", other: bool = False) -> None:
-    """One label under softmax always scores 1.0: say so once (not with --other, which answers it or 'other')."""
-    if labels is not None and len(labels) == 1 and score == "softmax" and not other:
-        import warnings
-
-        from ..errors import ClipCliWarning
-
-        warnings.warn(f"one label ({labels[0].name!r}) under softmax always scores 1.0; add labels, use --other "
-                      "(answers 'other' for images that are not it), or --score sigmoid (SigLIP models) to score it "
-                      "on its own", ClipCliWarning, stacklevel=2)

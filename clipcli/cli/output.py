@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import IO, Callable, Iterator
 
 from rich.console import Console
@@ -125,3 +125,19 @@ def progress_bar(description: str, enabled: bool) -> Iterator[Callable[[int, int
 
 def progress_enabled(quiet: bool) -> bool:
     return not quiet and err_console.is_terminal
+
+
+@contextmanager
+def stage_bars(enabled: bool) -> Iterator[Callable[[str, int, int], None]]:
+    """A library run's `progress(stage, done, total)` as one transient bar per stage, each closed when the next
+    stage starts (or on the way out)."""
+    with ExitStack() as stack:
+        shown: dict = {"stage": None, "update": None}
+
+        def update(stage: str, done: int, total: int) -> None:
+            if stage != shown["stage"]:
+                stack.close()
+                shown.update(stage=stage, update=stack.enter_context(progress_bar(stage, enabled)))
+            shown["update"](done, total)
+
+        yield update

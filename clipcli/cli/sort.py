@@ -12,8 +12,7 @@ from typing_extensions import Annotated
 from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors
 from .options import (ADAPT, DECODE, ENGINE, LABEL_GROUP, MODEL_GROUP, OPEN_SET, OUTPUT, SOURCES, UI, StoreOpt,
-                      check_format, check_other, check_outputs, open_sink, scorer_for, uses, warn_single_label,
-                      with_other)
+                      check_format, check_outputs, open_sink, uses)
 
 SORT = "Sorting"
 PLAN_COLUMNS = ("source", "destination", "label", "score", "operation", "folder", "unsure", "note")
@@ -65,36 +64,31 @@ def sort(
 
     if into is None:
         raise UsageError("give --into FOLDER (where the label folders go), or --undo MANIFEST")
+    from ..options import ScoreOptions
+    from ..run import ClassifyRun
+
     rules = SortRules(into, mode, min_score, min_margin, unsure_dir, open_set.label if open_set.enabled else None)
     rules.check()
-    label_names = labels.head.labels if labels.head is not None else [label.name for label in labels.required()]
-    check_other(open_set, labels)
-    folder_names(rules.folder_labels(label_names), unsure_dir)  # clashing folder names: refused now
-    warn_single_label(labels.labels, other=open_set.enabled)
-    refuse_remote(inputs or [])  # named ones before any listing; --files-from ones below
-    paths = refuse_remote(outside_into(sources.paths(inputs), into))
-    check_outputs(files={"--output": output_path, "--report": report, "--manifest": manifest},
-                  folders={"--store": store, **({} if dry_run else {"--into": into})})
+    with output.stage_bars(ui.progress) as progress:
+        run = ClassifyRun(labels, model, decode, engine, ScoreOptions(top_k=2, adapt=adapt), open_set, store, progress)
+        folder_names(rules.folder_labels(run.labels), unsure_dir)  # clashing folder names: refused now
+        refuse_remote(inputs or [])  # named ones before any listing; --files-from ones below
+        paths = refuse_remote(outside_into(sources.paths(inputs), into))
+        check_outputs(files={"--output": output_path, "--report": report, "--manifest": manifest},
+                      folders={"--store": store, **({} if dry_run else {"--into": into})})
+        with run.open(paths):
+            records = list(run.records())
 
-    from ..api import ScoreOptions, classify_paths
-    from ..embeddings import open_encoder
     from ..sorting import Manifest, default_manifest, execute, plan_sort, remove_temporaries
 
-    with open_encoder(model, decode, engine, store) as encoder:
-        classifier = with_other(scorer_for(encoder.model, labels, model, ui), encoder.model, open_set, "softmax",
-                                model, ui)
-        with output.progress_bar("classifying", ui.progress) as progress:
-            adapted: dict = {}
-            records = list(classify_paths(encoder, classifier, paths, ScoreOptions(top_k=2, adapt=adapt), progress,
-                                          adapted.update))
-    plan = plan_sort(paths, records, classifier.labels, rules, manifest=manifest)
+    plan = plan_sort(paths, records, run.labels, rules, manifest=manifest)
 
     operations = []
     with ExitStack() as stack:
         sink = open_sink(stack, output_path) if (fmt != "table" or output_path) else None
         record_writer = _plan_writer(fmt, sink, {"into": str(into), "mode": mode, "dry_run": dry_run,
-                                                 **({"other": classifier.describe()} if open_set.enabled else {}),
-                                                 **({"adapt": adapted} if adapt else {})})
+                                                 **run.scorer.header(),
+                                                 **({"adapt": run.header["adapt"]} if adapt else {})})
         if dry_run:
             operations = [op.as_record() for op in plan]
         else:
@@ -117,11 +111,11 @@ def sort(
         output.print_table(_summary_table(operations, dry_run), to_stdout=output_path is None)
     if report is not None:
         from ..report import render_sort_preview
-        from ..results import atomic_output
+        from ..fsutil import atomic_output
 
         with atomic_output(report) as handle:
             handle.write(render_sort_preview(f"clip sort{' (dry run)' if dry_run else ''}: {into}",
-                                             {"model": encoder.model.spec.display_name, "mode": mode,
+                                             {"model": run.encoder.model.spec.display_name, "mode": mode,
                                               "images": len(operations)}, operations))
         output.info(f"preview written to {report}")
     failed = [op for op in operations if op["operation"] == "error"]

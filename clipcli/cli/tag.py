@@ -13,8 +13,7 @@ from typing_extensions import Annotated
 from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors
 from .options import (ADAPT, DECODE, ENGINE, LABEL_GROUP, LABELS, MODEL_GROUP, OPEN_SET, OUTPUT, SOURCES, UI, StoreOpt,
-                      check_choice, check_format, check_other, check_outputs, open_sink, scorer_for, uses,
-                      warn_single_label, with_other)
+                      check_format, check_outputs, open_sink, uses)
 
 TAG = "Tagging"
 PLAN_COLUMNS = ("path", "target", "kind", "operation", "labels", "add", "remove", "note")
@@ -67,23 +66,23 @@ def tag(
     if undo is not None:
         _undo(undo, ui)
         return
+    from ..errors import UsageError
+    from ..options import ScoreOptions
     from ..sorting import refuse_remote
     from ..tagging import TagRules, default_manifest, plan_tags
 
-    check_choice("--score", score, ("softmax", "sigmoid"))
+    if score not in ("softmax", "sigmoid"):
+        raise UsageError(f"unknown --score {score!r}; use one of softmax, sigmoid")
     rules = TagRules(root, top_k, min_score, score, open_set.label if open_set.enabled else None, sidecar_name, embed)
     rules.check()
     rules.check_tools()
-    if labels.head is None:
-        warn_single_label(labels.required(), score, open_set.enabled)
-    check_other(open_set, labels)
-    refuse_remote(inputs or [])
-    paths = refuse_remote(sources.paths(inputs))
     journal_path = manifest or default_manifest()
-    check_outputs(files={"--output": output_path, **({} if dry_run else {"--manifest": journal_path})},
-                  folders={"--store": store})
-
-    records, header = _records(paths, score, labels, open_set, model, decode, engine, store, ui, adapt)
+    whole_store = store is not None and not inputs and sources.files_from is None
+    refuse_remote(inputs or [])
+    checks = dict(files={"--output": output_path, **({} if dry_run else {"--manifest": journal_path})},
+                  folders={} if whole_store else {"--store": store})
+    paths, records, header = _records(inputs, whole_store, sources, ScoreOptions(score, 0, adapt), labels, open_set,
+                                      model, decode, engine, store, ui, lambda: check_outputs(**checks))
     plan = plan_tags(paths, records, rules)
 
     operations = []
@@ -119,20 +118,20 @@ def tag(
     raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
 
 
-def _records(paths, score, labels, open_set, model, decode, engine, store, ui, adapt) -> tuple[list[dict], dict]:
-    """The run's records (every label ranked) and a header: the one place where clip tag classifies (the
-    assembly `clip sort` uses today)."""
-    from ..api import ScoreOptions, classify_paths
-    from ..embeddings import open_encoder
+def _records(inputs, whole_store: bool, sources, options, labels, open_set, model, decode, engine, store, ui,
+             check) -> tuple[list[str], list[dict], dict]:
+    """The images, their records (every label ranked, in input order) and the run's header: the one place where
+    clip tag classifies (whole_store: every image of the store).  `check` runs before the model loads."""
+    from ..run import ClassifyRun
+    from ..sorting import refuse_remote
 
-    with open_encoder(model, decode, engine, store) as encoder:
-        classifier = with_other(scorer_for(encoder.model, labels, model, ui), encoder.model, open_set, score, model,
-                                ui)
-        classifier.check_score(score)
-        with output.progress_bar("classifying", ui.progress) as progress:
-            records = list(classify_paths(encoder, classifier, paths, ScoreOptions(score, 0, adapt), progress))
-        header = {"model": encoder.describe(), "labels": classifier.labels, "score": score}
-    return records, header
+    with output.stage_bars(ui.progress) as progress:
+        run = ClassifyRun(labels, model, decode, engine, options, open_set, store, progress)
+        paths = None if whole_store else refuse_remote(sources.paths(inputs))
+        check()
+        with run.open(paths):
+            records = list(run.records())
+    return paths or [record["path"] for record in records], records, run.header
 
 
 def _plan_writer(fmt: str, sink, header: dict):

@@ -2,7 +2,6 @@
 decode threads, see `batches` and `pipeline`) or `ray` (a Ray cluster, see `engines.ray`).  Both yield
 the same (items, features) batches in input order, from the same decode function, to the same scorers."""
 
-ENGINES = ("local", "ray")
 ENV_ENGINE = "CLIPCLI_ENGINE"
 
 

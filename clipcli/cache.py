@@ -196,7 +196,7 @@ def clear_exports(root: Path, model: str | None = None) -> int:
     if not base.is_dir():
         return 0
     removed = 0
-    for folder in [p for p in base.iterdir() if p.is_dir() and p.name != "specs"]:
+    for folder in [p for p in base.iterdir() if p.is_dir() and p.name not in ("specs", "sizes")]:
         try:
             spec = json.loads((folder / "model.json").read_text(encoding="utf-8")).get("spec", {})
         except (OSError, ValueError):
@@ -204,6 +204,7 @@ def clear_exports(root: Path, model: str | None = None) -> int:
         names = " ".join(str(v) for v in spec.values() if v)
         if model is None or model.lower() in names.lower() or model == folder.name:
             shutil.rmtree(folder, ignore_errors=True)
+            (base / "sizes" / f"{folder.name}.json").unlink(missing_ok=True)  # what its files' sizes were
             removed += 1
     for record in (base / "specs").glob("*.json") if (base / "specs").is_dir() else []:
         try:

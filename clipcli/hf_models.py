@@ -33,7 +33,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .errors import ModelLoadError
-from .models import LoadedModel, ModelSpec, _fingerprint_file, _first_line
+from .models import LoadedModel, ModelSpec, _fingerprint_file, _first_line, checkpoint_error
 
 PREFIX = "transformers:"
 FAMILIES = {"clip": "CLIPModel", "chinese_clip": "ChineseCLIPModel", "siglip": "SiglipModel",
@@ -42,6 +42,10 @@ SIGLIP_MAX_LENGTH = 64  # what the pipeline pads SigLIP prompts to
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
                    "spiece.model", "sentencepiece.bpe.model", "special_tokens_map.json", "added_tokens.json")
+# The files a tokenizer's vocabulary comes from: without one of them, transformers builds an empty tokenizer
+# (2 tokens) that maps every prompt to the same ids, so every label would score the same.
+VOCABULARY_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model",
+                    "tokenizer.model")
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 TEXT_BATCH = 256
 
@@ -115,10 +119,40 @@ def processor_config(folder: Path) -> dict:
     for name in PROCESSOR_FILES:
         path = folder / name
         if path.is_file():
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return data.get("image_processor", data) if name == "processor_config.json" else data
+            data = read_json_object(path, str(folder))
+            data = data.get("image_processor", data) if name == "processor_config.json" else data
+            if not isinstance(data, dict):
+                raise ModelLoadError(f"{folder}: {name}: image_processor is not a JSON object")
+            return data
     raise ModelLoadError(f"{folder}: preprocessor_config.json is missing (save the model's image processor with "
                          "save_pretrained next to the model)")
+
+
+def read_json_object(path: Path, display: str) -> dict:
+    """A model folder's JSON file that must hold an object (config.json, preprocessor_config.json)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{display}: cannot read {path.name} ({_first_line(str(exc))})") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{display}: {path.name} holds a JSON {type(data).__name__.replace('list', 'array')}, "
+                             "not an object (a model's config is a mapping of settings: is it the right file?)")
+    return data
+
+
+def check_tokenizer_files(folder: Path, display: str) -> None:
+    """Refuse a folder whose tokenizer has no vocabulary file: it would load as an empty tokenizer."""
+    if not any((folder / name).is_file() for name in VOCABULARY_FILES):
+        raise ModelLoadError(f"{display}: the tokenizer files are missing (one of {', '.join(VOCABULARY_FILES)}); "
+                             "save the model's tokenizer with save_pretrained into the same folder")
+
+
+def check_tokenizer(tokenizer, display: str) -> None:
+    """A tokenizer that knows no more than its special tokens would give every prompt the same ids."""
+    special = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    if len(tokenizer) <= len(special) + 1:
+        raise ModelLoadError(f"{display}: the tokenizer has no vocabulary ({len(tokenizer)} tokens); save the "
+                             "model's tokenizer with save_pretrained into the same folder")
 
 
 def image_transform(folder: Path):
@@ -292,6 +326,9 @@ def _quiet_transformers() -> Iterator[None]:
 def _resolve_folder(source: str, weights_dir: str | None, display: str) -> Path:
     """The local folder holding the checkpoint: the folder itself, a cached hub snapshot, or a fresh download."""
     folder = Path(source)
+    if folder.exists() and not folder.is_dir():
+        raise ModelLoadError(f"{display}: {source} is a file, not a folder (a transformers model is the folder that "
+                             "save_pretrained writes)")
     if folder.is_dir():
         if not (folder / "config.json").is_file():
             raise ModelLoadError(f"{display}: config.json is missing (a transformers model folder is what "
@@ -327,14 +364,12 @@ def load_transformers_model(spec: ModelSpec, source: str, device, precision: str
     """Load a transformers CLIP-family checkpoint for inference (device and precision already resolved)."""
     _require_transformers()
     folder = _resolve_folder(source, weights_dir, spec.display_name)
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{spec.display_name}: cannot read config.json ({_first_line(str(exc))})") from None
+    config = read_json_object(folder / "config.json", spec.display_name)
     family = config.get("model_type")
     if family not in FAMILIES:
         raise ModelLoadError(f"{spec.display_name}: model type {family!r} is not a CLIP-family model clipcli runs; "
                              f"supported: {', '.join(sorted(FAMILIES))}")
+    check_tokenizer_files(folder, spec.display_name)
     identity = {"model": "transformers", "family": family, **checkpoint_identity(folder), "precision": precision}
     transform = image_transform(folder)
     import torch
@@ -343,10 +378,20 @@ def load_transformers_model(spec: ModelSpec, source: str, device, precision: str
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
     try:
         with _quiet_transformers():
-            net = getattr(transformers, FAMILIES[family]).from_pretrained(str(folder), dtype=dtype)
+            # Shapes that do not fit config.json are told here, in one line (transformers would raise pointing at a
+            # report it logs, which is not shown)
+            net, info = getattr(transformers, FAMILIES[family]).from_pretrained(
+                str(folder), dtype=dtype, ignore_mismatched_sizes=True, output_loading_info=True)
             tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
     except Exception as exc:  # noqa: BLE001  (a corrupt or mismatched checkpoint surfaces as many error types)
-        raise ModelLoadError(f"cannot load {spec.display_name}: {_first_line(str(exc))}") from None
+        raise ModelLoadError(f"cannot load {spec.display_name}: {checkpoint_error(exc)}") from None
+    mismatched = list(info.get("mismatched_keys") or [])
+    if mismatched:
+        key, stored, wanted = mismatched[0]
+        raise ModelLoadError(f"cannot load {spec.display_name}: its weights do not fit config.json ({len(mismatched)} "
+                             f"tensor(s), e.g. {key}: {tuple(stored)} in the weights, {tuple(wanted)} in the config); "
+                             "use the config.json saved with these weights")
+    check_tokenizer(tokenizer, spec.display_name)
     net = net.to(device).eval()
     from .hf_text import TransformersTokenizer
 

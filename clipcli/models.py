@@ -247,6 +247,9 @@ def _tag_config(spec: ModelSpec) -> dict:
 
 def _check_local_dir(spec: ModelSpec) -> Path:
     directory = Path(spec.name[len("local-dir:"):])
+    if directory.exists() and not directory.is_dir():
+        raise ModelLoadError(f"{spec.name}: {directory} is a file, not a folder (local-dir: names the folder that "
+                             "holds open_clip_config.json and the weights, or a transformers config.json)")
     if not directory.is_dir():
         raise ModelLoadError(f"{spec.name}: folder not found")
     if not (directory / "open_clip_config.json").is_file():
@@ -396,9 +399,9 @@ def load_model(model: str, pretrained: str | None = None, device: str = "auto", 
         text = str(exc)
         if "download" in text.lower() or "offline" in text.lower() or "hub" in text.lower():
             raise ModelLoadError(_weights_hint(spec, weights_dir)) from None
-        raise ModelLoadError(f"cannot load {spec.display_name}: {_first_line(text)}") from None
+        raise ModelLoadError(f"cannot load {spec.display_name}: {checkpoint_error(exc)}") from None
     except Exception as exc:  # a corrupt or mismatched checkpoint surfaces as many error types
-        raise ModelLoadError(f"cannot load weights for {spec.display_name}: {_first_line(str(exc))}") from None
+        raise ModelLoadError(f"cannot load weights for {spec.display_name}: {checkpoint_error(exc)}") from None
 
     net.eval()
     if spec.schema == "hf-hub":
@@ -422,8 +425,26 @@ def _hf_weights_fingerprint(spec: ModelSpec, weights_dir: str | None) -> str | N
     return None
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def _first_line(text: str) -> str:
-    return (text.strip().splitlines() or ["unknown error"])[0][:300]
+    return (ANSI.sub("", text).strip().splitlines() or ["unknown error"])[0][:300]
+
+
+PICKLE_REFUSED = ("the checkpoint holds pickled Python objects besides tensors, and clipcli does not run pickles "
+                  "(loading them can run any code); use a safetensors file, or a checkpoint of plain tensors")
+
+
+def checkpoint_error(exc: BaseException) -> str:
+    """One line for a checkpoint that failed to load: our own words for a pickle that torch's safe loader refused
+    (torch's text advises weights_only=False, which would run the pickle), else the error's first line."""
+    import pickle
+
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text or "Weights only load failed" in text:
+        return PICKLE_REFUSED
+    return _first_line(text)
 
 
 def _is_cached(cfg: dict, weights_dir: str | None) -> bool:

@@ -95,11 +95,17 @@ def _load(spec, root: Path, args: dict):
     int8 = args["precision"] == "int8"  # exported from the fp32 model on the CPU, then quantised
     required = backend == "onnx" or int8  # no torch fallback then
     if use_onnx:
-        from .onnx import OnnxModel, find_export
+        from .onnx import OnnxModel, cache_unwritable, export_damage, find_export, set_aside
 
         found = find_export(root, spec, weights_dir)
         if found is not None and found.directory is not None:
-            return OnnxModel(found.directory, spec, args)
+            damage = export_damage(found.directory)
+            if damage is None:
+                return OnnxModel(found.directory, spec, args)
+            _warn_cache(f"the ONNX export of {spec.display_name} in {found.directory} was damaged ({damage}); "
+                        "rebuilding it")
+            set_aside(found.directory)
+            found = None
         if found is not None and found.failed:
             if required:
                 instead = "--precision fp32" if int8 else "--backend torch"
@@ -107,20 +113,46 @@ def _load(spec, root: Path, args: dict):
                                   "(`clip cache clear` forgets the failure and tries again)")
             log.info("%s runs on torch: its ONNX export failed before (%s)", spec.display_name, found.failed)
             use_onnx = False
+        unwritable = cache_unwritable(root) if use_onnx else None
+        if unwritable is not None:  # no export can be made or kept: run as --backend torch does, without the cache
+            if required:
+                raise ExportError(f"cannot write the ONNX export to the cache folder ({unwritable}); use a writable "
+                                  "--cache-dir (or $CLIPCLI_CACHE_DIR)" + ("" if int8 else ", or --backend torch"))
+            _warn_cache(f"cache folder {root} cannot be written ({unwritable}); running on torch without the ONNX "
+                        "export")
+            use_onnx = False
     loaded = load_model(args["model"], args["pretrained"], device="cpu" if int8 else args["device"],
                         precision="fp32" if int8 else args["precision"], weights_dir=weights_dir)
     if not use_onnx:
         return loaded
     from .export import export_model
-    from .onnx import OnnxModel, exports_root, remember
+    from .onnx import OnnxModel, exports_root
 
     try:
         directory = export_model(loaded, exports_root(root))
     except ExportError as exc:
-        remember(root, spec, weights_dir, model_files(loaded), None, str(exc))
+        _remember(root, spec, weights_dir, model_files(loaded), None, str(exc))
         log.info("%s runs on torch: %s", spec.display_name, exc)
         if required:
             raise
         return loaded
-    remember(root, spec, weights_dir, model_files(loaded), loaded.identity_key())
+    _remember(root, spec, weights_dir, model_files(loaded), loaded.identity_key())
     return OnnxModel(directory, spec, args, torch_model=loaded)  # the text fallback (if any) needs no second load
+
+
+def _remember(root: Path, *args) -> None:
+    """Remember an export (or its failure) for the next run; a cache that cannot be written only costs that."""
+    from .onnx import remember
+
+    try:
+        remember(root, *args)
+    except OSError as exc:
+        _warn_cache(f"cannot write to the cache folder {root} ({exc.strerror or exc}); the next run exports again")
+
+
+def _warn_cache(message: str) -> None:
+    import warnings
+
+    from ..errors import CacheWarning
+
+    warnings.warn(message, CacheWarning, stacklevel=3)

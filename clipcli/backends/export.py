@@ -177,6 +177,8 @@ def preprocess_config(loaded) -> dict:
 
 def _finish(work: Path, target: Path, facts: dict) -> None:
     """model.json written last, then the folder renamed into place (atomically)."""
+    from .onnx import record_sizes
+
     (work / "model.json").write_text(json.dumps(facts, indent=2), encoding="utf-8")
     os.chmod(work, 0o755)
     if (target / "model.json").is_file():  # another run exported the same model meanwhile: use that one
@@ -190,6 +192,8 @@ def _finish(work: Path, target: Path, facts: dict) -> None:
         if not (target / "model.json").is_file():
             raise
         shutil.rmtree(work, ignore_errors=True)  # lost the race to a concurrent export: equally good
+        return
+    record_sizes(target)
 
 
 def export_model(loaded, root: Path) -> Path:
@@ -206,7 +210,10 @@ def _export_model(loaded, root: Path) -> Path:
 
     if loaded.precision != "fp32" or loaded.device.type != "cpu":
         raise ExportError("ONNX export needs the model in fp32 on the CPU")
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"cannot write the ONNX export under {root}: {exc.strerror or first_line(exc)}") from None
     target = root / loaded.identity_key()
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
     try:

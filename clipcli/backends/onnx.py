@@ -90,6 +90,86 @@ def find_export(cache_root: Path, spec: ModelSpec, weights_dir: str | None) -> E
     return ExportRecord(record["key"], None, directory)
 
 
+def _sizes_path(directory: Path) -> Path:
+    return Path(directory).parent / "sizes" / (Path(directory).name + ".json")
+
+
+def record_sizes(directory: Path) -> None:
+    """Write down the export folder's files and their sizes, after every change the tool makes in it (in
+    <cache>/onnx/sizes/<key>.json, beside the folder), so a truncated or emptied file is found before ONNX Runtime
+    trips over it.  A cache that cannot be written is left as it is (its exports are then checked less closely)."""
+    directory = Path(directory)
+    try:
+        sizes = {p.name: p.stat().st_size for p in sorted(directory.iterdir())
+                 if p.is_file() and not p.name.startswith(".")}
+        target = _sizes_path(directory)
+        target.parent.mkdir(exist_ok=True)
+        atomic_write_bytes(target, json.dumps(sizes, indent=1).encode(), durable=False)
+    except OSError:
+        pass
+
+
+def export_damage(directory: Path) -> str | None:
+    """Why a cached export cannot be used as it is (a file emptied, truncated or gone), or None when it is whole."""
+    directory = Path(directory)
+    try:
+        try:
+            facts = json.loads((directory / "model.json").read_text(encoding="utf-8"))
+        except ValueError:
+            facts = None
+        if not isinstance(facts, dict) or "key" not in facts or "identity" not in facts:
+            return "model.json is incomplete"
+        try:
+            sizes = json.loads(_sizes_path(directory).read_text(encoding="utf-8"))
+        except FileNotFoundError:  # an export made before the list was kept: its towers at least hold something
+            sizes = {name: None for name in ("image.onnx", *(("text.onnx",) if facts.get("text") else ()))}
+        if not isinstance(sizes, dict):
+            sizes = {name: None for name in ("image.onnx", *(("text.onnx",) if facts.get("text") else ()))}
+        for name, size in sizes.items():
+            path = directory / str(name)
+            actual = path.stat().st_size if path.is_file() else None
+            if actual is None:
+                return f"{name} is missing"
+            if (size is None and actual == 0) or (size is not None and actual != size):
+                return f"{name} has {actual} bytes" + (f" instead of {size}" if size is not None else "")
+    except (OSError, ValueError) as exc:
+        return first_line(exc)
+    return None
+
+
+def set_aside(directory: Path) -> None:
+    """Remove a damaged export of ours: renamed first (a run that is using it keeps its open files), then deleted.
+    Only a folder inside the exports folder, and never through a symlink."""
+    import shutil
+    import tempfile
+
+    directory = Path(directory)
+    if directory.is_symlink() or not directory.is_dir():
+        return
+    try:
+        aside = Path(tempfile.mkdtemp(prefix=f".damaged-{directory.name}-", dir=directory.parent))
+        os.replace(directory, aside / directory.name)
+        shutil.rmtree(aside, ignore_errors=True)
+    except OSError:
+        pass
+
+
+def cache_unwritable(cache_root: Path) -> str | None:
+    """Why an export cannot be written under the cache folder (a file where the folder should be, no permission, a
+    read-only or special filesystem), or None when it can."""
+    import tempfile
+
+    folder = exports_root(cache_root)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return f"{exc.filename or folder}: {exc.strerror or first_line(exc)}"
+    return None
+
+
 def remember(cache_root: Path, spec: ModelSpec, weights_dir: str | None, watch: Sequence[str], key: str | None,
              failed: str | None = None) -> None:
     path = _spec_path(cache_root, spec, weights_dir)
@@ -146,7 +226,8 @@ def external_weights(path: Path) -> Path:
         convert_model_to_external_data(model, all_tensors_to_one_file=True, location=data.name, size_threshold=1024)
         onnx.save_model(model, str(work / path.name))
 
-    _made_beside(path, ".external-", make, [data.name, path.name])
+    if _made_beside(path, ".external-", make, [data.name, path.name]):
+        record_sizes(path.parent)
     return path
 
 
@@ -171,7 +252,10 @@ def optimized(path: Path) -> Path | None:
         options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-    return target if _made_beside(path, ".optimize-", make, [target.name + ".data", target.name]) else None
+    if not _made_beside(path, ".optimize-", make, [target.name + ".data", target.name]):
+        return None
+    record_sizes(path.parent)
+    return target
 
 
 def ort_session(path: Path, threads: int | None = None, quick: bool = False):
@@ -228,6 +312,7 @@ def quantized_image(directory: Path, size: tuple[int, int], input_name: str = "p
             raise ExportError(f"int8 quantisation moves this model's image features too far (cosine {cosine:.3f} "
                               f"< {INT8_MIN_COSINE})")
         os.replace(temporary, target)
+        record_sizes(Path(directory))
     finally:
         Path(temporary).unlink(missing_ok=True)
     return target

@@ -14,7 +14,7 @@ from typing_extensions import Annotated
 
 from .. import config
 from . import output
-from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors
+from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors, warn_unknown_overlap
 from .options import (ADAPT, DECODE, ENGINE, INPUTS, LABELS, MODEL_GROUP, OPEN_SET, OUTPUT, UI, HeadOpt, OutputOpt,
                       StoreOpt, check_format, check_outputs, open_sink, option, uses)
 
@@ -87,6 +87,7 @@ def evaluate(
     check_outputs(files={"--output": output_path, "--report": report}, folders={"--store": store})
     data = load_dataset(dataset, mapping)
     unknown_paths = _unknown_images(unknown)
+    warn_unknown_overlap(dataset, data.paths, unknown, unknown_paths)
     choices = _scorer_choices(data, templates, head, open_set if open_set.enabled or unknown is None else
                               OpenSetOptions(True))
     from ..embeddings import open_encoder
@@ -113,7 +114,7 @@ def evaluate(
         else:
             console = Console(file=stream, highlight=False)
             console.print(output.metrics_table(f"{output.escape(dataset)}: {len(data.class_names)} classes"
-                                               + (" (--adapt)" if adapt else ""),
+                                               + output.adapt_title(rows),
                                                "templates", rows, "templates"))
             console.print()
             console.print(trust_table(rows))

@@ -264,7 +264,9 @@ def read_labels(labels: str | None, labels_file: Path | None):
 def check_outputs(files: dict[str, Path | None] = {}, folders: dict[str, Path | None] = {}) -> None:
     """Refuse unwritable output paths before any slow work (option name -> path)."""
     from ..fsutil import check_output_dir, check_output_file
+    from .common import refuse_same_file
 
+    refuse_same_file(files)
     for name, path in files.items():
         if path is not None:
             check_output_file(path, name)

@@ -22,7 +22,7 @@ def warning(message: str) -> None:
 
 
 def info(message: str) -> None:
-    err_console.print(message, markup=False, highlight=False)
+    err_console.print(printable(message, keep="\n\t"), markup=False, highlight=False)  # info may span lines
 
 
 def human_size(n: int) -> str:
@@ -33,10 +33,31 @@ def human_size(n: int) -> str:
     return f"{n} B"
 
 
+# Characters a terminal acts on instead of showing: C0 and C1 controls (ESC starts a terminal command), DEL, line
+# and paragraph separators, and the bidirectional controls that reorder what follows (U+202E shows "gpj.exe" as
+# "exe.jpg").  A file name can hold any of them.
+_BIDI = {0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
+_UNPRINTABLE = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+_UNPRINTABLE.update({c: f"\\u{c:04x}" for c in (*_BIDI, 0x2028, 0x2029)})
+
+
+def printable(text: str, keep: str = "") -> str:
+    """Text as a terminal shows it literally: each control character as its escape (`\\x1b`, `\\u202e`), except
+    those in `keep`."""
+    table = _UNPRINTABLE if not keep else {k: v for k, v in _UNPRINTABLE.items() if chr(k) not in keep}
+    return text.translate(table)
+
+
 def escape(text: str) -> str:
+    """Text for rich output: markup escaped and control characters shown as escapes (see printable)."""
     from rich.markup import escape as rich_escape
 
-    return rich_escape(text)
+    return rich_escape(printable(text))
+
+
+def adapt_title(rows: list[dict]) -> str:
+    """' (--adapt)' for a title when adaptation ran on the results shown; '' when it did not (too few images...)."""
+    return " (--adapt)" if any((row.get("adapt") or {}).get("ran") for row in rows) else ""
 
 
 def plain_table(title: str | None = None, *columns: str, right: tuple[str, ...] = ()) -> Table:

@@ -25,7 +25,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from ..batches import BatchItem, DecodeLimits, decode_one
-from ..errors import EngineError, UsageError
+from ..errors import EngineError, UsageError, first_line
 
 
 @dataclass(frozen=True)
@@ -56,35 +56,77 @@ def _reachable(address: str, timeout: float = 3.0) -> bool:
         return False
 
 
+def cluster_address(settings: RaySettings) -> tuple[str | None, str]:
+    """The cluster this run joins and how the user named it: --ray-address, $RAY_ADDRESS (a Ray job, a KubeRay
+    pod), or the cluster that `ray start` started on this machine; (None, "") to start a local Ray."""
+    if settings.address:
+        return settings.address, f"--ray-address {settings.address}"
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"], f"RAY_ADDRESS={os.environ['RAY_ADDRESS']}"
+    try:  # where Ray itself looks (ray.init() joins that cluster rather than start one)
+        from ray._private.services import find_bootstrap_address
+
+        found = find_bootstrap_address(None)
+    except Exception:  # noqa: BLE001  (a private helper of Ray's: without it, a local Ray is started)
+        found = None
+    return (found, f"the Ray cluster running on this machine ({found})") if found else (None, "")
+
+
+def _auth_failure(exc: BaseException) -> bool:
+    """Whether a failed connection was refused for want of the cluster's token (Ray says so only deep in the
+    exception's causes)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if type(exc).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 def start_ray(settings: RaySettings) -> bool:
-    """Connect to (or start) Ray; False when this process was connected already (nothing started here)."""
+    """Connect to (or start) Ray; False when this process was connected already (nothing started here).  An existing
+    cluster (see cluster_address) is joined with its own resources; only a Ray started here is sized to this
+    machine's cores."""
+    import importlib.util
     import logging
 
     ray = require_ray()
     if ray.is_initialized():
         return False
-    address = settings.address
+    address, named = cluster_address(settings)
+    if address and address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+        raise UsageError(f"{named}: a ray:// address needs Ray Client: pip install 'ray[client]' (or run on a node "
+                         "of the cluster and give its GCS address, HOST:6379)")
     if address and address != "auto" and not address.startswith("ray://") and not _reachable(address):
-        raise EngineError(f"cannot reach a Ray cluster at --ray-address {address}; start one with `ray start --head`, "
+        raise EngineError(f"cannot reach a Ray cluster at {named}; start one with `ray start --head`, "
                           "or leave the option out to start a local Ray")
     quiet = logging.getLogger().getEffectiveLevel() > logging.INFO  # no --verbose: Ray's log lines stay off stderr
     if quiet:
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-        for name in ("ray", "ray.data"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+        for name in ("ray", "ray.data"):  # a fault that ends the run is told in one line of our own
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     saved = os.dup(2) if quiet else None
     try:
         if quiet:  # the core prints a line about its own log level while it starts
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 2)
             os.close(devnull)
-        if settings.address:
-            ray.init(address=settings.address, log_to_driver=False, configure_logging=False)
+        if address:  # the cluster found on this machine: Ray finds it again itself (and then uses its token)
+            ray.init(address=None if named.startswith("the Ray cluster running") else address, log_to_driver=False,
+                     configure_logging=False)
         else:
             ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
                      configure_logging=False)
-    except ConnectionError as exc:
-        raise EngineError(f"cannot reach the Ray cluster at {settings.address}: {exc}") from None
+    except (ConnectionError, RuntimeError) as exc:
+        if _auth_failure(exc):
+            raise EngineError(f"the Ray cluster at {named} uses token authentication and this process gave no valid "
+                              "token: set RAY_AUTH_MODE=token, and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the "
+                              "cluster's token (`ray get-auth-token` on its head node)") from None
+        raise EngineError(f"cannot reach the Ray cluster at {named}: {first_line(exc)}") from None
+    except ValueError as exc:
+        if "ray[client]" in str(exc):
+            raise UsageError(f"{named}: a ray:// address needs Ray Client: pip install 'ray[client]'") from None
+        raise
     finally:
         if saved is not None:
             os.dup2(saved, 2)
@@ -146,18 +188,165 @@ def worker_load_args(loaded) -> dict:
     return args
 
 
+class _Notices:
+    """Where Ray's driver notices go while a run is in flight: stderr, without colour codes unless stderr is a
+    terminal (see _ray_notices_to_stderr)."""
+
+    ANSI = __import__("re").compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+    def write(self, text: str) -> int:
+        target = sys.stderr
+        isatty = getattr(target, "isatty", None)
+        target.write(text if isatty is not None and isatty() else self.ANSI.sub("", text))
+        return len(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
 @contextlib.contextmanager
 def _ray_notices_to_stderr():
-    """Ray's driver prints its notices (a task retried after a worker died, ...) to sys.stdout, where the
-    records go: while a run is in flight, sys.stdout points at stderr.  Callers that write records hold
-    the real stdout object already (the CLI opens its sink before the run).  A notice can arrive after the
-    last batch, so a Ray that the run started is shut down before sys.stdout is given back."""
+    """Ray's driver prints its notices (a task retried after a worker died, a node that died, ...) to sys.stdout,
+    where the records go: while a run is in flight, sys.stdout points at stderr (colour codes stripped when stderr
+    is not a terminal).  Without --verbose they are not printed at all: a fault that stops the run is told in one
+    line of our own (see ClusterWatch), and a retried task changes nothing in the results.  Callers that write
+    records hold the real stdout object already (the CLI opens its sink before the run).  A notice can arrive after
+    the last batch, so a Ray that the run started is shut down before sys.stdout is given back."""
+    import logging
+
     saved = sys.stdout
-    sys.stdout = sys.stderr
+    sys.stdout = _Notices()
+    worker = None
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:  # no --verbose
+        try:
+            import ray._private.worker as worker  # the switch Ray's own debugger uses to mute worker output
+        except ImportError:
+            worker = None
+    muted = getattr(worker, "_worker_logs_enabled", None)
+    if muted is not None:
+        worker._worker_logs_enabled = False
     try:
         yield
     finally:
-        sys.stdout = saved
+        if not FAILURE:  # after a failed cluster, Ray's threads may still print as the process ends: not to stdout
+            sys.stdout = saved
+            if muted is not None:
+                worker._worker_logs_enabled = muted
+
+
+FAILURE: list[str] = []  # why the cluster was given up on mid-run (see ClusterWatch); read by the CLI on Ctrl-C
+_REPORTER: list[str] = []  # who tells the user: the main thread (an exception) or the watch (last resort)
+_REPORTER_LOCK = __import__("threading").Lock()
+
+
+def _claim(who: str, wait: float = 0.0) -> bool:
+    """Whether `who` is the one to report the failure (the first to claim it, the watch only after `wait` s)."""
+    import time
+
+    deadline = time.monotonic() + wait
+    while who == "watch" and time.monotonic() < deadline and not _REPORTER:
+        time.sleep(0.05)
+    with _REPORTER_LOCK:
+        if not _REPORTER:
+            _REPORTER.append(who)
+        return _REPORTER[0] == who
+
+
+def cluster_failure() -> str | None:
+    """The one-line cause when a run was stopped because its Ray cluster failed (and this thread is the one to
+    say so), else None."""
+    return FAILURE[-1] if FAILURE and _claim("main") else None
+
+
+class ClusterWatch:
+    """Watches, while a run is in flight, the two Ray processes it cannot go on without: the GCS (the cluster's
+    head) and the raylet of this node.  Ray itself ends the driver's process when they go (after 60 s of silence
+    for the GCS, `gcs_rpc_server_reconnect_timeout_s`; some seconds for the raylet) with exit code 1, this tool's
+    code for "some images failed", and nothing on stderr.  Instead, once either stops answering, the run is
+    stopped here (the main thread interrupted, as Ctrl-C does) with one line naming the cause, and the command
+    exits with EngineError's code: records and store rows written so far are kept, and a rerun resumes.
+
+    A raylet that stops answering is fatal at once.  The GCS of a Ray this run started is too; the GCS of an
+    existing cluster may come back (GCS fault tolerance), so the run waits for it, with a warning, for 3/4 of
+    Ray's own reconnect timeout."""
+
+    INTERVAL = 0.5
+    FATAL_MISSES = 3
+    HANDOVER = 3.0  # seconds the main thread has to end the run itself once interrupted
+
+    def __init__(self, ray) -> None:
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = None
+        try:
+            node = ray._private.worker.global_worker.node
+            self.gcs = str(node.gcs_address)
+            self.raylet = f"{node.node_ip_address}:{int(node.node_manager_port)}"
+            self.local = bool(getattr(node, "head", False))
+            # Ray's setting, as Ray reads it (its environment variable; 60 s unless set)
+            grace = float(os.environ.get("RAY_gcs_rpc_server_reconnect_timeout_s") or 60) * 0.75
+        except Exception:  # noqa: BLE001  (Ray's internals moved: run without the watch, as before)
+            return
+        self.gcs_grace = 0.0 if self.local else grace
+        FAILURE.clear()
+        _REPORTER.clear()
+        self._thread = threading.Thread(target=self._watch, name="clipcli-ray-watch", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        import _thread
+        import signal
+        import threading
+        import time
+        import warnings
+
+        from ..errors import ClipCliWarning
+
+        misses = {"gcs": 0, "raylet": 0}
+        gcs_lost_at = None
+        while not self._stop.wait(self.INTERVAL):
+            for name, address in (("gcs", self.gcs), ("raylet", self.raylet)):
+                misses[name] = 0 if _reachable(address, timeout=1.0) else misses[name] + 1
+            failure = None
+            if misses["raylet"] >= self.FATAL_MISSES:
+                failure = (f"the Ray raylet of this node ({self.raylet}) died mid-run (killed, or out of memory); "
+                           "what was done is kept: rerun to finish")
+            elif misses["gcs"] >= self.FATAL_MISSES:
+                now = time.monotonic()
+                if gcs_lost_at is None and self.gcs_grace > 0:
+                    gcs_lost_at = now
+                    warnings.warn(f"the Ray cluster's GCS at {self.gcs} stopped answering; waiting up to "
+                                  f"{self.gcs_grace:.0f} s for it to come back", ClipCliWarning, stacklevel=1)
+                if gcs_lost_at is None or now - gcs_lost_at >= self.gcs_grace:
+                    failure = (f"the Ray cluster's GCS at {self.gcs} died mid-run (the head of the cluster); what "
+                               "was done is kept: rerun to finish")
+            elif misses["gcs"] == 0:
+                gcs_lost_at = None
+            if failure is not None:
+                FAILURE.append(failure)
+                # The main thread waits in Ray: a SIGINT ends the run as Ctrl-C does, when Ray lets it ...
+                try:
+                    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+                except (OSError, ValueError, AttributeError):
+                    _thread.interrupt_main()
+                # ... and when Ray holds the main thread in a call that never looks at signals (seen with a dead
+                # raylet), Ray would end the process itself in a few seconds with exit 1 and no word: the line
+                # and the exit code are given here instead (what was committed stays; a rerun resumes).
+                if not _claim("watch", self.HANDOVER):
+                    return
+                os.write(2, f"error: {failure}\n".encode("utf-8", "replace"))
+                os._exit(EngineError.exit_code)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def failure(self) -> str | None:
+        return cluster_failure()
 
 
 def ray_batches(loaded, paths: Sequence[str], batch_size: int, decode: DecodeLimits, settings: RaySettings,
@@ -172,10 +361,21 @@ def ray_batches(loaded, paths: Sequence[str], batch_size: int, decode: DecodeLim
 def _ray_batches(loaded, paths, batch_size, decode, settings, progress):
     ray = require_ray()
     started = start_ray(settings)
+    watch = ClusterWatch(ray)
     try:
         yield from _run(ray, loaded, paths, batch_size, decode, settings, progress)
+    except KeyboardInterrupt:
+        if watch.failure is not None:
+            raise EngineError(watch.failure) from None
+        raise
     finally:
-        if started:  # its notices (a retried task, ...) stop here, while they still go to stderr
+        watch.stop()
+        if FAILURE:  # a Ray shut down at exit with its raylet or GCS dead ends the process itself, with exit 1
+            import atexit
+
+            atexit.unregister(ray.shutdown)  # (a Ray started here is ended by its reaper when this process ends)
+            atexit.unregister(getattr(ray._private.worker, "shutdown", ray.shutdown))
+        elif started:  # its notices (a retried task, ...) stop here, while they still go to stderr
             ray.shutdown()
 
 

@@ -86,8 +86,41 @@ SCAN_NAMES = re.compile(r"[^/]+\.parquet\.\d+-\d+-\d+\.npy|\.[^/]+\.parquet\.\d+
 
 
 def resolve(path: str) -> str:
-    """The store's key for a file: its absolute path with symlinks resolved (an object-storage URI as is)."""
-    return path if remote.is_remote(path) else os.path.realpath(path)
+    """The store's key for a file: its absolute path with symlinks resolved (an object-storage URI as is), as
+    text that names one file only (see key_text)."""
+    return path if remote.is_remote(path) else key_text(os.path.realpath(path))
+
+
+def key_text(path: str) -> str:
+    """A local path as a key: its text where it is UTF-8 without a backslash (nearly always); else with each
+    backslash doubled and each byte that is not UTF-8 as \\xNN, so that a file named `caf\\xe9.jpg` and a
+    non-UTF-8 `caf<E9>.jpg` are two keys (see key_path for the way back)."""
+    raw = os.fsencode(path)
+    if b"\\" not in raw:
+        return raw.decode("utf-8", errors="backslashreplace")  # \xNN only where a byte is not UTF-8
+    return raw.replace(b"\\", b"\\\\").decode("utf-8", errors="backslashreplace")
+
+
+def key_path(key: str) -> str:
+    """The local path a key names (the inverse of key_text); a key of an older clipcli that cannot be read so
+    is taken as the path it spells."""
+    if "\\" not in key or remote.is_remote(key):
+        return key
+    out, i = bytearray(), 0
+    while i < len(key):
+        char = key[i]
+        if char != "\\":
+            out += char.encode("utf-8")
+            i += 1
+        elif key.startswith("\\\\", i):
+            out += b"\\"
+            i += 2
+        elif re.fullmatch(r"x[0-9a-f]{2}", key[i + 1:i + 4]):
+            out.append(int(key[i + 2:i + 4], 16))
+            i += 4
+        else:
+            return key
+    return os.fsdecode(bytes(out))
 
 
 def file_state(path: str) -> tuple[int, int] | None:
@@ -103,7 +136,7 @@ def file_state(path: str) -> tuple[int, int] | None:
 
 def still_exists(key: str) -> bool:
     """Whether a stored file (or object: asked of the storage, not taken from a listing) is still there."""
-    return remote.file_state(key, listed=False) is not None if remote.is_remote(key) else os.path.exists(key)
+    return remote.file_state(key, listed=False) is not None if remote.is_remote(key) else os.path.exists(key_path(key))
 
 
 def arrow_schema(dim: int, dtype: str):
@@ -1222,6 +1255,8 @@ def open_for_writing(directory: str | os.PathLike, model: StoreModel, dim: int, 
                                  "needs another --store folder")
             manifest = {**manifest, "clipcli_version": version or manifest.get("clipcli_version", "")}
         writer = StoreWriter(directory, manifest, lock_fd, shard_rows)
+        if _manifest_has_shard_list(directory):  # a stray version 1 list (ignored when read): written away
+            writer._write_manifest(writer.manifest)
         writer.upgrade()
         writer.remove_leftovers()
         writer.add_scan_copies()

@@ -112,7 +112,8 @@ store.compact_store(sys.argv[1])
 @pytest.mark.parametrize("step", ["journal", "rename", "delete", "half", "journal-left"])
 def test_a_compaction_killed_midway_loses_no_row_and_shows_none_twice(store, photos, step):
     want = search(store)
-    run = subprocess.run([sys.executable, "-c", CHILD, str(store), step], capture_output=True, timeout=300)
+    run = subprocess.run([sys.executable, "-c", CHILD, str(store), step], capture_output=True, timeout=300,
+                         cwd=store.parent)
     assert run.returncode == -signal.SIGKILL, run.stderr.decode()
     # clipcli's readers, at once: every row once (a merged shard in place hides the shards it replaced)
     assert search(store) == want

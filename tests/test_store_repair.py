@@ -98,7 +98,7 @@ def test_a_scan_copy_with_the_right_shape_and_wrong_values_is_replaced_by_the_ne
 
 
 @pytest.mark.parametrize("kind", ["fifo", "empty"])
-def test_a_fifo_or_empty_file_named_as_a_scan_copy_neither_hangs_nor_interrupts(store, photos, kind):
+def test_a_fifo_or_empty_file_named_as_a_scan_copy_neither_hangs_nor_interrupts(store, photos, kind, tmp_path):
     # defect: np.load opened a FIFO there and blocked search, check and embed forever; a 0-byte copy read as Ctrl-C
     want = search(store)
     copy = the_copy(store)
@@ -112,7 +112,7 @@ def test_a_fifo_or_empty_file_named_as_a_scan_copy_neither_hangs_nor_interrupts(
     for args in (["search", "red circle", "--store", store, "-k", "0", "-f", "json"], ["store", "check", store],
                  ["embed", photos, "--store", store, "-m", "demo", "-q"]):
         run = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
-                             timeout=120)
+                             timeout=120, cwd=tmp_path)  # not the checkout's folder: clipcli as PYTHONPATH says
         assert run.returncode in (0, 4), (args, run.stderr)
         if args[0] == "search":
             assert [(r["path"], r["score"]) for r in json.loads(run.stdout)["results"]] == want

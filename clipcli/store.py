@@ -25,7 +25,7 @@ float32 matrix, renormalised (`<shard>.<inode>-<size>-<mtime_ns>.npy`; NaN rows 
 the writer beside every shard it writes (2 KB per image at 512-d).  Parquet decodes a fixed-size list value
 by value and float16 must then be cast; a scan (`clip search`) multiplies the mapped matrix directly,
 several times faster (bench/bench_search.py).  A copy is a cache, never trusted: it is used only when it is a
-regular file (never a FIFO or a symlink) named after its shard's file, and its row count, shape and CRC-32 equal
+regular file (never a FIFO or a symlink) named after its shard's file, and its row count, shape and XXH3 hash equal
 the ones its shard records in its own Parquet metadata (`clipcli:shard`, written with the shard in one rename).
 Any other copy is ignored (the shard is read from Parquet) and remade by the next writer.  The tool deletes
 only files it made: names of its own pattern, inside the real `_scan` folder (a symlink or a file there is left
@@ -51,7 +51,6 @@ import re
 import stat
 import time
 import uuid
-import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -79,7 +78,7 @@ GROUP_ROWS = 8192  # rows per Parquet row group: the unit a keyed read decodes (
 READ_ROWS = 65536
 GROUPS_KEPT = 4  # decoded row groups a keyed read keeps (8 MB each at 512-d float16)
 MANIFEST_KEYS = {"format": str, "schema_version": int, "model": dict, "dim": int, "dtype": str}
-SHARD_META = b"clipcli:shard"  # a shard's Parquet key-value metadata: its name, row count, scan copy CRC-32
+SHARD_META = b"clipcli:shard"  # a shard's Parquet key-value metadata: its name, row count, scan copy XXH3 hash
 JOURNAL = re.compile(r"_compact-[0-9a-f]{16}\.json")
 # The only names a writer deletes in _scan: its copies and the temporary files of an interrupted copy write.
 SCAN_NAMES = re.compile(r"[^/]+\.parquet\.\d+-\d+-\d+\.npy|\.[^/]+\.parquet\.\d+-\d+-\d+\.npy\.[A-Za-z0-9_]+\.tmp")
@@ -444,7 +443,7 @@ class ImageStore:
 
     def _scan_copy(self, name: str, st: os.stat_result | None = None, shard=None) -> np.ndarray | None:
         """The scan copy of the shard as it is now (or as `st` saw it; `shard`: that version, opened),
-        memory-mapped, or None when there is none that matches the shard's recorded rows and CRC-32."""
+        memory-mapped, or None when there is none that matches the shard's recorded rows and XXH3 hash."""
         folder = _scan_folder(self.directory)
         if folder is None:
             return None
@@ -457,9 +456,9 @@ class ImageStore:
                 meta, rows = shard_meta(shard), shard.metadata.num_rows
         except OSError:
             return None
-        if meta.get("rows") != rows or not isinstance(meta.get("scan_crc32"), int):
+        if meta.get("rows") != rows or not isinstance(meta.get("scan_xxh3"), str):
             return None  # a shard written before copies were checked: read from Parquet until a writer redoes it
-        return load_scan_copy(folder / scan_name(name, st), rows, self.dim, meta["scan_crc32"])
+        return load_scan_copy(folder / scan_name(name, st), rows, self.dim, meta["scan_xxh3"])
 
     def iter_keys(self, shards: Iterable[str] | None = None) -> Iterator[tuple[str, int, int, list, list, list]]:
         """(shard, row group, paths, sizes, mtimes) for each row group: the small columns only."""
@@ -545,7 +544,7 @@ class Problem:
 
 def check_store(directory: str | os.PathLike, repair: bool = False) -> tuple[int, list[Problem]]:
     """Read every shard of a store whole, pages checked against their checksums; check each shard's scan copy
-    against it (rows, shape, CRC-32, values), that every stored key is in one shard only (a copied shard holds
+    against it (rows, shape, XXH3 hash, values), that every stored key is in one shard only (a copied shard holds
     them twice) and that the manifest agrees with the folder: (rows that read, problems).  With `repair`, under
     the writer's lock: damaged shards are deleted (the next `clip embed` encodes their images again), damaged
     copies deleted (the next writer remakes them), duplicate rows removed keeping one row per key (the newest
@@ -596,8 +595,8 @@ def check_store(directory: str | os.PathLike, repair: bool = False) -> tuple[int
         if copy_path is None or not os.path.lexists(copy_path) or not _same_file(before, path):
             continue
         expected = scan_matrix(table, store.dim)
-        crc = meta.get("scan_crc32") if meta.get("rows") == table.num_rows else None
-        copy = load_scan_copy(copy_path, table.num_rows, store.dim, crc if isinstance(crc, int) else None)
+        crc = meta.get("scan_xxh3") if meta.get("rows") == table.num_rows else None
+        copy = load_scan_copy(copy_path, table.num_rows, store.dim, crc if isinstance(crc, str) else None)
         if copy is None or not np.allclose(copy, expected, atol=1e-6, equal_nan=True):
             bad_copies.append(copy_path)
             problems.append(Problem(f"{SCAN_DIR}/{copy_path.name}", "differs from its shard (rows, shape, checksum "
@@ -711,13 +710,17 @@ def shard_meta(shard) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
-def scan_checksum(matrix: np.ndarray) -> int:
-    return zlib.crc32(np.ascontiguousarray(matrix, dtype=np.float32))
+def scan_checksum(matrix: np.ndarray) -> str:
+    """The XXH3-64 hash of a scan copy's matrix (xxhash: about as fast as the scan itself; zlib's CRC-32 is ten times slower,
+    bench/bench_scan_check.py)."""
+    import xxhash
+
+    return xxhash.xxh3_64_hexdigest(np.ascontiguousarray(matrix, dtype=np.float32))
 
 
-def load_scan_copy(path: Path, rows: int, dim: int, crc: int | None) -> np.ndarray | None:
+def load_scan_copy(path: Path, rows: int, dim: int, digest: str | None) -> np.ndarray | None:
     """A scan copy memory-mapped, if it is a regular file (opened without following a symlink, and never
-    blocking on a FIFO) holding a float32 [rows, dim] matrix whose CRC-32 is `crc`; else None."""
+    blocking on a FIFO) holding a float32 [rows, dim] matrix whose XXH3 hash is `digest`; else None."""
     from numpy.lib import format as npy
 
     try:
@@ -742,7 +745,7 @@ def load_scan_copy(path: Path, rows: int, dim: int, crc: int | None) -> np.ndarr
                 matrix = np.memmap(handle, dtype=np.float32, mode="r", offset=offset, shape=(rows, dim))
     except (OSError, ValueError, EOFError):
         return None
-    return matrix if crc is None or scan_checksum(matrix) == crc else None
+    return matrix if digest is None or scan_checksum(matrix) == digest else None
 
 
 def read_journal(path: Path) -> tuple[str | None, set[str]]:
@@ -982,11 +985,11 @@ class StoreWriter(ImageStore):
     def _write_shard(self, table, final: Path, replaces: Sequence[str] = (),
                      before_rename: Callable[[], None] | None = None) -> None:
         """Write a shard under a hidden name, then rename it into place (new, or replacing a shard).  The shard
-        records its name, row count and its scan copy's CRC-32 (and the shards it replaces, for a compaction)."""
+        records its name, row count and its scan copy's XXH3 hash (and the shards it replaces, for a compaction)."""
         import pyarrow.parquet as pq
 
         matrix = scan_matrix(table, self.dim)
-        meta = {"name": final.name, "rows": table.num_rows, "scan_crc32": scan_checksum(matrix)}
+        meta = {"name": final.name, "rows": table.num_rows, "scan_xxh3": scan_checksum(matrix)}
         if replaces:
             meta["replaces"] = list(replaces)
         table = table.replace_schema_metadata({SHARD_META: json.dumps(meta).encode()})
@@ -1066,7 +1069,7 @@ class StoreWriter(ImageStore):
             except (OSError, ValueError) as exc:
                 raise self._damaged(name, exc) from None
             matrix = scan_matrix(table, self.dim)
-            if meta.get("rows") == table.num_rows and meta.get("scan_crc32") == scan_checksum(matrix):
+            if meta.get("rows") == table.num_rows and meta.get("scan_xxh3") == scan_checksum(matrix):
                 self._write_scan_copy(matrix, name, st)
             else:
                 self._write_shard(table, path)

@@ -594,6 +594,10 @@ def check_store(directory: str | os.PathLike, repair: bool = False) -> tuple[int
         copy_path = None if scan is None else scan / scan_name(name, before)
         if copy_path is None or not os.path.lexists(copy_path) or not _same_file(before, path):
             continue
+        if os.path.isdir(copy_path) and not os.path.islink(copy_path):
+            problems.append(Problem(f"{SCAN_DIR}/{copy_path.name}", "is a folder where this shard's scan copy goes "
+                                    "(not made by clipcli; the shard is read from Parquet)", ""))
+            continue
         expected = scan_matrix(table, store.dim)
         crc = meta.get("scan_xxh3") if meta.get("rows") == table.num_rows else None
         copy = load_scan_copy(copy_path, table.num_rows, store.dim, crc if isinstance(crc, str) else None)

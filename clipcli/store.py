@@ -481,8 +481,24 @@ class ImageStore:
         for name, group, paths, sizes, mtimes in self.iter_keys(shards):
             for row, path in enumerate(paths):
                 if path in wanted:
+                    if path in found and found[path].shard != name:
+                        raise self._twice(name, found[path].shard)
                     found[path] = Location(name, group, row, (sizes[row], mtimes[row]))
         return found
+
+    def _twice(self, name: str, other: str) -> StoreError:
+        return StoreError(f"store {self.directory}: shards {other} and {name} hold the same image (one a copy of "
+                          f"the other?), so it would count twice; `clip store check --repair {self.directory}` "
+                          "keeps one row per image")
+
+    def check_unique_keys(self) -> None:
+        """Raise StoreError when a key is stored in two shards (reads every shard's path column)."""
+        seen: dict[str, str] = {}
+        for name, _, paths, _, _ in self.iter_keys():
+            for path in paths:
+                other = seen.setdefault(path, name)
+                if other != name:
+                    raise self._twice(name, other)
 
     def read(self, located: dict[str, Location], again: bool = True) -> dict[str, StoredImage]:
         """The stored rows at these locations, decoding each row group they fall in once.  A row that is not
@@ -1058,7 +1074,7 @@ class StoreWriter(ImageStore):
         """Write the scan copies that live shards lack or that do not match them (stores written before scan
         copies existed, a damaged copy); a shard that does not record its copy's checksum yet (written by an
         older clipcli) is rewritten in place with the same rows first.  Returns how many copies were made."""
-        made = 0
+        made, checked = 0, False
         for name in self.shard_names():
             path = self.directory / SHARD_DIR / name
             if self._scan_copy(name) is not None:
@@ -1076,6 +1092,9 @@ class StoreWriter(ImageStore):
             if meta.get("rows") == table.num_rows and meta.get("scan_xxh3") == scan_checksum(matrix):
                 self._write_scan_copy(matrix, name, st)
             else:
+                if not checked:  # a copied shard of an older store is not to become a shard of its own name
+                    self.check_unique_keys()
+                    checked = True
                 self._write_shard(table, path)
             made += 1
         self._drop_stale_scan_copies()

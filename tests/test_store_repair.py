@@ -202,6 +202,28 @@ def test_a_copied_shard_is_found_and_repaired_without_losing_a_row(photos, tmp_p
     assert search(store) == want and cli("store", "check", store).exit_code == 0
 
 
+def test_a_copied_shard_of_an_older_store_is_refused_by_writers_before_they_touch_it(photos, tmp_path):
+    # defect: a copied shard was never noticed, and a writer went on with every image stored twice
+    import pyarrow.parquet as pq
+
+    store = tmp_path / "s.store"
+    assert cli("embed", photos, "--store", store, "-m", "demo", "--shard-size", "5", "-q").exit_code == 0
+    for shard in (store / "shards").glob("*.parquet"):  # as an older clipcli wrote them: no clipcli:shard record
+        pq.write_table(pq.read_table(shard).replace_schema_metadata(None), shard)
+    first = sorted((store / "shards").glob("part-*.parquet"))[0]
+    shutil.copy2(first, first.with_name(first.stem + "-conflict.parquet"))
+    for command in (["embed", photos, "--store", store, "-m", "demo", "-q"],
+                    ["classify", photos, "--store", store, "-l", "red circle,blue square", "-m", "demo"]):
+        result = cli(*command)
+        assert result.exit_code == 4 and "hold the same image" in result.stderr, result.output
+    assert all(pq.ParquetFile(p).metadata.metadata is None or b"clipcli:shard" not in pq.ParquetFile(p).metadata.metadata
+               for p in (store / "shards").glob("*.parquet"))  # nothing rewritten under the copy's name
+    assert cli("store", "check", "--repair", store).exit_code == 0
+    assert cli("embed", photos, "--store", store, "-m", "demo", "-q").exit_code == 0
+    assert stored_paths(store) == sorted(str(p.resolve()) for p in photos.iterdir())
+    assert cli("store", "check", store).exit_code == 0
+
+
 def test_shards_that_overlap_keep_the_newest_row_of_each_image(photos, tmp_path):
     # defect: shards holding the same image twice (not byte copies) were never noticed by `store check`
     import pyarrow.compute as pc

@@ -276,4 +276,8 @@ def test_non_utf8_and_escaped_names_are_two_rows(tmp_path):
     assert first.exit_code == 0 and "0 already stored, 2 encoded" in first.stderr, first.stderr
     again = cli("embed", folder, "--store", store, "-m", "demo")
     assert again.exit_code == 0 and "2 already stored, 0 encoded" in again.stderr, again.stderr
+    assert cli("embed", "--store", store, "--prune", "-m", "demo", "-q").exit_code == 0  # both files are there
     assert len(stored_paths(store)) == 2
+    (folder / "caf\\xe9.png").unlink()
+    assert cli("embed", "--store", store, "--prune", "-m", "demo", "-q").exit_code == 0
+    assert stored_paths(store) == [str(folder.resolve()) + "/caf\\xe9.png"]  # the non-UTF-8 one, \xNN-escaped

@@ -1176,7 +1176,8 @@ class StoreWriter(ImageStore):
             return
         live = set(self.shard_names())
         for entry in os.scandir(self.directory / SHARD_DIR):
-            if entry.name not in live and entry.name.startswith(("part-", ".part-")):
+            if entry.name not in live and entry.name.startswith(("part-", ".part-")) and \
+                    entry.is_file(follow_symlinks=False):
                 Path(entry.path).unlink(missing_ok=True)
         manifest = {k: v for k, v in self.manifest.items() if k != "shards"}
         self._write_manifest({**manifest, "schema_version": SCHEMA_VERSION})

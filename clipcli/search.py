@@ -334,19 +334,16 @@ def find_dupes(paths: Sequence[str], vectors: np.ndarray, sizes: Sequence[tuple[
 
 
 def dupes_in_store(store, threshold: float = DUPE_THRESHOLD, counts: dict | None = None) -> list[list[Copy]]:
-    """Near-duplicate groups among every readable stored image (the embeddings are held in memory as float32:
-    dim x 4 bytes per image, e.g. 100 MB for 50,000 images of a 512-d model).  counts: a dict that gets
-    "searched" (readable stored images) and "unreadable"."""
-    from .store import scan_matrix
-
+    """Near-duplicate groups among every readable stored image, embeddings read from the scan copies where they
+    are current (held in memory as float32: dim x 4 bytes per image, e.g. 100 MB for 50,000 images of a 512-d
+    model).  counts: a dict that gets "searched" (readable stored images) and "unreadable"."""
     paths, chunks, sizes, lengths = [], [], [], []
     rows = 0
-    for batch in store.iter_record_batches(["path", "embedding", "width", "height", "size"]):
-        vectors = scan_matrix(batch, store.dim)  # unit rows; NaN for an unreadable image
-        keep = np.flatnonzero(~np.isnan(vectors[:, 0]))
+    for table, vectors in store.iter_shard_tables(["path", "width", "height", "size"]):  # scan copies if current
+        keep = np.flatnonzero(~np.isnan(vectors[:, 0]))  # unit rows; NaN for an unreadable image
         rows += len(vectors)
-        chunks.append(vectors[keep])
-        columns = [batch.column(i).to_pylist() for i in (0, 2, 3, 4)]
+        chunks.append(np.asarray(vectors[keep], dtype=np.float32))
+        columns = [table.column(name).to_pylist() for name in ("path", "width", "height", "size")]
         for row in keep.tolist():
             paths.append(columns[0][row])
             width, height = columns[1][row], columns[2][row]

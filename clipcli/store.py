@@ -420,6 +420,24 @@ class ImageStore:
             for _, shard in self._shards([name]):  # none when it went away meanwhile
                 yield from self._shard_vectors(name, shard, before, path, rows)
 
+    def iter_shard_tables(self, columns: Sequence[str]) -> Iterator[tuple[object, np.ndarray]]:
+        """Per live shard: (its `columns` as a pyarrow Table, its float32 unit embeddings [rows, dim] with NaN
+        rows for unreadable images, from its scan copy when it has a current one), both of one shard version."""
+        for name in self.shard_names():
+            path = self.directory / SHARD_DIR / name
+            try:
+                before = os.stat(path)
+            except FileNotFoundError:
+                self._went_away(name)
+                continue
+            for _, shard in self._shards([name]):
+                copy = self._scan_copy(name, before, shard) if _same_file(before, path) else None
+                try:
+                    table = shard.read(columns=list(columns) + ([] if copy is not None else ["embedding"]))
+                except (OSError, ValueError) as exc:
+                    raise self._unreadable(name, exc) from None
+                yield table, (scan_matrix(table, self.dim) if copy is None else copy)
+
     def _shard_vectors(self, name: str, shard, before: os.stat_result, path: Path, rows: int) -> Iterator:
         # the copy of the shard version that was opened: the same file before and after the open (one that a
         # writer replaced in between is read from Parquet instead)

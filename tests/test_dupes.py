@@ -89,3 +89,25 @@ def test_dupes_json_lists_errors_and_counts_only_readable_images(album, tmp_path
     stored = cli("dupes", "--store", store, "-f", "json")
     assert stored.exit_code == 0 and json.loads(stored.stdout)["searched"] == 2
     assert "among 2 images" in stored.stderr
+
+
+def test_dupes_in_a_store_reads_its_checked_scan_copies(album, tmp_path, monkeypatch):
+    # defect: `clip dupes --store` decoded every embedding from Parquet, never from the scan copies
+    import shutil
+
+    from clipcli.search import dupes_job
+    from clipcli.store import ImageStore
+
+    (album / "copy.png").write_bytes((album / "IMG_0002.png").read_bytes())
+    store = tmp_path / "s.store"
+    assert cli("embed", album, "--store", store, "-m", "demo", "-q").exit_code == 0
+    want = rows(cli("dupes", "--store", store, "-f", "csv"))
+    assert sorted(r["path"] for r in want) == sorted(str((album / n).resolve()) for n in ("IMG_0002.png", "copy.png"))
+    used = []
+    original = ImageStore._scan_copy
+    monkeypatch.setattr(ImageStore, "_scan_copy", lambda *a, **k: used.append(original(*a, **k)) or used[-1])
+    assert len(dupes_job(store).groups) == 1
+    assert used and all(copy is not None for copy in used)
+    monkeypatch.undo()
+    shutil.rmtree(store / "_scan")  # from Parquet alone: the same answer
+    assert rows(cli("dupes", "--store", store, "-f", "csv")) == want

@@ -721,9 +721,11 @@ def _by_group(located: dict[str, Location]) -> dict[tuple[str, int], list[str]]:
 
 def batch_embeddings(batch, dim: int) -> tuple[list[str], np.ndarray, list[tuple[int, str, str]]]:
     """Decode one RecordBatch or Table (path, embedding, error_type, error_message) into float32 numpy."""
+    import pyarrow as pa
+
     paths = batch.column(0).to_pylist()
     column = batch.column(1)
-    if hasattr(column, "combine_chunks"):
+    if isinstance(column, pa.ChunkedArray):  # a Table's column (a RecordBatch's is one array)
         column = column.combine_chunks()
     values = column.values.to_numpy(zero_copy_only=False)[column.offset * dim:(column.offset + len(column)) * dim]
     vectors = values.reshape(len(column), dim).astype(np.float32)
@@ -838,8 +840,8 @@ def scan_matrix(table, dim: int) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    column = table.column("embedding") if hasattr(table, "schema") else table
-    if hasattr(column, "combine_chunks"):
+    column = table.column("embedding") if isinstance(table, (pa.Table, pa.RecordBatch)) else table
+    if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     values = column.values.slice(column.offset * dim, len(column) * dim)
     matrix = pc.cast(values, pa.float32()).to_numpy(zero_copy_only=False).reshape(len(column), dim)  # arrow's

@@ -35,7 +35,7 @@ def online(monkeypatch):
     def no_network(url, timeout=3.0):
         raise AssertionError(f"tried to reach {url}")
 
-    monkeypatch.setattr(models, "_hub_reachable", no_network)
+    monkeypatch.setattr(models, "hub_reachable", no_network)
 
 
 def test_cached_hf_hub_model_loads_without_touching_the_network(hub_cache, online):
@@ -48,7 +48,7 @@ def test_cached_hf_hub_model_loads_without_touching_the_network(hub_cache, onlin
 
 def test_unreachable_hub_fails_at_once_with_one_message(monkeypatch, images):
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(models, "_hub_reachable", lambda url, timeout=3.0: False)
+    monkeypatch.setattr(models, "hub_reachable", lambda url, timeout=3.0: False)
     start = time.monotonic()
     result = CliRunner().invoke(app, ["classify", str(images / "red_circle.png"), "--labels", "a,b",
                                       "--model", "ViT-B-32:openai", "--weights-dir", str(images)])

@@ -181,7 +181,7 @@ def bound_encoder(load_args: dict) -> type:
 
 
 def worker_load_args(loaded) -> dict:
-    args = dict(getattr(loaded, "load_args", {}) or {})
+    args = dict(loaded.load_args or {})
     if not args:
         raise UsageError("--engine ray needs a model loaded with clipcli.backends.load_backend_model")
     args["backend"] = loaded.backend  # the backend the driver resolved: every worker runs the same one

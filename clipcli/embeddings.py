@@ -163,7 +163,7 @@ class Encoder:
         return self.report
 
 
-def load_model(options: ModelOptions, store: str | Path | None = None):
+def load_model_for(options: ModelOptions, store: str | Path | None = None):
     """The model the options name, on the backend they choose; with a store and no model named, the store's."""
     from . import config
     from .backends import load_backend_model
@@ -187,7 +187,7 @@ def open_encoder(model: ModelOptions, decode: DecodeOptions = DecodeOptions(), e
     """The run's encoder: the model loaded once and, with a store, its writer (committed and unlocked on the
     way out, also on Ctrl-C).  images: how many the run names, if known; a local ONNX model then starts its
     image session at once, in the background, quick for a short run."""
-    loaded = load_model(model, store)
+    loaded = load_model_for(model, store)
     start = images is not None and engine.name != "ray"
     if store is None:
         if start:

@@ -426,10 +426,10 @@ def _search_store(text, like, template_set, store, model, decode, engine, k, min
             parts = ([vector] if text else []) + [v for _, v, _ in stored]
     described = reader.describe()
     if not parts:  # the model is needed: the store's, or the one named (which must be the store's)
-        from .embeddings import Encoder, load_model, store_model
+        from .embeddings import Encoder, load_model_for, store_model
         from .store import check_model
 
-        loaded = load_model(model, store)
+        loaded = load_model_for(model, store)
         check_model(reader.directory, reader.manifest, store_model(loaded))
         query = _query(text, like, template_set, loaded, reader, Encoder(loaded, decode, engine), model)
         described = loaded.describe()

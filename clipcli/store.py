@@ -125,7 +125,7 @@ def key_path(key: str) -> str:
 def file_state(path: str) -> tuple[int, int] | None:
     """(size, mtime_ns), or None for a file that cannot be stat-ed (missing, broken link)."""
     if remote.is_remote(path):
-        return remote.file_state(path)
+        return remote.object_state(path)
     try:
         st = os.stat(path)
     except OSError:
@@ -135,7 +135,7 @@ def file_state(path: str) -> tuple[int, int] | None:
 
 def still_exists(key: str) -> bool:
     """Whether a stored file (or object: asked of the storage, not taken from a listing) is still there."""
-    return remote.file_state(key, listed=False) is not None if remote.is_remote(key) else os.path.exists(key_path(key))
+    return remote.object_state(key, listed=False) is not None if remote.is_remote(key) else os.path.exists(key_path(key))
 
 
 def arrow_schema(dim: int, dtype: str):

@@ -103,7 +103,7 @@ def test_bad_options_are_refused_before_any_model_loads(kwargs, message, monkeyp
     from clipcli.errors import UsageError
 
     if "sigmoid" not in message:  # whether the model has a logit bias is known once it is loaded
-        monkeypatch.setattr(embeddings, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+        monkeypatch.setattr(embeddings, "load_model_for", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(UsageError, match=message):
         clipcli.classify([str(folder)], model="demo", **kwargs)
 

@@ -195,7 +195,7 @@ def test_other_from_the_store_and_with_a_head(drawn, tmp_path, monkeypatch):
     assert first["results"] == direct["results"]
     from clipcli import embeddings
 
-    monkeypatch.setattr(embeddings, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(embeddings, "load_model_for", lambda *a, **k: pytest.fail("the model was loaded"))
     whole = classify("-l", LABELS, "--other", "-k", "0", "--store", store, model=())  # labels, negatives cached
     by_path = {r["path"].rsplit("/", 2)[-1]: r["predictions"][0]["label"] for r in whole["results"]}
     assert by_path == {r["path"].rsplit("/", 2)[-1]: r["predictions"][0]["label"] for r in direct["results"]}

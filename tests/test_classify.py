@@ -166,6 +166,7 @@ def test_python_facade_names(tiny_model):
     assert {"open_encoder", "classify_paths", "zero_shot_classifier", "ModelOptions"} <= set(clipcli.__all__)
 
 
+# regression: one label under softmax silently scored 1.0 for every image
 def test_one_label_under_softmax_warns(tmp_path):
     image = ROOT / "examples" / "red_circle.png"
     result = cli("classify", image, "-m", "demo", "-l", "red circle", "-f", "jsonl")

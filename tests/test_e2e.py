@@ -81,6 +81,7 @@ def test_installed_package_carries_templates_and_demo_model(tmp_path):
     assert (Path(prompts_dir) / "imagenet.yaml").is_file()
 
 
+# regression: README's Python example failed (KeyError 'predictions') on the error record of an unreadable file
 @pytest.mark.e2e
 def test_readme_python_example_survives_an_unreadable_file(tmp_path):
     text = (ROOT / "README.md").read_text()

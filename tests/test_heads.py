@@ -69,6 +69,7 @@ CASES = ["extra label row", "weight too narrow", "fewer labels", "missing bias",
          "unknown method", "model key not text"]
 
 
+# regression: a damaged or crafted head file was loaded unchecked, to crash or give NaN scores later
 @pytest.mark.parametrize("case", CASES)
 def test_crafted_head_files_are_one_line_errors(head_file, tmp_path, case):
     tensors, drop, document, message = head_cases(head_file)[case]
@@ -89,6 +90,7 @@ def test_the_untouched_head_still_classifies(head_file, tmp_path):
     assert json.loads(result.stdout)["results"][0]["predictions"]
 
 
+# regression: a full disk while `clip fit` wrote a head ended in a traceback instead of one line with exit 5
 def test_head_on_a_full_disk_is_one_line_and_leaves_no_temp_file(head_file, tiny_tmpfs):
     with open(tiny_tmpfs / "filler", "wb", buffering=0) as filler:
         try:

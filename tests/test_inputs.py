@@ -72,12 +72,14 @@ def test_bad_file_is_reported_and_skipped(run, images, tmp_path):
     assert "Traceback" not in result.output
 
 
+# regression: an empty --files-from list was not named as the thing that was empty
 def test_empty_files_from_says_what_is_empty():
     result = cli("classify", "--files-from", "-", "-l", "a,b", input="\n")
     assert result.exit_code == 2
     assert result.stderr.strip() == "error: --files-from -: standard input holds no paths (one path per line)"
 
 
+# regression: a FIFO named like an image was opened for reading, so the run hung waiting for a writer
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
 @pytest.mark.parametrize("command", ["classify", "embed", "sort"])
 def test_fifo_named_like_an_image_is_an_error_record(shapes_dir, tmp_path, command):
@@ -101,6 +103,7 @@ def test_fifo_named_like_an_image_is_an_error_record(shapes_dir, tmp_path, comma
         assert operations == {"x.jpg": "error", "red_circle.png": "copy", "blue_square.png": "copy"}
 
 
+# regression: a device file named on the command line was opened and read as if it were an image
 def test_devices_are_refused_without_reading_them():
     from clipcli.errors import ImageReadError
     from clipcli.images import read_image
@@ -110,6 +113,7 @@ def test_devices_are_refused_without_reading_them():
             read_image("/dev/null")
 
 
+# regression: a symlink loop named like an image was not reported as its own error record (symlink_loop)
 def test_looping_symlinks_are_per_file_errors(shapes_dir):
     os.symlink("self.png", shapes_dir / "self.png")
     os.symlink("b.png", shapes_dir / "a.png")
@@ -146,6 +150,7 @@ def deny_listing(monkeypatch, folder):
     monkeypatch.setattr(os, "scandir", scandir)
 
 
+# regression: a subfolder that could not be listed was skipped silently
 def test_unlistable_subfolder_is_reported_and_the_rest_classified(monkeypatch, shapes_dir):
     secret = shapes_dir / "secret"
     secret.mkdir()
@@ -160,6 +165,7 @@ def test_unlistable_subfolder_is_reported_and_the_rest_classified(monkeypatch, s
     assert sum("predictions" in r for r in records) == 2
 
 
+# regression: an unlistable folder named on the command line was skipped silently, not refused as permission denied
 def test_unlistable_top_folder_says_permission_denied(monkeypatch, shapes_dir):
     deny_listing(monkeypatch, shapes_dir)
     result = cli("classify", shapes_dir, "-m", "demo", "-l", LABELS)

@@ -112,6 +112,7 @@ def test_a_malformed_hub_id_is_one_line_before_any_download(model):
     assert result.exit_code == 2 and "a hub id is ORG/NAME" in result.output and "Traceback" not in result.output
 
 
+# regression: `clip models` imported torch and built open_clip's models just to list the pretrained table (6-8 s)
 def test_models_lists_open_clips_table_without_importing_torch():
     """`clip models` reads open_clip's pretrained table without building its models (6 s before, ~1 s now)."""
     import json as _json

@@ -56,6 +56,7 @@ def test_output_file_is_written(run, images, tmp_path):
     assert not list(tmp_path.glob(".out.jsonl.*"))
 
 
+# regression: -o /dev/null was written atomically, renaming a regular file over the device
 def test_output_to_a_device_is_written_in_place(run, images):
     result = run(str(images / "red_circle.png"), "--labels", LABELS, "--format", "jsonl", "-o", "/dev/null")
     assert result.exit_code == 0
@@ -83,6 +84,7 @@ def many_labels(count=60):
     return ",".join(f"label number {i} with a long name" for i in range(count))
 
 
+# regression: a full disk under -o ended in a traceback, and closing the temporary file could fail and leave it behind
 def test_disk_full_while_writing_output_is_one_line_and_leaves_no_temp_file(monkeypatch, shapes_dir, tmp_path):
     from clipcli import results
 
@@ -100,6 +102,7 @@ def test_disk_full_while_writing_output_is_one_line_and_leaves_no_temp_file(monk
     assert list(out_dir.iterdir()) == []
 
 
+# regression: a full disk under -o ended in a traceback, and closing the temporary file could fail and leave it behind
 def test_disk_full_on_a_real_filesystem(tiny_tmpfs, shapes_dir):
     for i in range(30):
         shutil.copy(shapes_dir / "red_circle.png", shapes_dir / f"copy{i}.png")
@@ -111,6 +114,7 @@ def test_disk_full_on_a_real_filesystem(tiny_tmpfs, shapes_dir):
     assert list(tiny_tmpfs.iterdir()) == []
 
 
+# regression: a full disk under standard output ended in a traceback, not one line with exit 5
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
 def test_standard_output_on_a_full_device(shapes_dir):
     with open("/dev/full", "w") as full:
@@ -121,6 +125,7 @@ def test_standard_output_on_a_full_device(shapes_dir):
     assert result.stderr == "error: cannot write standard output: no space left on device\n"
 
 
+# regression: rich's Console ended table output to a closed pipe with exit 1
 def test_table_to_a_closed_pipe_exits_0(shapes_dir):
     for i in range(6):
         shutil.copy(shapes_dir / "red_circle.png", shapes_dir / f"copy{i}.png")

@@ -481,6 +481,7 @@ def test_reading_a_store_needs_no_write_permission(tiny_model, tmp_path, read_on
     assert cli("store", "info", view).exit_code == 0
 
 
+# regression: the same file under two names, with a commit between them, was stored twice
 def test_one_file_named_twice_across_commits_is_stored_once(tiny_model, tmp_path):
     """The same file under two names (a symlink), with a commit between them: one row."""
     folder = tmp_path / "photos"
@@ -494,6 +495,7 @@ def test_one_file_named_twice_across_commits_is_stored_once(tiny_model, tmp_path
     assert sorted(paths) == sorted(set(paths)) and len(paths) == 6
 
 
+# regression: --prune rewrote every shard even when no row was gone
 def test_prune_with_nothing_gone_rewrites_no_shard(tiny_model, tmp_path):
     folder = tmp_path / "photos"
     draw(folder, 6)
@@ -504,6 +506,7 @@ def test_prune_with_nothing_gone_rewrites_no_shard(tiny_model, tmp_path):
     assert {p.name: p.stat().st_ino for p in (store / "shards").glob("*.parquet")} == before
 
 
+# regression: a run ended by a closed pipe did not commit what it had already encoded
 def test_a_reader_that_goes_away_keeps_what_was_encoded(tiny_model, tmp_path):
     """`clip classify DIR --store S -f jsonl | head -1`: the images encoded before the pipe closed are stored."""
     folder = tmp_path / "photos"
@@ -517,6 +520,7 @@ def test_a_reader_that_goes_away_keeps_what_was_encoded(tiny_model, tmp_path):
     assert ds.dataset(store).to_table().num_rows >= 4
 
 
+# regression: an older clipcli took an upgraded store for a new one and would have deleted its shards
 def test_an_older_clipcli_refuses_an_upgraded_store(tiny_model, tmp_path):
     """Version 1 read `STORE/clip-store.json`; a version 2 store keeps an empty folder there, so the old reader
     fails to read it and refuses, instead of taking the store for a new one and deleting its shards."""

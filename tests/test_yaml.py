@@ -18,6 +18,7 @@ def limited_memory():
     resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
 
 
+# regression: YAML aliases in label and template files were expanded (a billion-laughs file ate all memory)
 @pytest.mark.parametrize("option", ["--labels-file", "--templates"])
 def test_yaml_alias_bomb_is_refused_quickly(shapes_dir, tmp_path, option):
     bomb = tmp_path / "bomb.yaml"
@@ -29,6 +30,7 @@ def test_yaml_alias_bomb_is_refused_quickly(shapes_dir, tmp_path, option):
     assert result.stderr == f"error: {bomb}:2: malformed YAML (aliases such as *l0 are not allowed)\n"
 
 
+# regression: label and template files of any size were read whole
 @pytest.mark.parametrize("loader", ["labels", "templates"])
 def test_yaml_files_above_one_mebibyte_are_refused(tmp_path, loader):
     from clipcli.errors import LabelError, TemplateError
@@ -42,6 +44,7 @@ def test_yaml_files_above_one_mebibyte_are_refused(tmp_path, loader):
         load(str(big))
 
 
+# regression: template files were parsed with no limit on nesting depth
 def test_deeply_nested_yaml_is_refused(tmp_path):
     from clipcli.errors import TemplateError
     from clipcli.templates import load_template_set
@@ -70,6 +73,7 @@ def load_templates(path):
     return caught.value
 
 
+# regression: nested or empty YAML values became labels and templates through str() ("{'c': 'd'}", "None")
 @pytest.mark.parametrize("load, name, content, message", [
     (load_labels, "labels.yaml", "a: [b, {c: d}]\n", "a synonym of 'a' is a mapping, not text"),
     (load_labels, "labels.yaml", "a: [b, null]\n", "a synonym of 'a' is empty, not text"),

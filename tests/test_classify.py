@@ -6,20 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from cli_helpers import cli
 
 import clipcli
-from clipcli.cli import app
 from clipcli.demo import shapes
 from clipcli.options import LabelOptions, ModelOptions, OpenSetOptions, ScoreOptions
 from clipcli.run import ClassifyRun
 
 LABELS = ["red circle", "blue square", "green star", "yellow triangle"]
 ROOT = Path(__file__).parent.parent
-
-
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

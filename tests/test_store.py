@@ -15,18 +15,12 @@ import numpy as np
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from cli_helpers import draw
+from cli_helpers import cli, draw
 from PIL import Image
-from typer.testing import CliRunner
 
-from clipcli.cli import app
 from clipcli.demo import shapes
 
 LABELS = "red circle,blue square,green star"
-
-
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def live_table(store: Path):

@@ -6,13 +6,12 @@ import re
 
 import numpy as np
 import pytest
+from cli_helpers import cli
 from sklearn.metrics import roc_auc_score, roc_curve
-from typer.testing import CliRunner
 
 from clipcli import calibration, openset
 from clipcli.batches import BatchItem
 from clipcli.classifier import ZeroShotClassifier
-from clipcli.cli import app
 from clipcli.demo import shapes
 from clipcli.options import OpenSetOptions, ScoreOptions
 from clipcli.scoring import score_records
@@ -20,10 +19,6 @@ from clipcli.scoring import score_records
 KNOWN = [("red", "circle"), ("blue", "square"), ("green", "star"), ("yellow", "triangle")]
 UNKNOWN = [("purple", "heart"), ("orange", "ring"), ("white", "diamond"), ("pink", "cross")]  # not among the labels
 LABELS = ",".join(f"{c} {s}" for c, s in KNOWN)
-
-
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

@@ -8,18 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import cli
 from PIL import Image
-from typer.testing import CliRunner
 
-from clipcli.cli import app
 from clipcli.demo import shapes
 from clipcli.search import TopK, combine_query, cosines, duplicate_groups, search
 
 LABELS = [("red", "circle"), ("blue", "square"), ("green", "star"), ("yellow", "triangle")]
-
-
-def cli(*args, **kwargs):
-    return CliRunner().invoke(app, [str(a) for a in args], **kwargs)
 
 
 @pytest.fixture(scope="module")

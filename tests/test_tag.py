@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from clipcli.cli import app
 from clipcli.demo import shapes
 from clipcli.tagging import FORMS, TagRules, XmpText, merge, wanted
+from cli_helpers import cli
 
 LABELS = "red circle,blue square,green star"
 KINDS = [("red", "circle"), ("blue", "square"), ("green", "star")]
@@ -74,10 +73,6 @@ def tree(root: Path) -> dict[str, str]:
     """relative path -> sha256 of every file (a symlink: its text) under root."""
     return {str(p.relative_to(root)): ("link:" + os.readlink(p) if p.is_symlink() else digest(p))
             for p in sorted(root.rglob("*")) if p.is_file() or p.is_symlink()}
-
-
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def tag(*args):

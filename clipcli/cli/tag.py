@@ -12,6 +12,7 @@ from typing_extensions import Annotated
 
 from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors
+from .plans import plan_writer, undo_and_exit
 from .options import (ADAPT, DECODE, ENGINE, LABEL_GROUP, LABELS, MODEL_GROUP, OPEN_SET, OUTPUT, SOURCES, UI, StoreOpt,
                       check_format, check_outputs, open_sink, uses)
 
@@ -64,8 +65,9 @@ def tag(
     --dry-run, reversible with --undo."""
     check_format(fmt)
     if undo is not None:
-        _undo(undo, ui)
-        return
+        from ..tagging import undo as undo_tags
+
+        undo_and_exit(undo_tags, undo, ui)
     from ..errors import UsageError
     from ..options import ScoreOptions
     from ..sorting import refuse_remote
@@ -88,8 +90,8 @@ def tag(
     operations = []
     with ExitStack() as stack:
         sink = open_sink(stack, output_path) if (fmt != "table" or output_path) else None
-        writer = _plan_writer(fmt, sink, {**header, "dry_run": dry_run, "root": rules.root,
-                                          "sidecar_name": sidecar_name, "embed": embed})
+        writer = plan_writer(fmt, sink, {**header, "dry_run": dry_run, "root": rules.root,
+                                          "sidecar_name": sidecar_name, "embed": embed}, PLAN_COLUMNS, _flat)
         if dry_run:
             operations = [op.as_record() for op in plan]
             for op in operations:
@@ -134,18 +136,10 @@ def _records(inputs, whole_store: bool, sources, options, labels, open_set, mode
     return paths or [record["path"] for record in records], records, run.header
 
 
-def _plan_writer(fmt: str, sink, header: dict):
-    if sink is None:
-        return None
-    from ..results import DictCsvWriter, make_writer
-
-    if fmt == "csv":
-        writer = DictCsvWriter(sink, PLAN_COLUMNS)
-        plain = writer.write
-        writer.write = lambda record: plain({**record, "labels": "; ".join(p["label"] for p in record["labels"]),
-                                             "add": "; ".join(record["add"]), "remove": "; ".join(record["remove"])})
-        return writer
-    return make_writer("jsonl" if fmt == "table" else fmt, sink, header)
+def _flat(record: dict) -> dict:
+    """A plan record as one csv row: its label lists joined."""
+    return {**record, "labels": "; ".join(p["label"] for p in record["labels"]), "add": "; ".join(record["add"]),
+            "remove": "; ".join(record["remove"])}
 
 
 def _table(operations: list[dict], dry_run: bool):
@@ -161,15 +155,3 @@ def _table(operations: list[dict], dry_run: bool):
                       output.escape(", ".join(op["add"]) or "-"), output.escape(", ".join(op["remove"]) or "-"),
                       verb.get(op["operation"], op["operation"]))
     return table
-
-
-def _undo(manifest: Path, ui) -> None:
-    from ..tagging import undo
-
-    with output.progress_bar("undoing", ui.progress) as progress:
-        result = undo(manifest, progress)
-    for path, why in result.refused:
-        output.error(f"{path}: {why}")
-    output.info(f"undone: {len(result.restored)} file(s) restored or removed"
-                + (f"; {len(result.refused)} refused" if result.refused else ""))
-    raise typer.Exit(EXIT_SOME_FAILED if result.refused else EXIT_OK)

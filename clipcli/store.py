@@ -410,7 +410,24 @@ class ImageStore:
         """(paths_of(rows) -> their paths, float32 unit embeddings [n, dim], NaN rows for unreadable images)
         per batch, of every shard or the ones named: for scans that need only a few of the paths.  Read from
         the shard's scan copy when it has a current one."""
-        for name in self.shard_names() if shards is None else shards:
+        for name, path, before, shard in self._opened_shards(shards):
+            yield from self._shard_vectors(name, shard, before, path, rows)
+
+    def iter_shard_tables(self, columns: Sequence[str]) -> Iterator[tuple[object, np.ndarray]]:
+        """Per live shard: (its `columns` as a pyarrow Table, its float32 unit embeddings [rows, dim] with NaN
+        rows for unreadable images, from its scan copy when it has a current one), both of one shard version."""
+        for name, path, before, shard in self._opened_shards():
+            copy = self._scan_copy(name, before, shard) if _same_file(before, path) else None
+            try:
+                table = shard.read(columns=list(columns) + ([] if copy is not None else ["embedding"]))
+            except (OSError, ValueError) as exc:
+                raise self._unreadable(name, exc) from None
+            yield table, (scan_matrix(table, self.dim) if copy is None else copy)
+
+    def _opened_shards(self, names: Iterable[str] | None = None) -> Iterator[tuple[str, Path, os.stat_result, object]]:
+        """(name, path, its stat before the open, the opened Parquet file) per live shard of `names` (all when None):
+        the stat taken first, so a reader can tell whether a writer replaced the shard while it was opened."""
+        for name in self.shard_names() if names is None else names:
             path = self.directory / SHARD_DIR / name
             try:
                 before = os.stat(path)
@@ -418,25 +435,7 @@ class ImageStore:
                 self._went_away(name)
                 continue
             for _, shard in self._shards([name]):  # none when it went away meanwhile
-                yield from self._shard_vectors(name, shard, before, path, rows)
-
-    def iter_shard_tables(self, columns: Sequence[str]) -> Iterator[tuple[object, np.ndarray]]:
-        """Per live shard: (its `columns` as a pyarrow Table, its float32 unit embeddings [rows, dim] with NaN
-        rows for unreadable images, from its scan copy when it has a current one), both of one shard version."""
-        for name in self.shard_names():
-            path = self.directory / SHARD_DIR / name
-            try:
-                before = os.stat(path)
-            except FileNotFoundError:
-                self._went_away(name)
-                continue
-            for _, shard in self._shards([name]):
-                copy = self._scan_copy(name, before, shard) if _same_file(before, path) else None
-                try:
-                    table = shard.read(columns=list(columns) + ([] if copy is not None else ["embedding"]))
-                except (OSError, ValueError) as exc:
-                    raise self._unreadable(name, exc) from None
-                yield table, (scan_matrix(table, self.dim) if copy is None else copy)
+                yield name, path, before, shard
 
     def _shard_vectors(self, name: str, shard, before: os.stat_result, path: Path, rows: int) -> Iterator:
         # the copy of the shard version that was opened: the same file before and after the open (one that a

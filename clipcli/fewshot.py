@@ -11,8 +11,8 @@ Methods (features x, zero-shot class embeddings t_c, the model's logit scale s):
   "A Hard-to-Beat Baseline for Training-free CLIP-based Adaptation" (ICLR 2024).
 - `logistic`: the CLIP paper's linear probe: multinomial logistic regression on the features, L2 penalty,
   Newton-CG (scipy's trust-ncg, preconditioned), C by cross-validation (scikit-learn's LogisticRegressionCV
-  objective), searched as the paper did: a coarse sweep over 1e-6 ... 1e6 (decades; past C = 1 it stops two decades after its peak), then a finer
-  one (quarter decades) around the best.
+  objective), searched as the paper did: a coarse sweep over 1e-6 ... 1e6 (decades; past C = 1 it stops two
+  decades after its peak), then a finer one (quarter decades) around the best.
 - `tip-adapter`: Tip-Adapter (Zhang et al., 2022), training-free: a cache of the shots' features,
   logits = s x.t_c + alpha exp(-beta (1 - x.K)) L, alpha and beta by cross-validation.
 - `zero-shot`: the text embeddings alone (for curves: the 0-shot point).
@@ -215,7 +215,8 @@ class _SoftmaxLoss:
         prob = np.exp(z, out=self.prob)
         total = prob.sum(axis=0)
         shrink = weight * self.penalty
-        loss = (float(np.log(total).sum()) - float(z[self.y, self.rows].sum())) / self.n + float((shrink * weight).sum()) / 2
+        loss = (float(np.log(total).sum()) - float(z[self.y, self.rows].sum())) / self.n \
+            + float((shrink * weight).sum()) / 2
         prob /= total  # softmax, kept for the Hessian products at this point
         self.at = theta.copy()
         gradient = np.empty_like(theta)

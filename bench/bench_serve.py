@@ -109,14 +109,14 @@ def latency(model: str, env: dict, one: Path, repeats: int) -> None:
     import httpx
     import numpy as np
 
-    from clipcli.embeddings import load_model
+    from clipcli.embeddings import load_model_for
     from clipcli.images import read_image
     from clipcli.options import ModelOptions
 
     clip = clip_command()
     classify = [*clip, "classify", str(one), "-m", model, "-l", LABELS, "-f", "json"]
     wall(classify, env)  # export made, labels cached
-    loaded = load_model(ModelOptions(model))
+    loaded = load_model_for(ModelOptions(model))
     pixels = np.asarray(loaded.preprocess(read_image(str(one))[0]), dtype=np.float32)[None]
     for _ in range(3):
         loaded.encode_pixels(pixels)
@@ -159,10 +159,10 @@ def batching_ceiling(model: str, rounds: int) -> tuple[float, float]:
     of 16 (random pixels), interleaved rounds; medians of (seconds for 16 x batch 1, seconds for batch 16)."""
     import numpy as np
 
-    from clipcli.embeddings import load_model
+    from clipcli.embeddings import load_model_for
     from clipcli.options import ModelOptions
 
-    loaded = load_model(ModelOptions(model))
+    loaded = load_model_for(ModelOptions(model))
     size = loaded.image_size
     pixels = np.random.default_rng(0).random((CLIENTS, 3, size, size), dtype=np.float32)
     loaded.encode_pixels(pixels[:1])

@@ -30,11 +30,27 @@ Batches = Iterator[tuple[list[BatchItem], "np.ndarray | None"]]
 
 def store_model(loaded) -> StoreModel:
     """The store's record of a loaded model: how to load it again, and its identity."""
-    return StoreModel(loaded.spec.alias or loaded.spec.name, loaded.spec.pretrained,
+    return StoreModel(loaded.spec.alias or _absolute(loaded.spec.name), _absolute_file(loaded.spec.pretrained),
                       identity_hash(loaded.identity, leave_out=("precision",)),
                       {k: v for k, v in loaded.identity.items() if k != "precision"},
                       {"logit_scale": loaded.logit_scale, "logit_bias": loaded.logit_bias,
                        "text_cache_key": loaded.identity_key()})
+
+
+def _absolute(name: str) -> str:
+    """A model named by a local folder, as the store records it: by its absolute path, so the store loads it
+    again from any working directory."""
+    for prefix in ("local-dir:", "transformers:"):
+        if name.startswith(prefix) and Path(name[len(prefix):]).is_dir():
+            return prefix + str(Path(name[len(prefix):]).resolve())
+    return name
+
+
+def _absolute_file(pretrained: str | None) -> str | None:
+    """A checkpoint file given by a relative path, as an absolute one (a pretrained tag as it is)."""
+    if pretrained and Path(pretrained).is_file():
+        return str(Path(pretrained).resolve())
+    return pretrained
 
 
 def open_store_writer(directory: str | Path, loaded, dtype: str | None = None,
@@ -147,7 +163,7 @@ class Encoder:
         return self.report
 
 
-def load_model(options: ModelOptions, store: str | Path | None = None):
+def load_model_for(options: ModelOptions, store: str | Path | None = None):
     """The model the options name, on the backend they choose; with a store and no model named, the store's."""
     from . import config
     from .backends import load_backend_model
@@ -171,7 +187,7 @@ def open_encoder(model: ModelOptions, decode: DecodeOptions = DecodeOptions(), e
     """The run's encoder: the model loaded once and, with a store, its writer (committed and unlocked on the
     way out, also on Ctrl-C).  images: how many the run names, if known; a local ONNX model then starts its
     image session at once, in the background, quick for a short run."""
-    loaded = load_model(model, store)
+    loaded = load_model_for(model, store)
     start = images is not None and engine.name != "ray"
     if store is None:
         if start:

@@ -10,14 +10,14 @@ Methods (features x, zero-shot class embeddings t_c, the model's logit scale s):
   alpha (0 = zero-shot) and the shrinkage costs milliseconds.  Training-free baseline of Wang et al.,
   "A Hard-to-Beat Baseline for Training-free CLIP-based Adaptation" (ICLR 2024).
 - `logistic`: the CLIP paper's linear probe: multinomial logistic regression on the features, L2 penalty,
-  L-BFGS, C by cross-validation (scikit-learn's LogisticRegressionCV objective), searched as the paper did:
-  a coarse sweep over 1e-6 ... 1e6 (decades; past C = 1 it stops two decades after its peak), then a finer
-  one (quarter decades) around the best.
+  Newton-CG (scipy's trust-ncg, preconditioned), C by cross-validation (scikit-learn's LogisticRegressionCV
+  objective), searched as the paper did: a coarse sweep over 1e-6 ... 1e6 (decades; past C = 1 it stops two
+  decades after its peak), then a finer one (quarter decades) around the best.
 - `tip-adapter`: Tip-Adapter (Zhang et al., 2022), training-free: a cache of the shots' features,
   logits = s x.t_c + alpha exp(-beta (1 - x.K)) L, alpha and beta by cross-validation.
 - `zero-shot`: the text embeddings alone (for curves: the 0-shot point).
 
-numpy throughout (scipy's L-BFGS-B for the logistic probe, imported when it fits), never torch: fitting a head
+numpy throughout (scipy's trust-ncg for the logistic probe, imported when it fits), never torch: fitting a head
 and scoring with one stay on the torch-free path.  Shots and folds are drawn exactly as torch.randperm drew them
 (the same Mersenne Twister, seeded the same way), so a seed picks the same images as before.
 """
@@ -37,7 +37,8 @@ DEFAULT_METHOD = "gda"
 C_GRID = tuple(float(10.0 ** k) for k in range(-6, 7))  # 1e-6 ... 1e6, decades: the coarse sweep
 C_FINE = (-0.5, -0.25, 0.25, 0.5)  # then these steps (in decades) around the best coarse C
 C_PATIENCE = 2  # from C = 1 on, the coarse sweep stops after this many C values in a row below its best
-LOGISTIC_MAX_ITER = 1000  # L-BFGS iterations (scikit-learn's 100 stop short of the optimum at large C)
+LOGISTIC_MAX_ITER = 1000  # Newton steps at most (a fit takes tens)
+LOGISTIC_GTOL = 1e-6  # a fit stops when its gradient's norm is below this (looser moved the chosen C: issue 30)
 GDA_SHRINKAGE = (0.01, 0.05, 0.2, 0.5, 0.8, 0.95)
 GDA_ALPHA = (0.0, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 1000.0)  # times zero-shot / GDA logit spread
 TIP_ALPHA = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0)
@@ -186,83 +187,146 @@ def fit_gda(x, y, text, scale, folds) -> tuple[dict, dict, float | None]:
 
 # --- logistic regression (the paper's probe) ---------------------------------------------------------------
 
+class _SoftmaxLoss:
+    """sum_i CE(W x_i + b, y_i) / n + sum_j penalty_j ||W_j||^2 / (2 C n), W_j a feature's column: with penalty 1,
+    scikit-learn's multinomial objective (bias free) divided by n (the same minimiser; a gradient tolerance
+    that does not grow with n).  Its value and gradient, and products of its Hessian with a vector at the last
+    point whose gradient was taken (what a Newton-CG step needs, at the cost of about one gradient each).
+    Activations are kept class-major ([classes, n]), so the per-image max, sum and normalisation run across
+    rows, not along rows of ten numbers."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, classes: int, c: float, penalty: np.ndarray):
+        self.x = np.ascontiguousarray(x, dtype=np.float64)  # [n, d]
+        self.xt = np.ascontiguousarray(self.x.T)  # [d, n]
+        self.n, self.d = self.x.shape
+        self.y, self.rows, self.classes, self.size = y, np.arange(self.n), classes, classes * self.d
+        self.penalty = penalty / (c * self.n)  # [d]
+        self.class_sums = np.zeros((classes, self.d))  # onehot(y)^T x: the label part of the gradient, once
+        np.add.at(self.class_sums, y, self.x)
+        self.counts = np.bincount(y, minlength=classes).astype(np.float64)
+        self.at: np.ndarray | None = None
+        self.prob = np.empty((classes, self.n))
+
+    def value_and_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        weight, bias = theta[:self.size].reshape(self.classes, self.d), theta[self.size:]
+        z = weight @ self.xt
+        z += bias[:, None]
+        z -= z.max(axis=0)
+        prob = np.exp(z, out=self.prob)
+        total = prob.sum(axis=0)
+        shrink = weight * self.penalty
+        loss = (float(np.log(total).sum()) - float(z[self.y, self.rows].sum())) / self.n \
+            + float((shrink * weight).sum()) / 2
+        prob /= total  # softmax, kept for the Hessian products at this point
+        self.at = theta.copy()
+        gradient = np.empty_like(theta)
+        gradient[:self.size] = ((prob @ self.x - self.class_sums) / self.n + shrink).ravel()
+        gradient[self.size:] = (prob.sum(axis=1) - self.counts) / self.n
+        return loss, gradient
+
+    def hessian_product(self, theta: np.ndarray, vector: np.ndarray) -> np.ndarray:
+        if self.at is None or not np.array_equal(theta, self.at):
+            self.value_and_gradient(theta)
+        prob = self.prob
+        step = vector[:self.size].reshape(self.classes, self.d)
+        change = step @ self.xt
+        change += vector[self.size:, None]
+        change *= prob
+        change -= prob * change.sum(axis=0)  # (diag(p) - p p^T) per image
+        product = np.empty_like(vector)
+        product[:self.size] = (change @ self.x / self.n + step * self.penalty).ravel()
+        product[self.size:] = change.sum(axis=1) / self.n
+        return product
+
+
+def _principal_axes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, variances, axes) of the rows: the eigen-decomposition of their covariance, once per set of rows
+    (a LAPACK call: on a busy machine its threads cost more than the sum)."""
+    x = np.asarray(x, dtype=np.float64)
+    centre = x.mean(axis=0)
+    centred = x - centre
+    variance, axes = np.linalg.eigh(centred.T @ centred / len(x))
+    return centre, np.maximum(variance, 0.0), axes
+
+
 def _logistic(x: np.ndarray, y: np.ndarray, classes: int, c: float, start=None,
-              max_iter: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """argmin sum_i CE(x_i W^T + b, y_i) + ||W||^2 / (2C): scikit-learn's multinomial objective (bias free),
-    divided by n (same minimiser, a gradient tolerance that does not grow with n), warm-started along the C
-    path.  Float64, the analytic gradient, scipy's L-BFGS-B (no bounds): max |gradient| <= 1e-6 or at most
-    1.25 max_iter evaluations.  (With scikit-learn's 100 iterations the probe stopped short at large C:
-    80.8% on the digits where LogisticRegressionCV reaches 84.2%; issue 20.)"""
+              max_iter: int | None = None, gtol: float | None = None, basis=None) -> tuple[np.ndarray, np.ndarray]:
+    """argmin sum_i CE(x_i W^T + b, y_i) + ||W||^2 / (2C), warm-started along the C path: Newton steps in a
+    trust region, each solved by conjugate gradients on exact Hessian-vector products (scipy's trust-ncg), until
+    the gradient's norm (in the coordinates below) is under `gtol` (LOGISTIC_GTOL) or after `max_iter` Newton
+    steps.  Float64.  `basis`: _principal_axes(x), when the caller fits the same rows at several C.
+
+    The problem is solved in other coordinates, with the same minimiser: the features centred (the bias takes
+    the shift up), turned onto the principal axes of their covariance (the penalty does not change) and each
+    axis scaled by 1 / sqrt(its variance + classes / (C n)), the weights scaled back: the Hessian's weight
+    block, about (softmax spread / classes) x covariance + 1 / (C n), comes out near flat, and conjugate
+    gradients need about half the steps.  At large C the problem is badly conditioned: L-BFGS spent its
+    1,000 iterations per fold at C >= 1e4 on the digits (bench/RESULTS.md, issue 30)."""
     from scipy.optimize import minimize
 
-    max_iter = max_iter or LOGISTIC_MAX_ITER
-    x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
-    n, d = x.shape
-    rows = np.arange(n)
-    size = classes * d
-    if start is None:
-        theta = np.zeros(size + classes, dtype=np.float64)
-    else:
-        theta = np.concatenate([np.asarray(start[0], dtype=np.float64).ravel(), np.asarray(start[1], dtype=np.float64)])
-
-    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        weight, bias = theta[:size].reshape(classes, d), theta[size:]
-        z = x @ weight.T + bias
-        z -= z.max(axis=1, keepdims=True)
-        exp = np.exp(z)
-        total = exp.sum(axis=1)
-        loss = (np.log(total) - z[rows, y]).mean() + (weight * weight).sum() / (2 * c * n)
-        residual = exp / total[:, None]  # softmax
-        residual[rows, y] -= 1
-        residual /= n
-        gradient = np.concatenate([(residual.T @ x + weight / (c * n)).ravel(), residual.sum(axis=0)])
-        return float(loss), gradient
-
-    # torch.optim.LBFGS(max_iter=100, tolerance_grad=1e-6, tolerance_change=1e-12, history_size=10,
-    # line_search_fn="strong_wolfe") before: the same limits (its max_eval was 1.25 max_iter)
-    result = minimize(objective, theta, jac=True, method="L-BFGS-B",
-                      options={"maxiter": max_iter, "maxfun": max_iter * 5 // 4, "gtol": 1e-6, "ftol": 1e-12,
-                               "maxcor": 10, "maxls": 25})
-    return result.x[:size].reshape(classes, d).copy(), result.x[size:].copy()
+    x = np.asarray(x, dtype=np.float64)
+    n = len(x)
+    centre, variance, axes = basis or _principal_axes(x)
+    scale = 1.0 / np.sqrt(variance + classes / (c * n))
+    loss = _SoftmaxLoss((x - centre) @ axes * scale, y, classes, c, scale ** 2)
+    theta = np.zeros(loss.size + classes, dtype=np.float64)
+    if start is not None:
+        weight = np.asarray(start[0], dtype=np.float64)
+        theta[:loss.size] = (weight @ axes / scale).ravel()
+        theta[loss.size:] = np.asarray(start[1], dtype=np.float64) + weight @ centre
+    result = minimize(loss.value_and_gradient, theta, jac=True, hessp=loss.hessian_product, method="trust-ncg",
+                      options={"maxiter": max_iter or LOGISTIC_MAX_ITER, "gtol": gtol or LOGISTIC_GTOL})
+    weight = (result.x[:loss.size].reshape(classes, loss.d) * scale) @ axes.T
+    return weight, result.x[loss.size:] - weight @ centre
 
 
-def _cv_correct(x, y, classes: int, folds, grid: Sequence[float], patience: int | None = None) -> list[int]:
+def _cv_sweep(x, y, classes: int, folds, grid: Sequence[float], patience: int | None = None, starts=None,
+              gtol: float | None = None, bases=None) -> tuple[list[int], list]:
     """Held-out images classified right, per C of the grid (summed over the folds; each fold warm-starts along
-    the grid).  With `patience`, the sweep stops at C >= 1 once that many C values in a row score below the
-    best so far (the rest count 0): larger C costs the most iterations and, past the peak, is not chosen
-    anyway.  Below C = 1 it never stops: the curve can dip there and rise again (16 shots of digits: 134
-    held-out right at 1e-6, 128 at 1e-3, 143 at 1e3)."""
+    the grid, from `starts` if given), and the folds' solutions at the best C (the larger one on ties).  With
+    `patience`, the sweep stops at C >= 1 once that many C values in a row score below the best so far (the
+    rest count 0): larger C costs the most iterations and, past the peak, is not chosen anyway.  Below C = 1
+    it never stops: the curve can dip there and rise again (16 shots of digit pixels: 140 held-out right at
+    C = 1, 139 at 10, 143 at 1e3)."""
     correct: list[int] = []
-    starts = [None] * len(folds)
+    starts = list(starts) if starts is not None else [None] * len(folds)
+    bases = bases or [_principal_axes(x[kept]) for kept, _ in folds]
+    best_starts = starts
     below = 0  # C values in a row that scored under the best before them
     for c in grid:
         total = 0
         for f, (kept, held) in enumerate(folds):
-            starts[f] = _logistic(x[kept], y[kept], classes, c, starts[f])
+            starts[f] = _logistic(x[kept], y[kept], classes, c, starts[f], gtol, basis=bases[f])
             weight, bias = starts[f]
             total += int(((x[held].astype(np.float64) @ weight.T + bias).argmax(axis=1) == y[held]).sum())
         below = below + 1 if correct and total < max(correct) else 0
+        if not correct or total >= max(correct):
+            best_starts = list(starts)
         correct.append(total)
         if patience is not None and below >= patience and c >= 1:
             break
-    return correct + [0] * (len(grid) - len(correct))
+    return correct + [0] * (len(grid) - len(correct)), best_starts
 
 
 def fit_logistic(x, y, text, scale, folds, grid: Sequence[float] = C_GRID,
                  fine: Sequence[float] = C_FINE, patience: int | None = C_PATIENCE) -> tuple[dict, dict, float | None]:
     """C by cross-validation, coarse to fine (the CLIP paper's search): the grid, then `fine` steps in decades
-    around its best C.  Ties go to the larger C: at the smallest C values every weight is tiny and the probe
-    is the nearest-class-mean rule, which can tie a better probe on a few held-out shots (16 shots of
-    digits: 88.8% at C = 3e-7 against 92.1% at C = 1e3)."""
+    around its best C, each side swept outwards from the best C's solutions.  Ties go to the larger C: at the
+    smallest C values every weight is tiny and the probe is the nearest-class-mean rule, which can tie a better
+    probe on a few held-out shots (16 shots of digits: 88.8% at C = 3e-7 against 92.1% at C = 1e3)."""
     classes = text.shape[0]
     if not folds:
         c, score = 1.0, None
     else:
-        correct = _cv_correct(x, y, classes, folds, grid, patience)
+        bases = [_principal_axes(x[kept]) for kept, _ in folds]
+        correct, best_starts = _cv_sweep(x, y, classes, folds, grid, patience, bases=bases)
         best = max(range(len(grid)), key=lambda i: (correct[i], i))
-        refined = sorted(grid[best] * 10.0 ** step for step in fine)
-        scores = dict(zip(grid, correct)) | dict(zip(refined, _cv_correct(x, y, classes, folds, refined)))
+        scores = dict(zip(grid, correct))
+        for side in (sorted((s for s in fine if s < 0), reverse=True), sorted(s for s in fine if s > 0)):
+            refined = [grid[best] * 10.0 ** step for step in side]
+            swept = _cv_sweep(x, y, classes, folds, refined, starts=best_starts, bases=bases)[0]
+            scores |= dict(zip(refined, swept))
         c = max(scores, key=lambda value: (scores[value], value))
         score = scores[c] / len(y)
     weight, bias = _logistic(x, y, classes, c)

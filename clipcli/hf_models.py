@@ -7,7 +7,7 @@ preprocessor_config.json) rather than open_clip's open_clip_config.json.  It is 
 - `hf-hub:ORG/NAME` is in the local Hugging Face cache as such a repository;
 - `transformers:DIR_OR_ORG/NAME` forces it (a hub id is downloaded when not cached and the hub is reachable).
 
-The model gives the interface of `models.LoadedModel` and computes what transformers'
+The model gives the interface of `loaded.LoadedModel` and computes what transformers'
 `pipeline("zero-shot-image-classification")` computes for one template: text through the model's tokenizer as
 the pipeline calls it (see `hf_text`), images through the model's image processor as its Pillow backend computes it
 (`preprocess.HFImageTransform`, checked against the processor when transformers has that backend), features from
@@ -22,6 +22,7 @@ transformers is an optional extra: pip install 'clipcli[transformers]'.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import inspect
@@ -33,7 +34,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .errors import ModelLoadError
-from .models import LoadedModel, ModelSpec, _fingerprint_file, _first_line, checkpoint_error
+from .hub import checkpoint_error, fingerprint_file, first_text_line
+from .loaded import LoadedModel, ModelSpec
 
 PREFIX = "transformers:"
 FAMILIES = {"clip": "CLIPModel", "chinese_clip": "ChineseCLIPModel", "siglip": "SiglipModel",
@@ -80,10 +82,10 @@ def transformers_source(spec: ModelSpec, weights_dir: str | None) -> str | None:
         directory = Path(spec.name[len("local-dir:"):])
         return str(directory) if is_transformers_folder(directory) else None
     if spec.schema == "hf-hub":
-        from .models import _hf_repo_cached
+        from .hub import hf_repo_cached
 
         repo = spec.name[len("hf-hub:"):]
-        if not _is_repo_id(repo) or _hf_repo_cached(repo, ["open_clip_config.json"], weights_dir):
+        if not _is_repo_id(repo) or hf_repo_cached(repo, ["open_clip_config.json"], weights_dir):
             return None
         return repo if _cached_snapshot(repo, weights_dir) is not None else None
     return None
@@ -111,7 +113,7 @@ def checkpoint_identity(folder: Path) -> dict:
     if not weights:
         raise ModelLoadError(f"{folder}: no weights file (model.safetensors or pytorch_model.bin) next to config.json")
     return {"config": _hash_files([folder / "config.json"]),
-            "weights": [[p.name, _fingerprint_file(str(p))] for p in weights],
+            "weights": [[p.name, fingerprint_file(str(p))] for p in weights],
             "tokenizer": _hash_files([folder / name for name in TOKENIZER_FILES])}
 
 
@@ -133,7 +135,7 @@ def read_json_object(path: Path, display: str) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{display}: cannot read {path.name} ({_first_line(str(exc))})") from None
+        raise ModelLoadError(f"{display}: cannot read {path.name} ({first_text_line(str(exc))})") from None
     if not isinstance(data, dict):
         raise ModelLoadError(f"{display}: {path.name} holds a JSON {type(data).__name__.replace('list', 'array')}, "
                              "not an object (a model's config is a mapping of settings: is it the right file?)")
@@ -212,7 +214,7 @@ def text_settings(model, tokenizer):
                         tokenizer.padding_side, tokenizer.truncation_side)
 
 
-def _features(output):
+def pooled_features(output):
     import torch
 
     return output if isinstance(output, torch.Tensor) else output.pooler_output
@@ -242,7 +244,7 @@ def image_inputs(model, pixels) -> dict:
 
 
 class HFModel(LoadedModel):
-    """A transformers CLIP-family model with the interface of `models.LoadedModel` (torch backend)."""
+    """A transformers CLIP-family model with the interface of `loaded.LoadedModel` (torch backend)."""
 
     kind = "transformers"
     folder: Path = Path()
@@ -254,14 +256,15 @@ class HFModel(LoadedModel):
 
     @property
     def image_size(self) -> int:
-        size = getattr(self.preprocess, "image_size", None)
-        return int(size if size is not None else min(self.preprocess.size))
+        from .preprocess import NaFlexImageTransform
 
-    @property
+        if isinstance(self.preprocess, NaFlexImageTransform):  # packed patches: its size is no image size
+            return self.preprocess.image_size
+        return int(min(self.preprocess.size))
+
+    @functools.cached_property
     def embed_dim(self) -> int:
-        if not hasattr(self, "_embed_dim"):
-            self._embed_dim = int(self.encode_texts(["x"]).shape[1])
-        return self._embed_dim
+        return int(self.encode_texts(["x"]).shape[1])
 
     def files(self) -> list[str]:
         return sorted(str(p) for p in self.folder.iterdir() if p.is_file())
@@ -283,7 +286,7 @@ class HFModel(LoadedModel):
                 rows = order[start:start + TEXT_BATCH]
                 inputs = {k: torch.from_numpy(v).to(self.device) for k, v in
                           batch_rows(tokens, rows, self.settings).items()}
-                features = _features(self.model.get_text_features(**inputs)).float()
+                features = pooled_features(self.model.get_text_features(**inputs)).float()
                 chunks.append(torch.nn.functional.normalize(features, dim=-1).cpu().numpy())
                 if progress is not None:
                     progress(min(start + TEXT_BATCH, len(texts)), len(texts))
@@ -303,7 +306,7 @@ class HFModel(LoadedModel):
         with torch.inference_mode():
             pixels = torch.as_tensor(np.asarray(pixels) if not isinstance(pixels, torch.Tensor) else pixels)
             inputs = image_inputs(self.model, pixels.to(device=self.device, dtype=self.cast_dtype))
-            features = _features(self.model.get_image_features(**inputs))
+            features = pooled_features(self.model.get_image_features(**inputs))
             return torch.nn.functional.normalize(features.float(), dim=-1)
 
 
@@ -341,9 +344,9 @@ def _resolve_folder(source: str, weights_dir: str | None, display: str) -> Path:
         return snapshot
     from huggingface_hub import constants
 
-    from .models import _hub_reachable
+    from .hub import hub_reachable
 
-    if constants.HF_HUB_OFFLINE or not _hub_reachable(constants.ENDPOINT):
+    if constants.HF_HUB_OFFLINE or not hub_reachable(constants.ENDPOINT):
         why = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
         raise ModelLoadError(f"{source} is not in the Hugging Face cache at {weights_dir or constants.HF_HUB_CACHE} "
                              f"and could not be downloaded{why}; run once with network access, or use a local "
@@ -356,7 +359,7 @@ def _resolve_folder(source: str, weights_dir: str | None, display: str) -> Path:
         return Path(snapshot_download(source, cache_dir=weights_dir,
                                       allow_patterns=["*.json", "*.txt", "*.model", *weights]))
     except Exception as exc:  # noqa: BLE001  (hub errors come in many types)
-        raise ModelLoadError(f"cannot download {source}: {_first_line(str(exc))}") from None
+        raise ModelLoadError(f"cannot download {source}: {first_text_line(str(exc))}") from None
 
 
 def load_transformers_model(spec: ModelSpec, source: str, device, precision: str,

@@ -87,8 +87,10 @@ def discover(inputs: Iterable[str], recursive: bool = True) -> list[str]:
 
     `file://` URIs are read as the local paths they name; `s3://` and `gs://` URIs are listed on object
     storage (see `remote`).  A path named explicitly is kept even if it is missing or has no image
-    extension (it is decoded by content, or reported when read).  Each path is
-    listed once: the same file named twice is classified once.
+    extension (it is decoded by content, or reported when read).  Each file is listed once, under the
+    path it was first named by, however it is reached (`a.png`, `./a.png`, its absolute path, a folder
+    holding it, a symlink or hard link to it: see file_identity), so one file is never its own duplicate;
+    where a folder holds both a symlink and the file it points to, the file's own name is kept.
     """
     from . import remote
 
@@ -97,10 +99,7 @@ def discover(inputs: Iterable[str], recursive: bool = True) -> list[str]:
         if remote.is_remote(item):
             found.extend(remote.list_images(item, recursive))
             continue
-        if item.startswith("file://"):  # a local file URI names the same file or folder as its path
-            from urllib.parse import unquote, urlparse
-
-            item = unquote(urlparse(item).path)
+        item = local_path(item)
         if os.path.isdir(item):
             found.extend(walk_images(item, recursive))
         elif not os.path.lexists(item) and GLOB_CHARS & set(item):
@@ -111,7 +110,53 @@ def discover(inputs: Iterable[str], recursive: bool = True) -> list[str]:
                     found.append(match)
         else:
             found.append(item)
-    return list(dict.fromkeys(found))
+    return unique_files(found)
+
+
+def local_path(item: str) -> str:
+    """A `file://` URI as the local path it names (the same file or folder); anything else as it is."""
+    if item.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        return unquote(urlparse(item).path)
+    return item
+
+
+def file_identity(path: str):
+    """What names one file: (device, inode) of what the path resolves to, or the resolved path where it cannot be
+    stat-ed (missing, a broken link), or the text itself for object storage."""
+    from . import remote
+
+    if remote.is_remote(path):
+        return path
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return os.path.realpath(path)
+    return (st.st_dev, st.st_ino)
+
+
+def unique_files(paths: Iterable[str]) -> list[str]:
+    """The paths in order, each file once (see discover): a later path naming a file already listed is dropped,
+    except that a path that is not a symlink takes the place of a symlink listed before it."""
+    kept: list[str] = []
+    where: dict[object, int] = {}
+    for path in dict.fromkeys(paths):
+        identity = file_identity(path)
+        index = where.get(identity)
+        if index is None:
+            where[identity] = len(kept)
+            kept.append(path)
+        elif _is_link(kept[index]) and not _is_link(path):
+            kept[index] = path
+    return kept
+
+
+def _is_link(path: str) -> bool:
+    try:
+        return os.path.islink(path)
+    except (OSError, ValueError):
+        return False
 
 
 def _describe(exc: BaseException) -> tuple[str, str]:

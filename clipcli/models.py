@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 import os
 import re
-import socket
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Iterator
 from urllib.parse import urlparse
 
 from .errors import DeviceError, ModelLoadError, UsageError
+from .hub import checkpoint_error, fingerprint_file, hf_repo_cached, hub_reachable
+from .loaded import LoadedModel, ModelSpec  # noqa: F401 (models.LoadedModel: API)
 
 DEMO_ALIAS = "demo"
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")  # int8: ONNX Runtime only (see backends)
@@ -27,37 +26,6 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")  # int8: ONNX Runtime only
 
 def demo_model_dir() -> Path:
     return Path(__file__).resolve().parent / "demo" / "model"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the user asked for, normalised: `name` as open_clip takes it, and the pretrained tag or file."""
-
-    name: str
-    pretrained: str | None = None
-    alias: str | None = None
-
-    @property
-    def schema(self) -> str | None:
-        for prefix in ("hf-hub:", "local-dir:", "transformers:"):
-            if self.name.startswith(prefix):
-                return prefix[:-1]
-        return None
-
-    @property
-    def display_name(self) -> str:
-        return self.alias or self.name
-
-    @property
-    def short_name(self) -> str:
-        """For narrow places such as table columns: the folder name of a local-dir: model."""
-        if self.alias:
-            return self.alias
-        if self.schema == "local-dir":
-            return Path(self.name[len("local-dir:"):]).name or self.name
-        if self.schema == "transformers":
-            return Path(self.name[len("transformers:"):]).name or self.name
-        return f"{self.name}:{self.pretrained}" if self.pretrained else self.name
 
 
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
@@ -77,91 +45,6 @@ def parse_model_spec(model: str, pretrained: str | None = None) -> ModelSpec:
         arch, _, tag = model.partition(":")
         return ModelSpec(arch, tag or None)
     return ModelSpec(model, pretrained)
-
-
-@dataclass
-class LoadedModel:
-    """A model ready for inference, with everything needed to use it and to name it."""
-
-    model: Any
-    preprocess: Callable
-    tokenizer: Any
-    spec: ModelSpec
-    device: Any
-    precision: str
-    identity: dict = field(default_factory=dict)
-    load_args: dict = field(default_factory=dict)  # how to load this model again elsewhere (a Ray worker)
-
-    def expect_images(self, count: int) -> None:
-        """How many images the run will encode: the ONNX backend starts its session early; torch has nothing to do."""
-
-    def expect_texts(self, count: int) -> None:
-        """How many prompts are about to be encoded (likewise)."""
-
-    @property
-    def cast_dtype(self):
-        import torch
-
-        return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision, torch.float32)
-
-    @property
-    def image_size(self) -> int:
-        size = getattr(self.model.visual, "image_size", 224)
-        return int(min(size) if isinstance(size, (tuple, list)) else size)
-
-    @property
-    def logit_scale(self) -> float:
-        return float(self.model.logit_scale.detach().float().exp().reshape(-1)[0])
-
-    @property
-    def logit_bias(self) -> float | None:
-        bias = getattr(self.model, "logit_bias", None)
-        return None if bias is None else float(bias.detach().float().reshape(-1)[0])
-
-    backend = "torch"
-
-    def describe(self) -> dict:
-        """The model as result documents name it."""
-        return {"name": self.spec.display_name, "pretrained": self.spec.pretrained, "backend": self.backend,
-                "precision": self.precision}
-
-    def encode_texts(self, texts, progress: Callable[[int, int], None] | None = None):
-        """L2-normalised float32 numpy [len(texts), dim] (trimmed where exact: see textenc)."""
-        from .textenc import encode_texts
-
-        return encode_texts(self.model, self.tokenizer, texts, device=self.device, progress=progress).numpy()
-
-    def image_batches(self, paths, batch_size: int, workers: int | None, decode):
-        """Decoded, preprocessed batches in input order (torch DataLoader workers)."""
-        from .pipeline import iter_batches
-
-        return iter_batches(paths, self.preprocess, batch_size, workers, decode, pin_memory=self.device.type == "cuda")
-
-    def encode_pixels(self, pixels):
-        """L2-normalised float32 torch features of a batch of preprocessed pixels (torch or numpy)."""
-        import torch
-
-        from .pipeline import encode_images
-
-        return encode_images(self.model, torch.as_tensor(pixels), self.device, self.cast_dtype)
-
-    @property
-    def embed_dim(self) -> int:
-        dim = getattr(self.model, "embed_dim", None) or getattr(getattr(self.model, "visual", None), "output_dim", None)
-        if dim is None:
-            import torch
-
-            size = self.image_size
-            with torch.inference_mode():
-                dim = self.model.encode_image(torch.zeros(1, 3, size, size, device=self.device,
-                                                          dtype=self.cast_dtype)).shape[-1]
-        return int(dim)
-
-    def identity_key(self) -> str:
-        """A short stable hash of everything that determines the text embeddings."""
-        from .paths import identity_hash
-
-        return identity_hash(self.identity)
 
 
 def resolve_device(device: str = "auto"):
@@ -193,27 +76,13 @@ def resolve_precision(precision: str, device) -> str:
     return precision
 
 
-def _fingerprint_file(path: str) -> str:
-    """Size and the hash of the first and last 4 MiB: cheap, changes when the weights do, and stays the same for a
-    copy of the file elsewhere (no path, no mtime)."""
-    stat = os.stat(path)
-    digest = hashlib.sha256(f"{stat.st_size}".encode())
-    chunk = 4 << 20
-    with open(path, "rb") as handle:
-        digest.update(handle.read(chunk))
-        if stat.st_size > chunk:
-            handle.seek(max(chunk, stat.st_size - chunk))
-            digest.update(handle.read(chunk))
-    return digest.hexdigest()[:24]
-
-
 def _local_dir_identity(directory: Path) -> dict:
     from open_clip.factory import _find_checkpoint_in_dir
 
     config = (directory / "open_clip_config.json").read_text(encoding="utf-8")
     weights = _find_checkpoint_in_dir(directory)
     return {"config": hashlib.sha256(config.encode()).hexdigest()[:24],
-            "weights": _fingerprint_file(weights) if weights else None}
+            "weights": fingerprint_file(weights) if weights else None}
 
 
 def _check_architecture(spec: ModelSpec) -> None:
@@ -273,23 +142,7 @@ def _weights_hint(spec: ModelSpec, weights_dir: str | None, source: str = "") ->
             "or use local files: --model local-dir:DIR or --pretrained /path/to/checkpoint")
 
 
-def _hub_reachable(url: str, timeout: float = 3.0) -> bool:
-    """One quick TCP connect: no network means one clear error now, not a minute of retries."""
-    parsed = urlparse(url)
-    try:
-        socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout).close()
-        return True
-    except (OSError, TypeError):
-        return False
-
-
 HF_WEIGHT_FILES = ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]  # open_clip's preference order
-
-
-def _hf_repo_cached(repo: str, filenames: list[str], weights_dir: str | None) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    return any(isinstance(try_to_load_from_cache(repo, name, cache_dir=weights_dir), str) for name in filenames)
 
 
 def _weights_location(spec: ModelSpec, tag_cfg: dict, weights_dir: str | None) -> tuple[bool, str] | None:
@@ -298,8 +151,8 @@ def _weights_location(spec: ModelSpec, tag_cfg: dict, weights_dir: str | None) -
 
     if spec.schema == "hf-hub":
         repo = spec.name[len("hf-hub:"):]
-        cached = _hf_repo_cached(repo, ["open_clip_config.json"], weights_dir) and \
-            _hf_repo_cached(repo, HF_WEIGHT_FILES, weights_dir)
+        cached = hf_repo_cached(repo, ["open_clip_config.json"], weights_dir) and \
+            hf_repo_cached(repo, HF_WEIGHT_FILES, weights_dir)
         return cached, constants.ENDPOINT
     if spec.schema is None and tag_cfg:
         return _is_cached(tag_cfg, weights_dir), constants.ENDPOINT if tag_cfg.get("hf_hub") else tag_cfg.get("url", "")
@@ -347,7 +200,7 @@ def _plan_download(spec: ModelSpec, tag_cfg: dict, weights_dir: str | None) -> b
     cached, source = location
     if cached:
         return True
-    if constants.HF_HUB_OFFLINE or not _hub_reachable(source):
+    if constants.HF_HUB_OFFLINE or not hub_reachable(source):
         raise ModelLoadError(_weights_hint(spec, weights_dir, source))
     return False
 
@@ -385,7 +238,7 @@ def load_model(model: str, pretrained: str | None = None, device: str = "auto", 
         if tag_cfg.get("quick_gelu"):
             kwargs["force_quick_gelu"] = True
         if not tag_cfg:
-            identity["weights"] = _fingerprint_file(spec.pretrained)
+            identity["weights"] = fingerprint_file(spec.pretrained)
     offline = _plan_download(spec, tag_cfg, weights_dir)
 
     try:
@@ -421,30 +274,8 @@ def _hf_weights_fingerprint(spec: ModelSpec, weights_dir: str | None) -> str | N
     for name in HF_WEIGHT_FILES:
         path = try_to_load_from_cache(spec.name[len("hf-hub:"):], name, cache_dir=weights_dir)
         if isinstance(path, str):
-            return _fingerprint_file(path)
+            return fingerprint_file(path)
     return None
-
-
-ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def _first_line(text: str) -> str:
-    return (ANSI.sub("", text).strip().splitlines() or ["unknown error"])[0][:300]
-
-
-PICKLE_REFUSED = ("the checkpoint holds pickled Python objects besides tensors, and clipcli does not run pickles "
-                  "(loading them can run any code); use a safetensors file, or a checkpoint of plain tensors")
-
-
-def checkpoint_error(exc: BaseException) -> str:
-    """One line for a checkpoint that failed to load: our own words for a pickle that torch's safe loader refused
-    (torch's text advises weights_only=False, which would run the pickle), else the error's first line."""
-    import pickle
-
-    text = str(exc)
-    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text or "Weights only load failed" in text:
-        return PICKLE_REFUSED
-    return _first_line(text)
 
 
 def _is_cached(cfg: dict, weights_dir: str | None) -> bool:
@@ -452,7 +283,7 @@ def _is_cached(cfg: dict, weights_dir: str | None) -> bool:
     hub = cfg.get("hf_hub", "")
     if hub:
         repo, filename = os.path.split(hub)  # "org/repo/file" or "org/repo/", as open_clip reads it
-        return _hf_repo_cached(repo, [filename] if filename else HF_WEIGHT_FILES, weights_dir)
+        return hf_repo_cached(repo, [filename] if filename else HF_WEIGHT_FILES, weights_dir)
     url = cfg.get("url", "")
     return bool(url) and os.path.isfile(os.path.join(weights_dir or os.path.expanduser("~/.cache/clip"),
                                                      os.path.basename(url)))

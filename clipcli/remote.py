@@ -72,7 +72,7 @@ def list_images(uri: str, recursive: bool = True) -> list[str]:
 
 
 def _remember(uri: str, info) -> None:
-    """Keep a listed object's state for `file_state` (one listing, not one request per object); the next
+    """Keep a listed object's state for `object_state` (one listing, not one request per object); the next
     listing refreshes it."""
     import pyarrow.fs as pafs
 
@@ -82,7 +82,7 @@ def _remember(uri: str, info) -> None:
         _listed.pop(uri, None)
 
 
-def file_state(uri: str, listed: bool = True) -> tuple[int, int] | None:
+def object_state(uri: str, listed: bool = True) -> tuple[int, int] | None:
     """(size, mtime_ns) of an object, or None when it cannot be found or read.  listed: the state seen when
     the object was last listed, when it was (False: always ask the storage)."""
     if listed and uri in _listed:

@@ -167,6 +167,8 @@ PREVIEW_STYLE = """
 .cards { display: flex; flex-wrap: wrap; gap: 10px; }
 .card { width: 150px; font-size: 0.8em; overflow-wrap: anywhere; }
 .card img { width: 150px; height: 150px; object-fit: cover; border: 1px solid #ccc; }
+.card .missing { width: 150px; height: 150px; border: 1px dashed #c00; color: #c00; display: flex;
+                 align-items: center; justify-content: center; }
 .unsure .card img { border: 2px solid #d90; }
 .score { font-weight: bold; }
 """
@@ -199,7 +201,10 @@ def render_sort_preview(title: str, header: dict, operations: Sequence[dict]) ->
 
 def _card(path: str, caption: str, extra: str = "") -> str:
     """A thumbnail with a caption and the file's name (its whole path on hover)."""
-    return (f'<div class="card"{extra}><img src="{_thumbnail(path, 150)}" alt=""><div class="score">{caption}</div>'
+    thumbnail = _thumbnail(path, 150)
+    picture = (f'<img src="{thumbnail}" alt="">' if thumbnail else  # never an <img src="">: a page reload of itself
+               '<div class="missing">cannot be read now</div>')
+    return (f'<div class="card"{extra}>{picture}<div class="score">{caption}</div>'
             f'<div title="{html.escape(path)}">{html.escape(path.rsplit("/", 1)[-1])}</div></div>')
 
 

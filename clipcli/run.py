@@ -199,7 +199,7 @@ class ClassifyRun:
     def _open_store_only(self) -> dict:
         """Every stored image, scored from the store: without loading the model when the labels are cached or a
         head is given (and, with --other, the negative labels are cached)."""
-        from .embeddings import load_model, store_model
+        from .embeddings import load_model_for, store_model
         from .scoring import classify_store
         from .store import check_model, open_store
 
@@ -207,7 +207,7 @@ class ClassifyRun:
         self.scorer = self.choice.for_store(reader, self.model_options)
         described = reader.describe()
         if self.scorer is None:
-            loaded = load_model(self.model_options, self.store)
+            loaded = load_model_for(self.model_options, self.store)
             check_model(reader.directory, reader.manifest, store_model(loaded))
             self.scorer, described = self.choice.for_model(loaded, self.model_options, self.progress), loaded.describe()
         self._records = lambda: classify_store(self.scorer, reader, self.score, self._classifying,

@@ -21,6 +21,7 @@ numpy and scipy only; a model is loaded by the caller, and only when a query nee
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -120,9 +121,10 @@ def search(chunks: Iterable[tuple[Sequence[str], np.ndarray]], query: np.ndarray
 
 
 def search_store(store, query: np.ndarray, k: int = 10, min_score: float | None = None,
-                 progress: Progress | None = None, rows: int = 16384) -> list[Hit]:
+                 progress: Progress | None = None, rows: int = 16384, counts: dict | None = None) -> list[Hit]:
     """Every stored image ranked against the query, streamed batch by batch, one shard per core at a time
-    (memory does not grow with the store); rows of unreadable images are left out."""
+    (memory does not grow with the store); rows of unreadable images are left out.  counts: a dict that gets
+    "searched" (readable stored images) and "unreadable" (rows of images that could not be read)."""
     import os
     import threading
     from concurrent.futures import ThreadPoolExecutor
@@ -132,17 +134,20 @@ def search_store(store, query: np.ndarray, k: int = 10, min_score: float | None 
 
         raise StoreError(f"store {store.directory}: its embeddings have {store.dim} dimensions, the query "
                          f"{len(query)}; use the store's model")
-    lock, done = threading.Lock(), [0]
+    lock, done, readable = threading.Lock(), [0], [0]
     total = store.rows if progress is not None else 0
 
     def one_shard(name: str) -> list[Hit]:
         best = TopK(k, min_score)
         for paths_of, vectors in store.iter_vectors(rows, shards=[name]):
-            best.add(np.einsum("ij,j->i", vectors, query), paths_of)  # unit rows: the cosine (NaN: unreadable);
+            scores = np.einsum("ij,j->i", vectors, query)  # unit rows: the cosine (NaN: unreadable);
             # einsum, not BLAS: the shards are the parallelism, and BLAS threads would contend with them
-            if progress is not None:
-                with lock:
-                    done[0] += len(vectors)
+            best.add(scores, paths_of)
+            finite = int(np.count_nonzero(np.isfinite(scores)))
+            with lock:
+                readable[0] += finite
+                done[0] += len(vectors)
+                if progress is not None:
                     progress(done[0], total)
         return best.hits()
 
@@ -150,6 +155,8 @@ def search_store(store, query: np.ndarray, k: int = 10, min_score: float | None 
     with ThreadPoolExecutor(max(1, min(os.cpu_count() or 1, 4))) as pool:  # numpy and arrow release the GIL
         for hits in pool.map(one_shard, store.shard_names()):
             merged.add(np.array([h.score for h in hits], dtype=np.float32), [h.path for h in hits])
+    if counts is not None:
+        counts.update(searched=readable[0], unreadable=done[0] - readable[0])
     return merged.hits()
 
 
@@ -176,9 +183,11 @@ def image_embeddings(paths: Sequence[str], store=None,
     """(path, embedding or None, error message) per example image: read from the store when it holds the file
     as it is now, else encoded by the encoder (not written to the store); None for the encoder means the
     stored ones only (the rest come back as None with no message)."""
+    from .images import local_path
     from .paths import display_path
     from .store import file_state, resolve
 
+    paths = [local_path(path) for path in paths]
     found = {}
     if store is not None and paths:
         keys = [display_path(resolve(path)) for path in paths]
@@ -324,22 +333,24 @@ def find_dupes(paths: Sequence[str], vectors: np.ndarray, sizes: Sequence[tuple[
                                           None if layout_threshold is None else layouts_agree(paths, layout_threshold))]
 
 
-def dupes_in_store(store, threshold: float = DUPE_THRESHOLD) -> list[list[Copy]]:
-    """Near-duplicate groups among every readable stored image (the embeddings are held in memory as float32:
-    dim x 4 bytes per image, e.g. 100 MB for 50,000 images of a 512-d model)."""
-    from .store import scan_matrix
-
+def dupes_in_store(store, threshold: float = DUPE_THRESHOLD, counts: dict | None = None) -> list[list[Copy]]:
+    """Near-duplicate groups among every readable stored image, embeddings read from the scan copies where they
+    are current (held in memory as float32: dim x 4 bytes per image, e.g. 100 MB for 50,000 images of a 512-d
+    model).  counts: a dict that gets "searched" (readable stored images) and "unreadable"."""
     paths, chunks, sizes, lengths = [], [], [], []
-    for batch in store.iter_record_batches(["path", "embedding", "width", "height", "size"]):
-        vectors = scan_matrix(batch, store.dim)  # unit rows; NaN for an unreadable image
-        keep = np.flatnonzero(~np.isnan(vectors[:, 0]))
-        chunks.append(vectors[keep])
-        columns = [batch.column(i).to_pylist() for i in (0, 2, 3, 4)]
+    rows = 0
+    for table, vectors in store.iter_shard_tables(["path", "width", "height", "size"]):  # scan copies if current
+        keep = np.flatnonzero(~np.isnan(vectors[:, 0]))  # unit rows; NaN for an unreadable image
+        rows += len(vectors)
+        chunks.append(np.asarray(vectors[keep], dtype=np.float32))
+        columns = [table.column(name).to_pylist() for name in ("path", "width", "height", "size")]
         for row in keep.tolist():
             paths.append(columns[0][row])
             width, height = columns[1][row], columns[2][row]
             sizes.append((width, height) if width and height else None)
             lengths.append(columns[3][row])
+    if counts is not None:
+        counts.update(searched=len(paths), unreadable=rows - len(paths))
     if not paths:
         return []
     return find_dupes(paths, np.concatenate(chunks), sizes, lengths, threshold)
@@ -368,8 +379,16 @@ def search_job(text: str | None = None, like: Sequence[str] = (), templates="sim
     from .templates import load_template_set
 
     model, decode, engine = model or ModelOptions(), decode or DecodeOptions(), engine or EngineOptions()
+    if text is not None and not text.strip():
+        if like:
+            raise InputError("the text query is blank (only spaces); leave it out to search by --like alone")
+        raise InputError("the text query is blank (only spaces); give words to search for, or --like IMAGE")
     if not text and not like:
         raise InputError("nothing to search for: give a text query, --like IMAGE, or both")
+    if min_score is not None and not math.isfinite(min_score):
+        from .errors import UsageError
+
+        raise UsageError(f"--min-score {min_score}: use a cosine from -1 to 1")
     template_set = load_template_set(templates) if isinstance(templates, str) else templates
     if store is not None and not inputs:
         return _search_store(text, like, template_set, store, model, decode, engine, k, min_score, progress)
@@ -407,17 +426,18 @@ def _search_store(text, like, template_set, store, model, decode, engine, k, min
             parts = ([vector] if text else []) + [v for _, v, _ in stored]
     described = reader.describe()
     if not parts:  # the model is needed: the store's, or the one named (which must be the store's)
-        from .embeddings import Encoder, load_model, store_model
+        from .embeddings import Encoder, load_model_for, store_model
         from .store import check_model
 
-        loaded = load_model(model, store)
+        loaded = load_model_for(model, store)
         check_model(reader.directory, reader.manifest, store_model(loaded))
         query = _query(text, like, template_set, loaded, reader, Encoder(loaded, decode, engine), model)
         described = loaded.describe()
     else:
         query = combine_query(parts)
-    return Found(described, hits=search_store(reader, query, k, min_score, progress), errors=[],
-                 searched=reader.rows)
+    counts: dict = {}
+    hits = search_store(reader, query, k, min_score, progress, counts=counts)
+    return Found(described, hits=hits, errors=[], searched=counts["searched"])
 
 
 def _query(text, like, template_set, loaded, reader, encoder, model) -> np.ndarray:
@@ -461,8 +481,9 @@ def dupes_job(store=None, inputs: Sequence[str] = (), model=None, decode=None, e
         from .store import open_store
 
         reader = open_store(store)
-        groups = dupes_in_store(reader, threshold)
-        return Found(reader.describe(), groups=groups, errors=[], searched=reader.rows)
+        counts: dict = {}
+        groups = dupes_in_store(reader, threshold, counts)
+        return Found(reader.describe(), groups=groups, errors=[], searched=counts["searched"])
     from .embeddings import open_encoder
     from .paths import display_path
 

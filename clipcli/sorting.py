@@ -240,11 +240,12 @@ def _is_file(path: str, journaled: list[int]) -> bool:
         return False
 
 
-class Manifest:
-    """The sort's journal: one JSON line per operation, begun before it and closed after it (see the module's
-    docstring)."""
+class Journal:
+    """A journal of file operations, shared by `clip sort` and `clip tag`: one JSON line per operation, begun
+    (fsynced) before it with the closing brace left off, and closed (fsynced) after it with `, "DONE": value}` or
+    the brace alone.  Locked while written: two runs' half-written lines never interleave."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, command: str = "clip sort") -> None:
         import fcntl
 
         self.path = path
@@ -253,7 +254,7 @@ class Manifest:
             fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.handle.close()
-            raise OutputPathError(f"manifest {path} is being written by another clip sort; wait for it to finish, "
+            raise OutputPathError(f"manifest {path} is being written by another {command}; wait for it to finish, "
                                   "or give another --manifest") from None
         cut = False
         if path.exists() and path.stat().st_size:
@@ -268,24 +269,37 @@ class Manifest:
         self.handle.flush()
         os.fsync(self.handle.fileno())
 
+    def begin_entry(self, entry: dict) -> None:
+        """Journal an operation about to start, its line left open until `end_entry`."""
+        # ASCII escapes keep any file name, even non-UTF-8, exact
+        self._append(json.dumps(entry)[:-1])
+
+    def end_entry(self, done_key: str | None = None, value: object = None) -> None:
+        """Close the open line: done (with `done_key` and its value), or (None) not done."""
+        self._append((f", {json.dumps(done_key)}: {json.dumps(value)}" if done_key is not None else "") + "}\n")
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+class Manifest(Journal):
+    """The sort's journal: one JSON line per operation, begun before it and closed after it (see the module's
+    docstring)."""
+
     def begin(self, op: Operation) -> str:
         """Journal an operation about to start, its line left open until `end`; returns its id."""
         key = uuid.uuid4().hex
         link = {"link": os.readlink(op.source)} if os.path.islink(op.source) else {}
-        # ASCII escapes keep any file name, even non-UTF-8, exact
-        self._append(json.dumps({**asdict(op), "id": key, "source_id": identity(op.source), **link})[:-1])
+        self.begin_entry({**asdict(op), "id": key, "source_id": identity(op.source), **link})
         return key
 
     def end(self, made: Path | None) -> None:
         """Close the open line: done, with the identity of the file `made`, or (None) not done."""
         try:
-            done = f"{DONE_KEY}: {json.dumps(identity(made))}" if made is not None else ""
+            made_id = identity(made) if made is not None else None
         except OSError:
-            done = ""
-        self._append(done + "}\n")
-
-    def close(self) -> None:
-        self.handle.close()
+            made_id = None
+        self.end_entry("destination_id" if made_id is not None else None, made_id)
 
 
 def default_manifest(into: Path) -> Path:
@@ -397,23 +411,29 @@ def _reason(exc: OSError, op: Operation) -> str:
 
 def read_journal(path: Path) -> list[dict]:
     """A manifest's operations, oldest first (see the module's docstring)."""
+    return read_entries(path, {"source", "destination", "operation", "sha256"}, "a clip sort manifest", DONE_KEY)
+
+
+def read_entries(path: Path, keys: set[str], what: str, done_key: str) -> list[dict]:
+    """A journal's entries that have `keys`, oldest first; a line left open by a crash reads as not done (its
+    part before `done_key`).  Refuses a file none of whose lines is an entry (it is not `what`)."""
     try:
         lines = path.read_bytes().decode("utf-8").splitlines()
     except OSError as exc:
         raise UsageError(f"cannot read manifest {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
-        raise UsageError(f"{path} is not a clip sort manifest") from None
-    entries = [entry for entry in map(_parse_line, lines)
-               if isinstance(entry, dict) and {"source", "destination", "operation", "sha256"} <= entry.keys()]
+        raise UsageError(f"{path} is not {what}") from None
+    entries = [entry for entry in (_parse_line(line, done_key) for line in lines)
+               if isinstance(entry, dict) and keys <= entry.keys()]
     if lines and not entries:
-        raise UsageError(f"{path} is not a clip sort manifest")
+        raise UsageError(f"{path} is not {what}")
     return entries
 
 
-def _parse_line(line: str) -> object:
+def _parse_line(line: str, done_key: str = DONE_KEY) -> object:
     """A whole line; else, for a line left open by a crash, its first part (not done); else None (cut short
     while being written: its operation never started)."""
-    for text in (line, line.split(DONE_KEY, 1)[0] + "}"):
+    for text in (line, line.split(done_key, 1)[0] + "}"):
         try:
             return json.loads(text)
         except ValueError:

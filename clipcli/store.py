@@ -24,8 +24,20 @@ Scan copies (`STORE/_scan/`, skipped by Parquet readers): each shard's embedding
 float32 matrix, renormalised (`<shard>.<inode>-<size>-<mtime_ns>.npy`; NaN rows for unreadable images), written by
 the writer beside every shard it writes (2 KB per image at 512-d).  Parquet decodes a fixed-size list value
 by value and float16 must then be cast; a scan (`clip search`) multiplies the mapped matrix directly,
-several times faster (bench/bench_search.py).  A copy whose name does not match its shard's
-file is ignored (and deleted by the next writer); a shard without one is read from Parquet.
+several times faster (bench/bench_search.py).  A copy is a cache, never trusted: it is used only when it is a
+regular file (never a FIFO or a symlink) named after its shard's file, and its row count, shape and XXH3 hash equal
+the ones its shard records in its own Parquet metadata (`clipcli:shard`, written with the shard in one rename).
+Any other copy is ignored (the shard is read from Parquet) and remade by the next writer.  The tool deletes
+only files it made: names of its own pattern, inside the real `_scan` folder (a symlink or a file there is left
+alone and scan copies are then not used).
+
+Each shard's metadata also records the name it was written under: a copy of a shard under another name (a
+sync tool's conflict copy) holds every row twice, and is refused by readers as damage that
+`clip store check --repair` resolves (one row kept per key).  `clip store compact` merges small shards:
+the merged shard lists the shards it replaces in a journal `shards/_compact-<id>.json` written before its
+rename; until those shards are deleted (at once, or by the next writer after a crash) clipcli's readers skip
+them, so every row is read once at every moment (a plain Parquet reader may see the moved rows twice in that
+short window, or after a crash until the next `clip` command writes the store).
 
 A file is fresh when its size and mtime equal the stored ones.  Stores of schema version 1 (manifest
 `clip-store.json` with a shard list) are read as they are and upgraded in place by the next writer.
@@ -35,6 +47,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import stat
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -64,17 +78,54 @@ GROUP_ROWS = 8192  # rows per Parquet row group: the unit a keyed read decodes (
 READ_ROWS = 65536
 GROUPS_KEPT = 4  # decoded row groups a keyed read keeps (8 MB each at 512-d float16)
 MANIFEST_KEYS = {"format": str, "schema_version": int, "model": dict, "dim": int, "dtype": str}
+SHARD_META = b"clipcli:shard"  # a shard's Parquet key-value metadata: its name, row count, scan copy XXH3 hash
+JOURNAL = re.compile(r"_compact-[0-9a-f]{16}\.json")
+# The only names a writer deletes in _scan: its copies and the temporary files of an interrupted copy write.
+SCAN_NAMES = re.compile(r"[^/]+\.parquet\.\d+-\d+-\d+\.npy|\.[^/]+\.parquet\.\d+-\d+-\d+\.npy\.[A-Za-z0-9_]+\.tmp")
 
 
 def resolve(path: str) -> str:
-    """The store's key for a file: its absolute path with symlinks resolved (an object-storage URI as is)."""
-    return path if remote.is_remote(path) else os.path.realpath(path)
+    """The store's key for a file: its absolute path with symlinks resolved (an object-storage URI as is), as
+    text that names one file only (see key_text)."""
+    return path if remote.is_remote(path) else key_text(os.path.realpath(path))
+
+
+def key_text(path: str) -> str:
+    """A local path as a key: its text where it is UTF-8 without a backslash (nearly always); else with each
+    backslash doubled and each byte that is not UTF-8 as \\xNN, so that a file named `caf\\xe9.jpg` and a
+    non-UTF-8 `caf<E9>.jpg` are two keys (see key_path for the way back)."""
+    raw = os.fsencode(path)
+    if b"\\" not in raw:
+        return raw.decode("utf-8", errors="backslashreplace")  # \xNN only where a byte is not UTF-8
+    return raw.replace(b"\\", b"\\\\").decode("utf-8", errors="backslashreplace")
+
+
+def key_path(key: str) -> str:
+    """The local path a key names (the inverse of key_text); a key of an older clipcli that cannot be read so
+    is taken as the path it spells."""
+    if "\\" not in key or remote.is_remote(key):
+        return key
+    out, i = bytearray(), 0
+    while i < len(key):
+        char = key[i]
+        if char != "\\":
+            out += char.encode("utf-8")
+            i += 1
+        elif key.startswith("\\\\", i):
+            out += b"\\"
+            i += 2
+        elif re.fullmatch(r"x[0-9a-f]{2}", key[i + 1:i + 4]):
+            out.append(int(key[i + 2:i + 4], 16))
+            i += 4
+        else:
+            return key
+    return os.fsdecode(bytes(out))
 
 
 def file_state(path: str) -> tuple[int, int] | None:
     """(size, mtime_ns), or None for a file that cannot be stat-ed (missing, broken link)."""
     if remote.is_remote(path):
-        return remote.file_state(path)
+        return remote.object_state(path)
     try:
         st = os.stat(path)
     except OSError:
@@ -84,7 +135,7 @@ def file_state(path: str) -> tuple[int, int] | None:
 
 def still_exists(key: str) -> bool:
     """Whether a stored file (or object: asked of the storage, not taken from a listing) is still there."""
-    return remote.file_state(key, listed=False) is not None if remote.is_remote(key) else os.path.exists(key)
+    return remote.object_state(key, listed=False) is not None if remote.is_remote(key) else os.path.exists(key_path(key))
 
 
 def arrow_schema(dim: int, dtype: str):
@@ -205,18 +256,32 @@ class ImageStore:
     def dtype(self) -> str:
         return self.manifest["dtype"]
 
+    @property
+    def legacy(self) -> bool:
+        """A version 1 store: its manifest lists the live shards (read_manifest keeps such a list for no other)."""
+        return "shards" in self.manifest
+
     def shard_names(self) -> list[str]:
-        """The live shards' file names, oldest first (for a version 1 store: the ones its manifest names)."""
-        if "shards" in self.manifest:
+        """The live shards' file names, oldest first (for a version 1 store: the ones its manifest names).  Shards
+        that a compaction replaced (its journal names them, and its merged shard is in place) are not live."""
+        if self.legacy:
             return [Path(s["file"]).name for s in self.manifest["shards"]]
         try:
-            names = [e.name for e in os.scandir(self.directory / SHARD_DIR)
-                     if e.name.endswith(".parquet") and not e.name.startswith((".", "_"))]
+            entries = [e.name for e in os.scandir(self.directory / SHARD_DIR)]
         except FileNotFoundError:
             return []
         except OSError as exc:
             raise StoreError(f"store {self.directory}: cannot list its shards ({exc.strerror or exc})") from None
-        return sorted(names)
+        names = sorted(n for n in entries if n.endswith(".parquet") and not n.startswith((".", "_")))
+        journals = [n for n in entries if JOURNAL.fullmatch(n)]
+        if journals:
+            live, superseded = set(names), set()
+            for journal in journals:
+                target, sources = read_journal(self.directory / SHARD_DIR / journal)
+                if target in live:
+                    superseded |= sources
+            names = [n for n in names if n not in superseded]
+        return names
 
     @property
     def rows(self) -> int:
@@ -224,20 +289,34 @@ class ImageStore:
 
     def info(self) -> dict:
         """Model, counts, size on disk and last update (for `clip store info`)."""
-        errors = rows = size = shards = 0
+        errors = rows = shards = 0
         for name, shard in self._shards():
             shards += 1
             rows += shard.metadata.num_rows
-            size += shard.metadata.serialized_size + sum(shard.metadata.row_group(g).total_byte_size
-                                                         for g in range(shard.metadata.num_row_groups))
             for batch in self._batches(shard, name, ["error_type"], READ_ROWS):
                 errors += batch.num_rows - batch.column(0).null_count
+        size = self.size_on_disk()
         return {"store": str(self.directory), "model": self.model.display(), "model_key": self.model.key,
                 "dim": self.dim, "dtype": self.dtype, "images": rows - errors, "errors": errors,
                 "shards": shards, "size_bytes": size,
                 "created": self.manifest.get("created"), "updated": self.manifest.get("updated"),
                 "clipcli_version": self.manifest.get("clipcli_version"),
                 "schema_version": self.manifest.get("schema_version")}
+
+    def size_on_disk(self) -> int:
+        """Bytes of every file the store keeps (manifest, shards, journals, scan copies), as their sizes say;
+        symlinks are not followed."""
+        total = 0
+        for folder in (self.directory, self.directory / SHARD_DIR, _scan_folder(self.directory)):
+            if folder is None:
+                continue
+            try:
+                with os.scandir(folder) as listing:
+                    total += sum(e.stat(follow_symlinks=False).st_size for e in listing
+                                 if e.is_file(follow_symlinks=False))
+            except OSError:
+                continue
+        return total
 
     # --- reading ------------------------------------------------------------------------------------
     def _open(self, name: str):
@@ -264,20 +343,50 @@ class ImageStore:
 
     def _shards(self, names: Iterable[str] | None = None) -> Iterator[tuple[str, object]]:
         """(name, ParquetFile) of every live shard (or of those named), opened one at a time.  A row never moves
-        between shards, so a writer replacing shards meanwhile cannot make a reader see a row twice or miss one;
-        a shard deleted before it was opened held only pruned rows."""
+        between shards (but in a compaction, which readers notice), so a writer replacing shards meanwhile cannot
+        make a reader see a row twice or miss one; a shard deleted before it was opened held only pruned rows.
+        A shard that is a copy of another live one is refused (its rows would count twice)."""
+        live = self.shard_names()
         wanted = set(names) if names is not None else None
-        for name in self.shard_names():
+        for name in live:
             if wanted is not None and name not in wanted:
                 continue
             try:
                 shard = self._open(name)
             except FileNotFoundError:
+                self._went_away(name)
                 continue
             try:
+                self._check_not_a_copy(name, shard, live)
                 yield name, shard
             finally:
                 shard.close()
+        for name in sorted(wanted - set(live)) if wanted is not None else ():
+            self._went_away(name)  # listed by the caller, not live now
+
+    def _went_away(self, name: str) -> None:
+        """A listed shard that is gone: pruned (fine), or moved by a compaction (its rows are in a shard this
+        read did not list: say so rather than answer without them), or missing from a version 1 store."""
+        if self.legacy:
+            raise StoreError(f"store {self.directory}: its manifest names shard {name}, which is missing; "
+                             f"`clip store check --repair {self.directory}` drops it from the manifest, then "
+                             "`clip embed` encodes its images again")
+        for other in self.shard_names():
+            try:
+                with self._open(other) as shard:
+                    replaced = shard_meta(shard).get("replaces") or []
+            except (FileNotFoundError, StoreError):
+                continue
+            if name in replaced:
+                raise StoreError(f"store {self.directory} was compacted while this command read it; run the "
+                                 "command again")
+
+    def _check_not_a_copy(self, name: str, shard, live: list[str]) -> None:
+        recorded = shard_meta(shard).get("name")
+        if isinstance(recorded, str) and recorded != name and recorded in live:
+            raise StoreError(f"store {self.directory}: shard {name} is a copy of shard {recorded} (a sync tool's "
+                             f"conflict copy?), so its rows would count twice; `clip store check --repair "
+                             f"{self.directory}` keeps one row per image")
 
     def _batches(self, shard, name: str, columns: Sequence[str] | None, rows: int) -> Iterator:
         try:
@@ -301,19 +410,37 @@ class ImageStore:
         """(paths_of(rows) -> their paths, float32 unit embeddings [n, dim], NaN rows for unreadable images)
         per batch, of every shard or the ones named: for scans that need only a few of the paths.  Read from
         the shard's scan copy when it has a current one."""
-        for name in self.shard_names() if shards is None else shards:
+        for name, path, before, shard in self._opened_shards(shards):
+            yield from self._shard_vectors(name, shard, before, path, rows)
+
+    def iter_shard_tables(self, columns: Sequence[str]) -> Iterator[tuple[object, np.ndarray]]:
+        """Per live shard: (its `columns` as a pyarrow Table, its float32 unit embeddings [rows, dim] with NaN
+        rows for unreadable images, from its scan copy when it has a current one), both of one shard version."""
+        for name, path, before, shard in self._opened_shards():
+            copy = self._scan_copy(name, before, shard) if _same_file(before, path) else None
+            try:
+                table = shard.read(columns=list(columns) + ([] if copy is not None else ["embedding"]))
+            except (OSError, ValueError) as exc:
+                raise self._unreadable(name, exc) from None
+            yield table, (scan_matrix(table, self.dim) if copy is None else copy)
+
+    def _opened_shards(self, names: Iterable[str] | None = None) -> Iterator[tuple[str, Path, os.stat_result, object]]:
+        """(name, path, its stat before the open, the opened Parquet file) per live shard of `names` (all when None):
+        the stat taken first, so a reader can tell whether a writer replaced the shard while it was opened."""
+        for name in self.shard_names() if names is None else names:
             path = self.directory / SHARD_DIR / name
             try:
                 before = os.stat(path)
             except FileNotFoundError:
+                self._went_away(name)
                 continue
             for _, shard in self._shards([name]):  # none when it went away meanwhile
-                yield from self._shard_vectors(name, shard, before, path, rows)
+                yield name, path, before, shard
 
     def _shard_vectors(self, name: str, shard, before: os.stat_result, path: Path, rows: int) -> Iterator:
         # the copy of the shard version that was opened: the same file before and after the open (one that a
         # writer replaced in between is read from Parquet instead)
-        copy = self._scan_copy(name, before) if _same_file(before, path) else None
+        copy = self._scan_copy(name, before, shard) if _same_file(before, path) else None
         if copy is None:
             for batch in self._batches(shard, name, ["path", "embedding"], rows):
                 yield (lambda found, paths=batch.column(0): take_paths(paths, found)), scan_matrix(batch, self.dim)
@@ -331,16 +458,24 @@ class ImageStore:
         for start in range(0, len(copy), rows):
             yield (lambda found, start=start: paths_of(found, start)), copy[start:start + rows]
 
-    def _scan_copy(self, name: str, st: os.stat_result | None = None) -> np.ndarray | None:
-        """The scan copy of the shard as it is now (or as `st` saw it), memory-mapped, or None."""
+    def _scan_copy(self, name: str, st: os.stat_result | None = None, shard=None) -> np.ndarray | None:
+        """The scan copy of the shard as it is now (or as `st` saw it; `shard`: that version, opened),
+        memory-mapped, or None when there is none that matches the shard's recorded rows and XXH3 hash."""
+        folder = _scan_folder(self.directory)
+        if folder is None:
+            return None
         try:
             st = st or os.stat(self.directory / SHARD_DIR / name)
-            copy = np.load(self.directory / SCAN_DIR / scan_name(name, st), mmap_mode="r")
-        except (OSError, ValueError):
+            if shard is None:
+                with self._open(name) as opened:
+                    meta, rows = shard_meta(opened), opened.metadata.num_rows
+            else:
+                meta, rows = shard_meta(shard), shard.metadata.num_rows
+        except OSError:
             return None
-        if copy.ndim != 2 or copy.shape[1] != self.dim or copy.dtype != np.float32:
-            return None
-        return copy
+        if meta.get("rows") != rows or not isinstance(meta.get("scan_xxh3"), str):
+            return None  # a shard written before copies were checked: read from Parquet until a writer redoes it
+        return load_scan_copy(folder / scan_name(name, st), rows, self.dim, meta["scan_xxh3"])
 
     def iter_keys(self, shards: Iterable[str] | None = None) -> Iterator[tuple[str, int, int, list, list, list]]:
         """(shard, row group, paths, sizes, mtimes) for each row group: the small columns only."""
@@ -363,8 +498,24 @@ class ImageStore:
         for name, group, paths, sizes, mtimes in self.iter_keys(shards):
             for row, path in enumerate(paths):
                 if path in wanted:
+                    if path in found and found[path].shard != name:
+                        raise self._twice(name, found[path].shard)
                     found[path] = Location(name, group, row, (sizes[row], mtimes[row]))
         return found
+
+    def _twice(self, name: str, other: str) -> StoreError:
+        return StoreError(f"store {self.directory}: shards {other} and {name} hold the same image (one a copy of "
+                          f"the other?), so it would count twice; `clip store check --repair {self.directory}` "
+                          "keeps one row per image")
+
+    def check_unique_keys(self) -> None:
+        """Raise StoreError when a key is stored in two shards (reads every shard's path column)."""
+        seen: dict[str, str] = {}
+        for name, _, paths, _, _ in self.iter_keys():
+            for path in paths:
+                other = seen.setdefault(path, name)
+                if other != name:
+                    raise self._twice(name, other)
 
     def read(self, located: dict[str, Location], again: bool = True) -> dict[str, StoredImage]:
         """The stored rows at these locations, decoding each row group they fall in once.  A row that is not
@@ -414,46 +565,150 @@ class ImageStore:
         return table
 
 
-def check_store(directory: str | os.PathLike, repair: bool = False) -> tuple[int, list[tuple[str, str]]]:
-    """Read every shard of a store whole, pages checked against their checksums, and compare each shard's scan
-    copy with it: (rows that read, [(damaged shard, or `_scan/<copy>`, why)]).  With `repair`, damaged shards
-    and copies are deleted under the writer's lock: a shard's images are encoded again by the next `clip
-    embed`, a copy is remade by the next writer."""
+@dataclass
+class Problem:
+    """One thing `clip store check` found wrong, and what `--repair` does (did) about it."""
+
+    what: str  # `shard NAME`, `_scan/COPY`, `_scan`, `manifest`
+    why: str
+    repair: str  # what --repair does; "" when it cannot (the user must act)
+    repaired: bool = False
+
+
+def check_store(directory: str | os.PathLike, repair: bool = False) -> tuple[int, list[Problem]]:
+    """Read every shard of a store whole, pages checked against their checksums; check each shard's scan copy
+    against it (rows, shape, XXH3 hash, values), that every stored key is in one shard only (a copied shard holds
+    them twice) and that the manifest agrees with the folder: (rows that read, problems).  With `repair`, under
+    the writer's lock: damaged shards are deleted (the next `clip embed` encodes their images again), damaged
+    copies deleted (the next writer remakes them), duplicate rows removed keeping one row per key (the newest
+    file state; no image loses its row), and the manifest rewritten."""
     import pyarrow.parquet as pq
 
     store = open_store(directory)
-    good, damaged = 0, []
+    folder = store.directory / SHARD_DIR
+    good, problems = 0, []
+    damaged: list[str] = []
+    bad_copies: list[Path] = []
+    holders: dict[str, list[tuple[str, int, bool]]] = {}  # key -> [(shard, mtime_ns, shard under its own name)]
+    stray_list = _manifest_has_shard_list(store.directory)
+    if stray_list:
+        problems.append(Problem("manifest", "carries a version 1 shard list, which a version 2 store must not "
+                                "have (it hid or deleted shards)", "rewritten without it"))
+    scan = _scan_folder(store.directory)
+    if scan is None and os.path.lexists(store.directory / SCAN_DIR):
+        problems.append(Problem(SCAN_DIR, "is not a folder of the store (a file or a symlink), so scan copies are "
+                                "neither used nor written", ""))
+    missing = []
     for name in store.shard_names():
-        path = store.directory / SHARD_DIR / name
+        path = folder / name
         try:
             before = os.stat(path)
             with pq.ParquetFile(path, page_checksum_verification=True) as shard:
                 table = shard.read()
-                good += table.num_rows
-            copy = store._scan_copy(name, before) if _same_file(before, path) else None  # the version read
-            if copy is not None and not np.allclose(copy, scan_matrix(table, store.dim), atol=1e-6, equal_nan=True):
-                damaged.append((f"{SCAN_DIR}/{scan_name(name, before)}",
-                                "this scan copy differs from its shard; removing it lets the next writer remake it"))
+                meta = shard_meta(shard)
         except FileNotFoundError:
+            if store.legacy:
+                missing.append(name)
+                problems.append(Problem(f"shard {name}", "is named by the manifest but missing",
+                                        "dropped from the manifest (`clip embed` encodes its images again)"))
             continue
         except (OSError, ValueError) as exc:
             if isinstance(exc, OSError) and exc.errno:  # the system's trouble (permissions, handles): not damage
                 raise StoreError(f"store {store.directory}: cannot read shard {name} ({exc.strerror or exc})") \
                     from None
-            damaged.append((name, str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__))
-    if repair and damaged:
-        lock = _take_lock(store.directory)
-        try:
-            for name, _ in damaged:
-                if name.startswith(SCAN_DIR + "/"):
-                    (store.directory / name).unlink(missing_ok=True)
-                    continue
-                (store.directory / SHARD_DIR / name).unlink(missing_ok=True)
-                for copy in (store.directory / SCAN_DIR).glob(f"{name}.*.npy"):
-                    copy.unlink(missing_ok=True)  # the shard's scan copy goes with it
-        finally:
-            os.close(lock)
-    return good, damaged
+            damaged.append(name)
+            problems.append(Problem(f"shard {name}", "is damaged (" + (str(exc).splitlines()[0][:120] if str(exc)
+                                                                       else type(exc).__name__) + ")", "removed"))
+            continue
+        good += table.num_rows
+        own = meta.get("name") in (None, name)
+        for key, mtime in zip(table.column("path").to_pylist(), table.column("mtime_ns").to_pylist()):
+            holders.setdefault(key, []).append((name, mtime or 0, own))
+        copy_path = None if scan is None else scan / scan_name(name, before)
+        if copy_path is None or not os.path.lexists(copy_path) or not _same_file(before, path):
+            continue
+        if os.path.isdir(copy_path) and not os.path.islink(copy_path):
+            problems.append(Problem(f"{SCAN_DIR}/{copy_path.name}", "is a folder where this shard's scan copy goes "
+                                    "(not made by clipcli; the shard is read from Parquet)", ""))
+            continue
+        expected = scan_matrix(table, store.dim)
+        crc = meta.get("scan_xxh3") if meta.get("rows") == table.num_rows else None
+        copy = load_scan_copy(copy_path, table.num_rows, store.dim, crc if isinstance(crc, str) else None)
+        if copy is None or not np.allclose(copy, expected, atol=1e-6, equal_nan=True):
+            bad_copies.append(copy_path)
+            problems.append(Problem(f"{SCAN_DIR}/{copy_path.name}", "differs from its shard (rows, shape, checksum "
+                                    "or values): a cache, never used so; the next writer remakes it", "removed"))
+    remove = _duplicate_rows(holders) if not store.legacy else {}
+    for name, keys in sorted(remove.items()):
+        others = sorted({s for key in keys for s, _, _ in holders[key] if s != name})
+        every = all(len(h) > 1 for h in holders.values() if any(s == name for s, _, _ in h))
+        problems.append(Problem(f"shard {name}", f"holds {len(keys)} row(s) also stored in shard "
+                                f"{', '.join(others[:2])}{' ...' if len(others) > 2 else ''} (a copy of it?), so "
+                                "they count twice", "its duplicate rows removed, one row per image kept"
+                                + (" (the shard goes)" if every and len(keys) else "")))
+    if repair and problems:
+        _repair(store, stray_list, missing, damaged, bad_copies, remove)
+        for problem in problems:
+            problem.repaired = bool(problem.repair)
+    return good, problems
+
+
+def _duplicate_rows(holders: dict[str, list[tuple[str, int, bool]]]) -> dict[str, set[str]]:
+    """shard -> keys whose rows there are to go, so that each key keeps one row: the one of the newest file
+    state, then of a shard under its own recorded name, then of the oldest shard name."""
+    remove: dict[str, set[str]] = {}
+    for key, held in holders.items():
+        if len(held) < 2:
+            continue
+        keep = sorted(held, key=lambda h: (-h[1], not h[2], h[0]))[0]
+        for shard, _, _ in held:
+            if shard != keep[0]:
+                remove.setdefault(shard, set()).add(key)
+    return remove
+
+
+def _manifest_has_shard_list(directory: Path) -> bool:
+    try:
+        raw = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(raw, dict) and "shards" in raw
+
+
+def _repair(store: ImageStore, stray_list: bool, missing: list[str], damaged: list[str], bad_copies: list[Path],
+            remove: dict[str, set[str]]) -> None:
+    lock = _take_lock(store.directory)
+    try:
+        if store.legacy and missing:
+            kept = [s for s in store.manifest["shards"] if Path(s["file"]).name not in set(missing)]
+            atomic_write_bytes(store.directory / LEGACY_MANIFEST,
+                               json.dumps({**store.manifest, "shards": kept}, indent=2).encode())
+            store.manifest = {**store.manifest, "shards": kept}
+        for name in damaged:
+            (store.directory / SHARD_DIR / name).unlink(missing_ok=True)
+        for copy in bad_copies:
+            copy.unlink(missing_ok=True)
+        if store.legacy:  # its manifest keeps its shard list; the next `clip embed` upgrades it
+            return
+        writer = StoreWriter(store.directory, store.manifest, -1, DEFAULT_SHARD_ROWS)
+        writer.removed = {name: set(keys) for name, keys in remove.items()}
+        writer.commit()  # rewrites those shards without the duplicate rows (one rename each)
+        if stray_list or damaged or remove:
+            writer._write_manifest({**writer.manifest, "updated": _now()})
+        writer._drop_stale_scan_copies()  # the copies of deleted shards
+        fsync_dir(store.directory / SHARD_DIR)
+    finally:
+        os.close(lock)
+
+
+def compact_store(directory: str | os.PathLike, shard_rows: int | None = None) -> tuple[int, int]:
+    """Merge a store's small shards (see StoreWriter.compact) under the writer's lock: (shards before, after)."""
+    from . import __version__
+
+    store = open_store(directory)
+    with open_for_writing(directory, store.model, store.dim, None, shard_rows or DEFAULT_SHARD_ROWS,
+                          __version__) as writer:
+        return writer.compact()
 
 
 def _by_group(located: dict[str, Location]) -> dict[tuple[str, int], list[str]]:
@@ -465,9 +720,11 @@ def _by_group(located: dict[str, Location]) -> dict[tuple[str, int], list[str]]:
 
 def batch_embeddings(batch, dim: int) -> tuple[list[str], np.ndarray, list[tuple[int, str, str]]]:
     """Decode one RecordBatch or Table (path, embedding, error_type, error_message) into float32 numpy."""
+    import pyarrow as pa
+
     paths = batch.column(0).to_pylist()
     column = batch.column(1)
-    if hasattr(column, "combine_chunks"):
+    if isinstance(column, pa.ChunkedArray):  # a Table's column (a RecordBatch's is one array)
         column = column.combine_chunks()
     values = column.values.to_numpy(zero_copy_only=False)[column.offset * dim:(column.offset + len(column)) * dim]
     vectors = values.reshape(len(column), dim).astype(np.float32)
@@ -480,6 +737,77 @@ def batch_embeddings(batch, dim: int) -> tuple[list[str], np.ndarray, list[tuple
             errors.append((int(row), kinds[row] or "unreadable", messages[row] or ""))
     l2_normalize(vectors, out=vectors)  # float16 storage rounds the norm; undo that
     return paths, vectors, errors
+
+
+def shard_meta(shard) -> dict:
+    """What a shard records about itself (`clipcli:shard` in its Parquet metadata; {} for an older shard)."""
+    raw = (shard.metadata.metadata or {}).get(SHARD_META)
+    try:
+        meta = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def scan_checksum(matrix: np.ndarray) -> str:
+    """The XXH3-64 hash of a scan copy's matrix (xxhash: about as fast as the scan itself; zlib's CRC-32 is ten times slower,
+    bench/bench_scan_check.py)."""
+    import xxhash
+
+    return xxhash.xxh3_64_hexdigest(np.ascontiguousarray(matrix, dtype=np.float32))
+
+
+def load_scan_copy(path: Path, rows: int, dim: int, digest: str | None) -> np.ndarray | None:
+    """A scan copy memory-mapped, if it is a regular file (opened without following a symlink, and never
+    blocking on a FIFO) holding a float32 [rows, dim] matrix whose XXH3 hash is `digest`; else None."""
+    from numpy.lib import format as npy
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            st = os.fstat(handle.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            version = npy.read_magic(handle)
+            header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+            shape, fortran, dtype = header(handle)
+            offset = handle.tell()
+            if (tuple(shape) != (rows, dim) or fortran or dtype != np.dtype("<f4")
+                    or st.st_size != offset + rows * dim * 4):
+                return None
+            if not rows:
+                matrix = np.empty((0, dim), dtype=np.float32)
+            else:
+                matrix = np.memmap(handle, dtype=np.float32, mode="r", offset=offset, shape=(rows, dim))
+    except (OSError, ValueError, EOFError):
+        return None
+    return matrix if digest is None or scan_checksum(matrix) == digest else None
+
+
+def read_journal(path: Path) -> tuple[str | None, set[str]]:
+    """(the merged shard, the shards it replaces) of a compaction journal; (None, set()) when unreadable."""
+    from .fsutil import read_config_text
+
+    try:
+        journal = json.loads(read_config_text(path))
+        target, sources = journal["shard"], journal["replaces"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, set()
+    if not isinstance(target, str) or not isinstance(sources, list) or not all(isinstance(n, str) for n in sources):
+        return None, set()
+    return target, set(sources) - {target}
+
+
+def _scan_folder(directory: Path) -> Path | None:
+    """The store's `_scan` folder if it is a real folder (not a symlink, not a file), else None."""
+    folder = directory / SCAN_DIR
+    try:
+        return folder if stat.S_ISDIR(os.lstat(folder).st_mode) else None
+    except OSError:
+        return None
 
 
 def scan_name(shard: str, st: os.stat_result) -> str:
@@ -511,8 +839,8 @@ def scan_matrix(table, dim: int) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    column = table.column("embedding") if hasattr(table, "schema") else table
-    if hasattr(column, "combine_chunks"):
+    column = table.column("embedding") if isinstance(table, (pa.Table, pa.RecordBatch)) else table
+    if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     values = column.values.slice(column.offset * dim, len(column) * dim)
     matrix = pc.cast(values, pa.float32()).to_numpy(zero_copy_only=False).reshape(len(column), dim)  # arrow's
@@ -566,6 +894,8 @@ def read_manifest(directory: Path) -> dict | None:
         manifest = _check_manifest(directory, manifest)
         if name == LEGACY_MANIFEST:
             manifest.setdefault("shards", [])
+        else:  # a version 2 store lists its shards folder; a stray v1 list is damage (store check), never obeyed
+            manifest.pop("shards", None)
         return manifest
     return None
 
@@ -673,7 +1003,7 @@ class StoreWriter(ImageStore):
             self.removed.pop(name, None)
         if self.pending.get(None):
             rows = self.pending.pop(None)
-            final = self.directory / SHARD_DIR / f"part-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
+            final = self.directory / SHARD_DIR / new_shard_name()
             try:
                 self._write_shard(rows.table(self.dim, self.dtype), final)
             except BaseException:
@@ -691,10 +1021,17 @@ class StoreWriter(ImageStore):
         atomic_write_bytes(self.directory / MANIFEST, json.dumps(manifest, indent=2).encode())
         self.manifest = manifest
 
-    def _write_shard(self, table, final: Path) -> None:
-        """Write a shard under a hidden name, then rename it into place (new, or replacing a shard)."""
+    def _write_shard(self, table, final: Path, replaces: Sequence[str] = (),
+                     before_rename: Callable[[], None] | None = None) -> None:
+        """Write a shard under a hidden name, then rename it into place (new, or replacing a shard).  The shard
+        records its name, row count and its scan copy's XXH3 hash (and the shards it replaces, for a compaction)."""
         import pyarrow.parquet as pq
 
+        matrix = scan_matrix(table, self.dim)
+        meta = {"name": final.name, "rows": table.num_rows, "scan_xxh3": scan_checksum(matrix)}
+        if replaces:
+            meta["replaces"] = list(replaces)
+        table = table.replace_schema_metadata({SHARD_META: json.dumps(meta).encode()})
         fd, temp = temp_beside(final)
         os.close(fd)
         try:
@@ -705,7 +1042,9 @@ class StoreWriter(ImageStore):
                            use_dictionary=["path", "error_type", "error_message"])
             with open(temp, "rb") as handle:
                 os.fsync(handle.fileno())
-            self._write_scan_copy(scan_matrix(table, self.dim), final.name, os.stat(temp))
+            self._write_scan_copy(matrix, final.name, os.stat(temp))
+            if before_rename is not None:
+                before_rename()
             os.replace(temp, final)
         except BaseException:
             Path(temp).unlink(missing_ok=True)
@@ -714,19 +1053,29 @@ class StoreWriter(ImageStore):
 
     def _write_scan_copy(self, matrix: np.ndarray, shard: str, st: os.stat_result) -> None:
         """The shard's scan copy, named after the shard's size and mtime (the shard keeps both on its rename).
-        Written before the shard takes its place: a crash in between leaves a copy that matches nothing."""
+        Written before the shard takes its place: a crash in between leaves a copy that matches nothing.  Not
+        written where `_scan` is not a real folder (a file or a symlink the store did not make)."""
         import io
 
-        folder = self.directory / SCAN_DIR
-        folder.mkdir(exist_ok=True)
+        try:
+            (self.directory / SCAN_DIR).mkdir()
+        except FileExistsError:
+            pass
+        folder = _scan_folder(self.directory)
+        if folder is None:
+            return
         buffer = io.BytesIO()
-        np.save(buffer, matrix, allow_pickle=False)
-        atomic_write_bytes(folder / scan_name(shard, st), buffer.getvalue())
+        np.save(buffer, np.ascontiguousarray(matrix, dtype=np.float32), allow_pickle=False)
+        try:
+            atomic_write_bytes(folder / scan_name(shard, st), buffer.getvalue())
+        except (IsADirectoryError, NotADirectoryError):
+            pass  # a folder where the copy goes: left alone; the shard is read from Parquet
 
     def _drop_stale_scan_copies(self) -> None:
-        """Delete scan copies that match no live shard (replaced, pruned, or of an interrupted commit)."""
-        folder = self.directory / SCAN_DIR
-        if not folder.is_dir():
+        """Delete scan copies that match no live shard (replaced, pruned, or of an interrupted commit): only
+        regular files of the copies' own name pattern inside the real `_scan` folder, nothing else there."""
+        folder = _scan_folder(self.directory)
+        if folder is None:
             return
         current = set()
         for name in self.shard_names():
@@ -734,45 +1083,120 @@ class StoreWriter(ImageStore):
                 current.add(scan_name(name, os.stat(self.directory / SHARD_DIR / name)))
             except OSError:
                 pass
-        for entry in os.scandir(folder):
-            if entry.name not in current:
-                Path(entry.path).unlink(missing_ok=True)
+        with os.scandir(folder) as listing:
+            for entry in listing:
+                if entry.name not in current and SCAN_NAMES.fullmatch(entry.name) and \
+                        entry.is_file(follow_symlinks=False):
+                    Path(entry.path).unlink(missing_ok=True)
 
     def add_scan_copies(self) -> int:
-        """Write the scan copies that live shards lack (stores written before scan copies existed); returns
-        how many."""
-        made = 0
+        """Write the scan copies that live shards lack or that do not match them (stores written before scan
+        copies existed, a damaged copy); a shard that does not record its copy's checksum yet (written by an
+        older clipcli) is rewritten in place with the same rows first.  Returns how many copies were made."""
+        made, checked = 0, False
         for name in self.shard_names():
             path = self.directory / SHARD_DIR / name
             if self._scan_copy(name) is not None:
                 continue
             try:
                 with self._open(name) as shard:
-                    table = shard.read(columns=["embedding"])
+                    meta = shard_meta(shard)
+                    table = shard.read()
                 st = os.stat(path)
             except FileNotFoundError:
                 continue
             except (OSError, ValueError) as exc:
                 raise self._damaged(name, exc) from None
-            self._write_scan_copy(scan_matrix(table, self.dim), name, st)
+            matrix = scan_matrix(table, self.dim)
+            if meta.get("rows") == table.num_rows and meta.get("scan_xxh3") == scan_checksum(matrix):
+                self._write_scan_copy(matrix, name, st)
+            else:
+                if not checked:  # a copied shard of an older store is not to become a shard of its own name
+                    self.check_unique_keys()
+                    checked = True
+                self._write_shard(table, path)
             made += 1
         self._drop_stale_scan_copies()
         return made
 
     def remove_leftovers(self) -> None:
-        """Delete the hidden temporary files of an interrupted commit."""
-        for entry in os.scandir(self.directory / SHARD_DIR):
-            if entry.name.startswith(".part-") and entry.name.endswith(".tmp"):
+        """Delete the hidden temporary files of an interrupted commit, and finish an interrupted compaction:
+        the shards its merged shard replaced are deleted (readers already skip them), then its journal."""
+        folder = self.directory / SHARD_DIR
+        with os.scandir(folder) as listing:
+            entries = list(listing)
+        for entry in entries:
+            if entry.name.startswith(".part-") and entry.name.endswith(".tmp") and entry.is_file(follow_symlinks=False):
                 Path(entry.path).unlink(missing_ok=True)
+        for entry in entries:
+            if JOURNAL.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                target, sources = read_journal(Path(entry.path))
+                if target is not None and (folder / target).is_file():
+                    self._delete_shards(sources)
+                Path(entry.path).unlink(missing_ok=True)
+                fsync_dir(folder)
+
+    def _delete_shards(self, names: Iterable[str]) -> None:
+        """Delete these shards (regular files of the shards folder only) and make that durable."""
+        folder = self.directory / SHARD_DIR
+        for name in sorted(names):
+            path = folder / name
+            if name.endswith(".parquet") and "/" not in name and path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
+        fsync_dir(folder)
+
+    def compact(self, target_rows: int | None = None) -> tuple[int, int]:
+        """Merge shards holding fewer than `target_rows` rows (default: the writer's shard size) into shards of
+        up to that many, oldest first; returns (shards before, shards after).  Each merge: the merged shard
+        is written under a hidden name, a journal naming it and the shards it replaces is written, the merged
+        shard is renamed into place (from then on readers skip the replaced ones), the replaced shards are
+        deleted, then the journal.  A crash at any point leaves every row readable once (see remove_leftovers)."""
+        import pyarrow as pa
+
+        self.commit()
+        target = target_rows or self.shard_rows
+        counts = [(name, shard.metadata.num_rows) for name, shard in self._shards()]
+        groups, current, rows = [], [], 0
+        for name, count in counts:
+            if count >= target:
+                continue
+            if current and rows + count > target:
+                groups.append(current)
+                current, rows = [], 0
+            current.append(name)
+            rows += count
+        groups.append(current)
+        folder = self.directory / SHARD_DIR
+        for group in (g for g in groups if len(g) > 1):
+            tables = []
+            for name in group:
+                try:
+                    with self._open(name) as shard:
+                        tables.append(shard.read().replace_schema_metadata(None))
+                except (OSError, ValueError) as exc:
+                    raise self._damaged(name, exc) from None
+            table = pa.concat_tables([t.cast(tables[0].schema) for t in tables])
+            final = folder / new_shard_name()
+            journal = folder / f"_compact-{uuid.uuid4().hex[:16]}.json"
+            record = json.dumps({"shard": final.name, "replaces": group}).encode()
+            self._write_shard(table, final, replaces=group, before_rename=lambda: atomic_write_bytes(journal, record))
+            self._delete_shards(group)
+            journal.unlink(missing_ok=True)
+            fsync_dir(folder)
+        if any(len(g) > 1 for g in groups):
+            self._write_manifest({**self.manifest, "updated": _now()})
+            self._drop_stale_scan_copies()
+        return len(counts), len(self.shard_names())
 
     def upgrade(self) -> None:
         """A version 1 store becomes a plain Parquet dataset: shards its manifest does not name (left-overs of
         an interrupted commit) are deleted first, then the new manifest replaces the old one."""
-        if "shards" not in self.manifest:
+        if not self.legacy:
             return
         live = set(self.shard_names())
         for entry in os.scandir(self.directory / SHARD_DIR):
-            if entry.name not in live and entry.name.startswith(("part-", ".part-")):
+            if entry.name not in live and entry.name.startswith(("part-", ".part-")) and \
+                    entry.is_file(follow_symlinks=False):
                 Path(entry.path).unlink(missing_ok=True)
         manifest = {k: v for k, v in self.manifest.items() if k != "shards"}
         self._write_manifest({**manifest, "schema_version": SCHEMA_VERSION})
@@ -809,6 +1233,10 @@ class StoreWriter(ImageStore):
             pass
         finally:
             self.release()
+
+
+def new_shard_name() -> str:
+    return f"part-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
 
 
 def _take_lock(directory: Path) -> int:
@@ -849,7 +1277,13 @@ def open_for_writing(directory: str | os.PathLike, model: StoreModel, dim: int, 
     existing = read_manifest(directory)
     if existing is not None:
         check_model(directory, existing, model)  # before the lock: a wrong model is refused at once
-    (directory / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    try:
+        (directory / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise StoreError(f"store {directory}: {SHARD_DIR} is not a folder; move it out of the store") from None
+    except OSError as exc:
+        raise StoreError(f"store {directory}: cannot create its {SHARD_DIR} folder ({exc.strerror or exc})") \
+            from None
     lock_fd = _take_lock(directory)
     try:
         manifest = read_manifest(directory)  # again: another writer may have created it meanwhile
@@ -867,6 +1301,8 @@ def open_for_writing(directory: str | os.PathLike, model: StoreModel, dim: int, 
                                  "needs another --store folder")
             manifest = {**manifest, "clipcli_version": version or manifest.get("clipcli_version", "")}
         writer = StoreWriter(directory, manifest, lock_fd, shard_rows)
+        if _manifest_has_shard_list(directory):  # a stray version 1 list (ignored when read): written away
+            writer._write_manifest(writer.manifest)
         writer.upgrade()
         writer.remove_leftovers()
         writer.add_scan_copies()

@@ -20,7 +20,7 @@ FULL = "full"
 
 
 @dataclass
-class _TextParts:
+class TextParts:
     """The pieces of a classic causal text tower, wherever the model keeps them."""
 
     token_embedding: Any
@@ -33,7 +33,7 @@ class _TextParts:
     eos_id: int | None
 
 
-def _text_parts(model) -> _TextParts | None:
+def text_parts(model) -> TextParts | None:
     """The causal tower's parts, or None when trimming would not be exact for this model."""
     from open_clip.transformer import TextTransformer
 
@@ -51,7 +51,7 @@ def _text_parts(model) -> _TextParts | None:
     attn_mask = getattr(owner, "attn_mask", None)
     if attn_mask is None or pool_type not in ("argmax", "eos") or not _is_causal(attn_mask):
         return None
-    return _TextParts(owner.token_embedding, owner.positional_embedding, owner.transformer, attn_mask,
+    return TextParts(owner.token_embedding, owner.positional_embedding, owner.transformer, attn_mask,
                       owner.ln_final, owner.text_projection, pool_type, eos_id)
 
 
@@ -62,23 +62,23 @@ def _is_causal(mask: torch.Tensor) -> bool:
 
 def text_path(model) -> str:
     """Which path encode_texts takes for this model: "trimmed" or "full"."""
-    return TRIMMED if _text_parts(model) is not None else FULL
+    return TRIMMED if text_parts(model) is not None else FULL
 
 
-def _end_positions(tokens: torch.Tensor, parts: _TextParts) -> torch.Tensor:
+def end_positions(tokens: torch.Tensor, parts: TextParts) -> torch.Tensor:
     if parts.pool_type == "argmax":
         return tokens.argmax(dim=-1)
     return (tokens == parts.eos_id).int().argmax(dim=-1)
 
 
-def _encode_trimmed(parts: _TextParts, tokens: torch.Tensor, length: int) -> torch.Tensor:
+def encode_trimmed(parts: TextParts, tokens: torch.Tensor, length: int) -> torch.Tensor:
     tokens = tokens[:, :length]
     cast_dtype = parts.transformer.get_cast_dtype()
     x = parts.token_embedding(tokens).to(cast_dtype)
     x = x + parts.positional_embedding[:length].to(cast_dtype)
     x = parts.transformer(x, attn_mask=parts.attn_mask[:length, :length])
     x = parts.ln_final(x)
-    ends = _end_positions(tokens, parts)
+    ends = end_positions(tokens, parts)
     x = x[torch.arange(x.shape[0], device=x.device), ends]
     if parts.text_projection is None:
         return x
@@ -92,9 +92,9 @@ def encode_texts(model, tokenizer, texts: Sequence[str], device=None, batch_size
     """L2-normalised text embeddings [len(texts), D] in input order (float32, on the CPU)."""
     device = device if device is not None else next(model.parameters()).device
     tokens = tokenizer(list(texts))
-    parts = _text_parts(model)
+    parts = text_parts(model)
     if parts is not None:
-        ends = _end_positions(tokens, parts)
+        ends = end_positions(tokens, parts)
         order = torch.argsort(ends, stable=True)
     else:
         order = torch.arange(len(texts))
@@ -104,7 +104,7 @@ def encode_texts(model, tokenizer, texts: Sequence[str], device=None, batch_size
         for batch_index in order.split(batch_size):
             batch = tokens[batch_index].to(device)
             if parts is not None:
-                features = _encode_trimmed(parts, batch, int(ends[batch_index].max()) + 1)
+                features = encode_trimmed(parts, batch, int(ends[batch_index].max()) + 1)
             else:
                 features = model.encode_text(batch)
             chunks.append(F.normalize(features.float(), dim=-1).cpu())

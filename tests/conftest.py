@@ -1,4 +1,6 @@
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +12,10 @@ os.environ.pop("CLIPCLI_PRETRAINED", None)
 import tempfile  # noqa: E402
 
 import pytest  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from clipcli.cli import app  # noqa: E402
+from clipcli.demo import shapes  # noqa: E402
 
 # Never the user's cache, also for fixtures wider than one test (each test gets its own below).
 os.environ["CLIPCLI_CACHE_DIR"] = tempfile.mkdtemp(prefix="clipcli-test-cache-")
@@ -57,3 +63,36 @@ def images(tmp_path_factory) -> Path:
     (folder / "notes.txt").write_text("not an image")
     (folder / ".hidden.png").write_bytes(b"")
     return folder
+
+
+@pytest.fixture
+def shapes_dir(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shapes.draw_pil("red", "circle", seed=1).save(folder / "red_circle.png")
+    shapes.draw_pil("blue", "square", seed=2).save(folder / "blue_square.png")
+    return folder
+
+
+@pytest.fixture
+def run(tiny_model):
+    def invoke(*args, input=None):
+        return CliRunner().invoke(app, ["classify", *args, "--model", tiny_model], input=input)
+    return invoke
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A real 64 KB filesystem (needs root and mount; skipped elsewhere), unmounted afterwards."""
+    mountpoint = tmp_path / "tiny"
+    mountpoint.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mountpoint)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=True)

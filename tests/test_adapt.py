@@ -11,19 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import cli
 from scipy.special import expit, log_softmax
-from typer.testing import CliRunner
 
 from clipcli import adapt
-from clipcli.cli import app
 from clipcli.demo import shapes
 from clipcli.errors import ClipCliWarning
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-
-
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 LABELS24 = [shapes.seen_labels()[i] for i in range(0, 60, 5)] + [shapes.seen_labels()[i] for i in range(2, 60, 5)]

@@ -15,6 +15,7 @@ import open_clip
 import pytest
 import tiny_models
 import torch
+from cli_helpers import cli
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -31,10 +32,6 @@ pytestmark = pytest.mark.fresh_exports  # these tests are about exports and the 
 LABELS = ["red circle", "blue square", "green star", "wonton", "小笼包"]
 TEMPLATES = ["a photo of a {}.", "a drawing of the {}", "{}"]
 OPENAI_MEAN, OPENAI_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-
-
-def cli(*args, env=None):
-    return CliRunner().invoke(app, [str(a) for a in args], env=env)
 
 
 # --- preprocessing and tokenizer, without torch ----------------------------------------------------------

@@ -4,20 +4,17 @@ command does (a head, --other, --adapt, a store) and gives the records the comma
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
-from typer.testing import CliRunner
+from cli_helpers import cli
 
 import clipcli
-from clipcli.cli import app
 from clipcli.demo import shapes
 from clipcli.options import LabelOptions, ModelOptions, OpenSetOptions, ScoreOptions
 from clipcli.run import ClassifyRun
 
 LABELS = ["red circle", "blue square", "green star", "yellow triangle"]
-
-
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
+ROOT = Path(__file__).parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +100,7 @@ def test_bad_options_are_refused_before_any_model_loads(kwargs, message, monkeyp
     from clipcli.errors import UsageError
 
     if "sigmoid" not in message:  # whether the model has a logit bias is known once it is loaded
-        monkeypatch.setattr(embeddings, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+        monkeypatch.setattr(embeddings, "load_model_for", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(UsageError, match=message):
         clipcli.classify([str(folder)], model="demo", **kwargs)
 
@@ -153,3 +150,27 @@ def test_a_head_with_labels_is_refused_whatever_the_labels(head):
     for labels in ("", "a,b"):
         result = cli("classify", "x.png", "--head", head, "--labels", labels)
         assert result.exit_code == 2 and "--head brings its own labels" in result.output, result.output
+
+
+def test_python_facade_names(tiny_model):
+    import clipcli
+
+    records = clipcli.classify([str(Path(__file__).parent.parent / "examples")], ["red circle", "blue square"],
+                               model="demo", templates="simple")
+    assert len(records) == 4 and all(np.isclose(sum(p["score"] for p in r["predictions"]), 1.0) for r in records)
+    assert {"open_encoder", "classify_paths", "zero_shot_classifier", "ModelOptions"} <= set(clipcli.__all__)
+
+
+# regression: one label under softmax silently scored 1.0 for every image
+def test_one_label_under_softmax_warns(tmp_path):
+    image = ROOT / "examples" / "red_circle.png"
+    result = cli("classify", image, "-m", "demo", "-l", "red circle", "-f", "jsonl")
+    assert result.exit_code == 0 and "one label ('red circle') under softmax always scores 1.0" in result.stderr
+    assert "--score sigmoid" in result.stderr
+    assert "always scores" not in cli("classify", image, "-m", "demo", "-l", "red circle,blue square").stderr
+
+
+def test_sigmoid_needs_a_logit_bias(run, images):
+    result = run(str(images / "red_circle.png"), "--labels", "a,b", "--score", "sigmoid")
+    assert result.exit_code == 2
+    assert "--score sigmoid needs a model trained with a sigmoid loss" in result.stderr

@@ -12,6 +12,7 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
+ROOT = REPO
 CLIP = shutil.which("clip", path=str(Path(sys.executable).parent)) or shutil.which("clip")
 
 
@@ -78,3 +79,19 @@ def test_installed_package_carries_templates_and_demo_model(tmp_path):
     assert int(count) >= 15
     assert (Path(model_dir) / "open_clip_model.safetensors").is_file()
     assert (Path(prompts_dir) / "imagenet.yaml").is_file()
+
+
+# regression: README's Python example failed (KeyError 'predictions') on the error record of an unreadable file
+@pytest.mark.e2e
+def test_readme_python_example_survives_an_unreadable_file(tmp_path):
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Python"):]
+    code = section[section.index("```python") + len("```python"):section.index("```", section.index("```python") + 3)]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "red_circle.png").write_bytes((ROOT / "examples" / "red_circle.png").read_bytes())
+    (photos / "broken.jpg").write_bytes(b"not a jpeg")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "broken.jpg could not be read" in result.stdout and "red_circle.png {'label'" in result.stdout

@@ -13,15 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
+from cli_helpers import cli
 
 from clipcli import fewshot
-from clipcli.cli import app
 from clipcli.demo import shapes
-
-
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

@@ -13,20 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from cli_helpers import cli
 
 import tiny_hf_models
-from clipcli.cli import app
 from clipcli.errors import ModelLoadError
 
 pytest.importorskip("transformers")
 
 LABELS = ["red circle", "blue square", "小笼包", "wonton", "a dog"]
 TEMPLATE = "a photo of {}."
-
-
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="session")

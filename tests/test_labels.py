@@ -1,7 +1,20 @@
-import pytest
+"""Labels: parsing (also any quoted text, property-based), label files, synonyms, and the warnings about them."""
 
+import csv
+import io
+import warnings
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from text_strategies import label_text
+from typer.testing import CliRunner
+
+from clipcli.cli import app
 from clipcli.errors import ClipCliWarning, LabelError
 from clipcli.labels import Label, load_labels_file, parse_labels, require_labels
+
+LABELS = "red circle,blue square"
 
 
 def names(labels):
@@ -56,3 +69,22 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("cat: [unclosed\n")
     with pytest.raises(LabelError, match="malformed YAML"):
         load_labels_file(bad)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(label_text, min_size=1, max_size=8, unique=True))
+def test_quoted_labels_parse_back(labels):
+    buffer = io.StringIO()
+    csv.writer(buffer, quoting=csv.QUOTE_ALL, lineterminator="").writerow(labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parsed = [label.name for label in parse_labels(buffer.getvalue())]
+    assert parsed == [label.strip() for label in labels]
+
+
+def test_long_labels_warn_about_truncation(tiny_model, images):
+    long_label = "dumpling " * 60
+    result = CliRunner().invoke(app, ["classify", str(images / "red_circle.png"), "--model", tiny_model,
+                                      "--labels", f"wonton,{long_label.strip()}", "--format", "jsonl"])
+    assert result.exit_code == 0
+    assert "longer than the model's 77-token context and were truncated" in result.stderr

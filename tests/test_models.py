@@ -1,17 +1,24 @@
-"""Model loading: the hf-hub: path from a (fabricated) Hugging Face cache, offline behaviour, the QuickGELU trap."""
+"""Model loading: the hf-hub: path from a (fabricated) Hugging Face cache, offline behaviour, the QuickGELU trap;
+where weights are looked up, `clip models` without torch, and model errors (exit 3)."""
 
+import os
 import shutil
+import subprocess
+import sys
 import time
 
 import huggingface_hub.constants as hub_constants
 import pytest
 import tiny_models
+from cli_helpers import cli, draw
 from typer.testing import CliRunner
 
 import clipcli.models as models
 from clipcli.cli import app
 from clipcli.errors import ModelLoadError
 from clipcli.models import load_model, parse_model_spec
+
+LABELS = "red circle,blue square"
 
 
 @pytest.fixture
@@ -35,7 +42,7 @@ def online(monkeypatch):
     def no_network(url, timeout=3.0):
         raise AssertionError(f"tried to reach {url}")
 
-    monkeypatch.setattr(models, "_hub_reachable", no_network)
+    monkeypatch.setattr(models, "hub_reachable", no_network)
 
 
 def test_cached_hf_hub_model_loads_without_touching_the_network(hub_cache, online):
@@ -48,7 +55,7 @@ def test_cached_hf_hub_model_loads_without_touching_the_network(hub_cache, onlin
 
 def test_unreachable_hub_fails_at_once_with_one_message(monkeypatch, images):
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(models, "_hub_reachable", lambda url, timeout=3.0: False)
+    monkeypatch.setattr(models, "hub_reachable", lambda url, timeout=3.0: False)
     start = time.monotonic()
     result = CliRunner().invoke(app, ["classify", str(images / "red_circle.png"), "--labels", "a,b",
                                       "--model", "ViT-B-32:openai", "--weights-dir", str(images)])
@@ -103,3 +110,56 @@ def test_a_malformed_hub_id_is_one_line_before_any_download(model):
 
     result = CliRunner().invoke(app, ["classify", "x.jpg", "-m", model, "-l", "a,b"])
     assert result.exit_code == 2 and "a hub id is ORG/NAME" in result.output and "Traceback" not in result.output
+
+
+# regression: `clip models` imported torch and built open_clip's models just to list the pretrained table (6-8 s)
+def test_models_lists_open_clips_table_without_importing_torch():
+    """`clip models` reads open_clip's pretrained table without building its models (6 s before, ~1 s now)."""
+    import json as _json
+
+    probe = ("import sys, json\nfrom clipcli.models import list_pretrained\nrows = list_pretrained()\n"
+             "print(json.dumps([[r['architecture'], r['pretrained']] for r in rows]))\n"
+             "print(json.dumps(sorted(m for m in ('torch', 'open_clip') if m in sys.modules)))\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    listed, imported = (_json.loads(line) for line in result.stdout.splitlines())
+    import open_clip
+
+    assert [tuple(pair) for pair in listed] == list(open_clip.list_pretrained())
+    assert imported == []
+
+
+def test_weights_dir_is_where_weights_are_looked_up(tmp_path, monkeypatch):
+    images = tmp_path / "x"
+    draw(images, 1)
+    weights = tmp_path / "weights"
+    for how in (["--weights-dir", weights], []):
+        monkeypatch.setenv("CLIPCLI_WEIGHTS_DIR", str(weights))
+        result = cli("classify", images, "-l", "a,b", "-m", "ViT-B-32", "-p", "laion2b_s34b_b79k", *how)
+        assert result.exit_code == 3 and str(weights) in result.stderr, result.output  # offline: not there
+
+
+def test_model_errors_exit_3(images, tmp_path):
+    image = str(images / "red_circle.png")
+    cases = [
+        (["--model", "ViT-B-33"], "unknown model architecture 'ViT-B-33'; did you mean"),
+        (["--model", "ViT-B-32", "--pretrained", "nosuchtag"], "known tags for ViT-B-32: openai"),
+        (["--model", f"local-dir:{tmp_path}"], "open_clip_config.json is missing"),
+        (["--model", "ViT-B-32", "--pretrained", "openai"], "could not be downloaded"),
+        (["--device", "cuda", "--model", "demo"], "no CUDA GPU"),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(app, ["classify", image, "--labels", "a,b", *args])
+        assert result.exit_code == 3, (args, result.output)
+        assert message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.output
+
+
+def test_corrupt_checkpoint_is_a_model_error(tmp_path, images):
+    (tmp_path / "open_clip_config.json").write_text('{"model_cfg": {"embed_dim": 8}}')
+    (tmp_path / "open_clip_model.safetensors").write_bytes(b"garbage" * 100)
+    result = CliRunner().invoke(app, ["classify", str(images / "red_circle.png"), "--model", f"local-dir:{tmp_path}",
+                                      "--labels", LABELS])
+    assert result.exit_code == 3
+    assert result.stderr.startswith("error: cannot load")
+    assert "Traceback" not in result.output

@@ -6,13 +6,12 @@ import re
 
 import numpy as np
 import pytest
+from cli_helpers import cli
 from sklearn.metrics import roc_auc_score, roc_curve
-from typer.testing import CliRunner
 
 from clipcli import calibration, openset
 from clipcli.batches import BatchItem
 from clipcli.classifier import ZeroShotClassifier
-from clipcli.cli import app
 from clipcli.demo import shapes
 from clipcli.options import OpenSetOptions, ScoreOptions
 from clipcli.scoring import score_records
@@ -20,10 +19,6 @@ from clipcli.scoring import score_records
 KNOWN = [("red", "circle"), ("blue", "square"), ("green", "star"), ("yellow", "triangle")]
 UNKNOWN = [("purple", "heart"), ("orange", "ring"), ("white", "diamond"), ("pink", "cross")]  # not among the labels
 LABELS = ",".join(f"{c} {s}" for c, s in KNOWN)
-
-
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +190,7 @@ def test_other_from_the_store_and_with_a_head(drawn, tmp_path, monkeypatch):
     assert first["results"] == direct["results"]
     from clipcli import embeddings
 
-    monkeypatch.setattr(embeddings, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(embeddings, "load_model_for", lambda *a, **k: pytest.fail("the model was loaded"))
     whole = classify("-l", LABELS, "--other", "-k", "0", "--store", store, model=())  # labels, negatives cached
     by_path = {r["path"].rsplit("/", 2)[-1]: r["predictions"][0]["label"] for r in whole["results"]}
     assert by_path == {r["path"].rsplit("/", 2)[-1]: r["predictions"][0]["label"] for r in direct["results"]}

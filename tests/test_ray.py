@@ -11,19 +11,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
-
-from clipcli.cli import app
+from cli_helpers import cli
 
 pytestmark = pytest.mark.slow  # a real local Ray: seconds to start, minutes in all
 
 ray = pytest.importorskip("ray")
 
 LABELS = "red circle,blue square,green star,yellow heart"
-
-
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module", autouse=True)

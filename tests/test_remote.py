@@ -8,17 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from cli_helpers import cli
 
 from clipcli import remote
-from clipcli.cli import app
 
 moto_server = pytest.importorskip("moto.server")
 LABELS = "red circle,blue square,green star"
-
-
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from cli_helpers import cli
 
-from clipcli.cli import app
 from clipcli.demo import shapes
 from clipcli.errors import UsageError
 from clipcli.sorting import SortRules, folder_names, plan_sort, safe_folder_name
@@ -30,10 +29,6 @@ def digest(path: Path) -> str:
 def tree(root: Path) -> dict[str, str]:
     """relative path -> sha256 of every regular file (links followed) under root."""
     return {str(p.relative_to(root)): digest(p) for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture

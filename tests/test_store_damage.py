@@ -9,16 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from cli_helpers import cli
 
-from clipcli.cli import app
 from clipcli.demo import shapes
 
 LABELS = "red circle,blue square,green star"
-
-
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture

@@ -1,5 +1,13 @@
-import pytest
+"""Prompt templates: bundled sets, template files, rendering (any text, property-based), and `clip templates`."""
 
+import pytest
+from cli_helpers import cli
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from text_strategies import text
+from typer.testing import CliRunner
+
+from clipcli.cli import app
 from clipcli.errors import TemplateError
 from clipcli.templates import bundled_names, list_template_sets, load_template_set, render_template
 
@@ -64,3 +72,26 @@ def test_names_are_sorted_and_match_files():
     names = bundled_names()
     assert names == sorted(names)
     assert "imagenet" in names
+
+
+def test_template_typo_gets_a_suggestion():
+    result = cli("classify", "x.png", "-l", "a,b", "-t", "fod")
+    assert result.exit_code == 2 and "did you mean food?" in result.stderr
+
+
+def test_templates_command_lists_and_shows():
+    listing = CliRunner().invoke(app, ["templates"])
+    assert listing.exit_code == 0
+    cells = [[c.strip() for c in line.split("│")] for line in listing.stdout.splitlines() if "│" in line]
+    rows = {row[0]: row[1] for row in cells[1:]}
+    assert rows["imagenet"] == "80" and rows["pets"] == "1"
+    assert len(rows) >= 15
+    shown = CliRunner().invoke(app, ["templates", "pets"])
+    assert "a photo of a {}, a type of pet." in shown.stdout
+
+
+@settings(max_examples=200, deadline=None)
+@given(text, text, text, st.sampled_from(["{}", "{c}"]))
+def test_template_rendering_puts_the_label_in_once(prefix, suffix, label, placeholder):
+    prefix, suffix = (part.replace("{", "(").replace("}", ")") for part in (prefix, suffix))
+    assert render_template(prefix + placeholder + suffix, label) == prefix + label + suffix

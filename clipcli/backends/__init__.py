@@ -62,7 +62,7 @@ def wants_onnx(backend: str, device: str, precision: str) -> bool:
 def model_files(loaded) -> list[str]:
     """The files a loaded model came from (watched: an export is stale when one changes)."""
     spec = loaded.spec
-    if getattr(loaded, "kind", None) == "transformers":
+    if loaded.kind == "transformers":
         return loaded.files()
     if spec.schema == "local-dir":
         folder = Path(spec.name[len("local-dir:"):])

@@ -28,11 +28,7 @@ import torch.nn.functional as F
 
 from ..errors import ExportError, first_line
 from .onnx import ort_session
-
-OPSET = 17
-TOLERANCE = 1e-4
-PROBE_TEXTS = ["a photo of a wonton.", "x", "a blurry photo of the big red Shanghai dumpling, steamed, on a plate!",
-               "小笼包", "it's a DOG's toy &amp; more"]
+from .probes import OPSET, PROBE_TEXTS, check_close
 
 
 class _SelfAttention(torch.nn.Module):
@@ -88,11 +84,11 @@ class _TextTower(torch.nn.Module):
         self.parts = parts
 
     def forward(self, tokens):
-        from ..textenc import _encode_trimmed
+        from ..textenc import encode_trimmed
 
         if self.parts is None:  # not a classic causal tower: open_clip's own full-context encoding
             return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
-        return F.normalize(_encode_trimmed(self.parts, tokens, tokens.shape[1]).float(), dim=-1)
+        return F.normalize(encode_trimmed(self.parts, tokens, tokens.shape[1]).float(), dim=-1)
 
 
 def _tokenizer_support(loaded) -> str:
@@ -110,12 +106,6 @@ def _tokenizer_support(loaded) -> str:
     return "" if same else "tokenizer settings differ from CLIP's defaults"
 
 
-def _check(name: str, got: np.ndarray, want: np.ndarray) -> None:
-    worst = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
-    if not worst <= TOLERANCE:
-        raise ExportError(f"the exported {name} tower differs from torch by {worst:.2g} (limit {TOLERANCE})")
-
-
 def _export_image(loaded, path: Path) -> None:
     size = loaded.image_size
     tower = _ImageTower(loaded.model).eval()
@@ -129,15 +119,15 @@ def _export_image(loaded, path: Path) -> None:
         pixels = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
         with torch.no_grad():
             want = tower(pixels).numpy()
-        _check("image", session.run(None, {"pixels": pixels.numpy()})[0], want)
+        check_close("image", session.run(None, {"pixels": pixels.numpy()})[0], want)
 
 
 def _ends(tokens, parts):
-    from ..textenc import _end_positions
+    from ..textenc import end_positions
 
     if parts is None:
         return torch.full((tokens.shape[0],), tokens.shape[1] - 1)
-    return _end_positions(tokens, parts)
+    return end_positions(tokens, parts)
 
 
 def _export_text(loaded, parts, path: Path) -> None:
@@ -154,7 +144,7 @@ def _export_text(loaded, parts, path: Path) -> None:
     ends = _ends(tokens, parts)
     for rows in ([0], [1, 2], [0, 1, 2, 3, 4]):
         length = int(ends[rows].max()) + 1
-        _check("text", session.run(None, {"tokens": tokens[rows, :length].numpy()})[0], want[rows])
+        check_close("text", session.run(None, {"tokens": tokens[rows, :length].numpy()})[0], want[rows])
 
 
 def preprocess_config(loaded) -> dict:
@@ -221,7 +211,7 @@ def _export_model(loaded, root: Path) -> Path:
                  "spec": {"name": loaded.spec.name, "pretrained": loaded.spec.pretrained, "alias": loaded.spec.alias},
                  "embed_dim": loaded.embed_dim, "logit_scale": loaded.logit_scale, "logit_bias": loaded.logit_bias,
                  "opset": OPSET, "clipcli": __version__, "torch": torch.__version__}
-        if getattr(loaded, "kind", None) == "transformers":  # a Hugging Face transformers model: its own towers
+        if loaded.kind == "transformers":  # a Hugging Face transformers model: its own towers
             from .export_hf import export_towers
 
             facts.update(export_towers(loaded, work))
@@ -229,11 +219,11 @@ def _export_model(loaded, root: Path) -> Path:
             return target
         facts.update(preprocess=preprocess_config(loaded), image_size=loaded.image_size)
         _export_image(loaded, work / "image.onnx")
-        from ..textenc import _text_parts
+        from ..textenc import text_parts
 
         why = _tokenizer_support(loaded)
         if not why:
-            parts = _text_parts(loaded.model)
+            parts = text_parts(loaded.model)
             _export_text(loaded, parts, work / "text.onnx")
             facts["text"] = {"context_length": loaded.tokenizer.context_length,
                              "mode": "trimmed" if parts is not None else "full",

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .export import OPSET, PROBE_TEXTS, _check
+from .probes import OPSET, PROBE_TEXTS, check_close
 from .onnx import ort_session
 
 HF_PROBE_TEXTS = [*PROBE_TEXTS, "这是一张馄饨的照片。", "a photo of a dog, 一只狗"]
@@ -32,10 +32,10 @@ class _ImageTower(torch.nn.Module):
         self.model = model
 
     def forward(self, pixel_values):
-        from ..hf_models import _features, image_inputs
+        from ..hf_models import pooled_features, image_inputs
 
         inputs = image_inputs(self.model, pixel_values)
-        return F.normalize(_features(self.model.get_image_features(**inputs)).float(), dim=-1)
+        return F.normalize(pooled_features(self.model.get_image_features(**inputs)).float(), dim=-1)
 
 
 class _TextTower(torch.nn.Module):
@@ -45,9 +45,9 @@ class _TextTower(torch.nn.Module):
         self.names = names
 
     def forward(self, *arrays):
-        from ..hf_models import _features
+        from ..hf_models import pooled_features
 
-        return F.normalize(_features(self.model.get_text_features(**dict(zip(self.names, arrays)))).float(), dim=-1)
+        return F.normalize(pooled_features(self.model.get_text_features(**dict(zip(self.names, arrays)))).float(), dim=-1)
 
 
 @contextlib.contextmanager
@@ -67,7 +67,9 @@ def _eager_attention(model):
 
 def _probe_pixels(loaded, batch: int, seed: int) -> torch.Tensor:
     """Inputs for the image tower: random pixels, or for SigLIP 2 random images of several shapes, packed."""
-    if not hasattr(loaded.preprocess, "max_patches"):
+    from ..preprocess import NaFlexImageTransform
+
+    if not isinstance(loaded.preprocess, NaFlexImageTransform):
         height, width = loaded.preprocess.size
         return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
     from PIL import Image
@@ -91,7 +93,7 @@ def _export_image(loaded, path: Path) -> None:
         pixels = _probe_pixels(loaded, batch, batch)
         with torch.no_grad():
             want = loaded.encode_pixels(pixels).numpy()
-        _check("image", session.run(None, {"pixel_values": pixels.numpy()})[0], want)
+        check_close("image", session.run(None, {"pixel_values": pixels.numpy()})[0], want)
 
 
 def _tokenizer_twin(loaded, path: Path) -> str:
@@ -127,7 +129,7 @@ def _export_text(loaded, path: Path) -> None:
     want = loaded.encode_texts(HF_PROBE_TEXTS)
     for rows in ([0], [1, 2], [0, 1, 2, 3, 4, 5, 6], [5, 3]):
         inputs = batch_rows(tokens, np.array(rows), loaded.settings)
-        _check("text", session.run(None, inputs)[0], want[rows])
+        check_close("text", session.run(None, inputs)[0], want[rows])
 
 
 def export_towers(loaded, work: Path) -> dict:

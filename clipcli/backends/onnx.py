@@ -26,7 +26,7 @@ import numpy as np
 from ..batches import DecodeLimits, thread_batches
 from ..errors import ExportError, first_line
 from ..fsutil import atomic_write_bytes, temp_beside, umask_mode
-from ..models import ModelSpec
+from ..loaded import ModelSpec
 from ..preprocess import transform_from_config
 from ..vectors import l2_normalize
 

@@ -7,7 +7,7 @@ import sys
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from . import cache, classify, compare, embed, evaluate, fit, models, search, serve, sort, store, templates
+from . import cache, classify, compare, embed, evaluate, fit, models, search, serve, sort, store, tag, templates
 
 EXIT_PARSE = 2
 # The parser's own exceptions (Typer vendors click in newer versions: take them from Typer itself).
@@ -102,6 +102,7 @@ EXAMPLES = {
     "eval": "clip eval dataset/ --templates imagenet,simple --report report.html",
     "fit": "clip fit train/ --shots 4 -o head.safetensors",
     "sort": "clip sort inbox/ -l 'cat,dog' --into sorted/ --dry-run",
+    "tag": "clip tag photos/ -l 'cat,dog,beach' --dry-run",
     "compare": "clip compare img.jpg --models ViT-B-32:openai,demo -l 'cat,dog'",
     "models": "clip models vit-b --cached",
     "templates": "clip templates food",
@@ -110,8 +111,8 @@ EXAMPLES = {
     "serve": "clip serve --model demo --port 8000",
 }
 for name, command in (("classify", classify.classify), ("embed", embed.embed), ("eval", evaluate.evaluate),
-                      ("fit", fit.fit), ("sort", sort.sort), ("compare", compare.compare), ("search", search.search),
-                      ("dupes", search.dupes), ("models", models.models),
+                      ("fit", fit.fit), ("sort", sort.sort), ("tag", tag.tag), ("compare", compare.compare),
+                      ("search", search.search), ("dupes", search.dupes), ("models", models.models),
                       ("templates", templates.templates), ("serve", serve.serve)):
     app.command(name, cls=Command, epilog=f"Example: {EXAMPLES[name]}")(command)
 for name, group in (("cache", cache.app), ("store", store.app)):

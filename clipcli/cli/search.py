@@ -30,6 +30,11 @@ def _inputs(sources, inputs: list[str] | None, store: Path | None) -> list[str]:
     return []
 
 
+def _errors(found) -> list[dict]:
+    """The inputs that could not be read, for a JSON document."""
+    return [{"path": path, "error": message} for path, message in found.errors or []]
+
+
 def _report_errors(found) -> None:
     for path, message in found.errors or []:
         output.error(f"{path}: {message}")
@@ -74,7 +79,8 @@ def search(
                            progress)
     _report_errors(found)
     header = {"query": {"text": query, "like": list(like or []), "templates": templates}, "model": found.model,
-              "searched": found.searched, **({"store": str(store)} if store is not None else {})}
+              "searched": found.searched, **({"store": str(store)} if store is not None else {}),
+              "errors": _errors(found)}
     records = [{"rank": rank, "path": hit.path, "score": round(hit.score, 6)}
                for rank, hit in enumerate(found.hits, start=1)]
     with ExitStack() as stack:
@@ -132,7 +138,7 @@ def dupes(
         found = dupes_job(store, paths, model, decode, engine, threshold, progress)
     _report_errors(found)
     header = {"model": found.model, "threshold": threshold, "searched": found.searched,
-              **({"store": str(store)} if store is not None else {})}
+              **({"store": str(store)} if store is not None else {}), "errors": _errors(found)}
     records = [{"group": number, "path": copy.path, "keep": index == 0, "similarity": copy.similarity,
                 "width": copy.width, "height": copy.height, "bytes": copy.bytes}
                for number, group in enumerate(found.groups, start=1) for index, copy in enumerate(group)]

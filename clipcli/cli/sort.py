@@ -11,6 +11,7 @@ from typing_extensions import Annotated
 
 from . import output
 from .common import EXIT_OK, EXIT_SOME_FAILED, handles_errors
+from .plans import plan_writer, undo_and_exit
 from .options import (ADAPT, DECODE, ENGINE, LABEL_GROUP, MODEL_GROUP, OPEN_SET, OUTPUT, SOURCES, UI, StoreOpt,
                       check_format, check_outputs, open_sink, uses)
 
@@ -57,8 +58,9 @@ def sort(
     """File images into label folders: previewed with --dry-run, journaled, reversible with --undo."""
     check_format(fmt)
     if undo is not None:
-        _undo(undo, ui)
-        return
+        from ..sorting import undo as undo_sort
+
+        undo_and_exit(undo_sort, undo, ui)
     from ..errors import UsageError
     from ..sorting import SortRules, folder_names, outside_into, refuse_remote
 
@@ -86,9 +88,9 @@ def sort(
     operations = []
     with ExitStack() as stack:
         sink = open_sink(stack, output_path) if (fmt != "table" or output_path) else None
-        record_writer = _plan_writer(fmt, sink, {"into": str(into), "mode": mode, "dry_run": dry_run,
+        record_writer = plan_writer(fmt, sink, {"into": str(into), "mode": mode, "dry_run": dry_run,
                                                  **run.scorer.header(),
-                                                 **({"adapt": run.header["adapt"]} if adapt else {})})
+                                                 **({"adapt": run.header["adapt"]} if adapt else {})}, PLAN_COLUMNS)
         if dry_run:
             operations = [op.as_record() for op in plan]
         else:
@@ -124,16 +126,6 @@ def sort(
     raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
 
 
-def _plan_writer(fmt: str, sink, header: dict):
-    if sink is None:
-        return None
-    from ..results import DictCsvWriter, make_writer
-
-    if fmt == "csv":
-        return DictCsvWriter(sink, PLAN_COLUMNS)
-    return make_writer("jsonl" if fmt == "table" else fmt, sink, header)
-
-
 def _summary_table(operations: list[dict], dry_run: bool):
     counts: dict[tuple[str, str], int] = {}
     for op in operations:
@@ -145,15 +137,3 @@ def _summary_table(operations: list[dict], dry_run: bool):
     for (folder, operation), count in sorted(counts.items()):
         table.add_row(output.escape(folder), operation, str(count))
     return table
-
-
-def _undo(manifest: Path, ui) -> None:
-    from ..sorting import undo
-
-    with output.progress_bar("undoing", ui.progress) as progress:
-        result = undo(manifest, progress)
-    for path, why in result.refused:
-        output.error(f"{path}: {why}")
-    output.info(f"undone: {len(result.restored)} file(s) restored or removed"
-                + (f"; {len(result.refused)} refused" if result.refused else ""))
-    raise typer.Exit(EXIT_SOME_FAILED if result.refused else EXIT_OK)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -47,15 +48,35 @@ def info(
 def check(
     store: Annotated[Path, typer.Argument(help="The store folder.")],
     repair: Annotated[bool, typer.Option(
-        "--repair", help="Delete damaged shards (`clip embed` then encodes their images again).")] = False,
+        "--repair", help="Delete damaged shards (`clip embed` then encodes their images again) and scan copies, "
+        "keep one row per image where shards hold the same image twice, fix the manifest.")] = False,
 ) -> None:
-    """Read every stored row, checking each page against its checksum; exit 4 when a shard is damaged."""
+    """Read every stored row, checking each page against its checksum, each scan copy against its shard, and
+    that every image is stored once; exit 4 when something is wrong (and, with --repair, left unrepaired)."""
     from ..store import check_store
 
-    good, damaged = check_store(store, repair)
-    for name, why in damaged:
-        what = name if name.startswith("_scan/") else f"shard {name}"
-        output.error(f"store {store}: {what} is damaged ({why})" + ("; removed" if repair else ""))
-    output.info(f"store {store}: {good} rows read, {len(damaged)} damaged shard(s)"
-                + ("" if not damaged or repair else f"; `clip store check --repair {store}` removes them"))
-    raise typer.Exit(StoreError.exit_code if damaged and not repair else 0)
+    good, problems = check_store(store, repair)
+    for problem in problems:
+        done = f"; {problem.repair}" if problem.repaired else ("; --repair cannot fix this" if repair else "")
+        output.error(f"store {store}: {problem.what} {problem.why}{done}")
+    left = [p for p in problems if not p.repaired]
+    output.info(f"store {store}: {good} rows read, {len(problems)} problem(s)"
+                + (f", {len(problems) - len(left)} repaired" if repair and problems else "")
+                + (f"; `clip store check --repair {store}` repairs them" if left and not repair else ""))
+    raise typer.Exit(StoreError.exit_code if left else 0)
+
+
+@app.command("compact")
+@handles_errors
+def compact(
+    store: Annotated[Path, typer.Argument(help="The store folder.")],
+    shard_size: Annotated[Optional[int], typer.Option(
+        "--shard-size", min=1, help="Rows per merged shard.", show_default=False)] = None,
+) -> None:
+    """Merge small shards (a store gains one per commit) into shards of up to --shard-size rows (default 4096);
+    crash-safe: every image stays readable once at every moment."""
+    from ..store import compact_store
+
+    before, after = compact_store(store, shard_size)
+    output.info(f"store {store}: {before} shard(s) compacted into {after}" if after < before
+                else f"store {store}: {before} shard(s), nothing to compact")

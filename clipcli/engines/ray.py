@@ -149,7 +149,7 @@ def decode_rows(batch: dict, preprocess, options: DecodeLimits, shape: tuple[int
             "height": np.array([row[3][1] if row[3] else -1 for row in rows], dtype=np.int64)}
 
 
-class Encoder:
+class ActorEncoder:
     """Ray actor: the model, loaded once; encodes the decoded rows of each batch."""
 
     def __init__(self, load_args: dict) -> None:
@@ -170,10 +170,10 @@ class Encoder:
 
 
 def bound_encoder(load_args: dict) -> type:
-    """The Encoder with its load arguments in the class itself: Ray ships the class with the function, and no
+    """The ActorEncoder with its load arguments in the class itself: Ray ships the class with the function, and no
     constructor arguments sit in the object store (where a restarted actor could lose them)."""
 
-    class BoundEncoder(Encoder):
+    class BoundEncoder(ActorEncoder):
         def __init__(self) -> None:
             super().__init__(load_args)
 
@@ -181,7 +181,7 @@ def bound_encoder(load_args: dict) -> type:
 
 
 def worker_load_args(loaded) -> dict:
-    args = dict(getattr(loaded, "load_args", {}) or {})
+    args = dict(loaded.load_args or {})
     if not args:
         raise UsageError("--engine ray needs a model loaded with clipcli.backends.load_backend_model")
     args["backend"] = loaded.backend  # the backend the driver resolved: every worker runs the same one

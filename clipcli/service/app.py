@@ -416,9 +416,9 @@ async def classify_request(request: Request, service: Service):
 # --- the app ---------------------------------------------------------------------------------------------------------
 def load_service(config: ServeConfig) -> Service:
     """Load the model (the store's, with a store and no model named), check the store, warm the sessions."""
-    from ..embeddings import load_model
+    from ..embeddings import load_model_for
 
-    loaded = load_model(config.model, config.store)
+    loaded = load_model_for(config.model, config.store)
     if config.store is not None:
         from ..embeddings import store_model
         from ..store import check_model, open_store

@@ -32,3 +32,12 @@ def draw(folder: Path, count: int, start: int = 0, size: int = 40) -> list[Path]
         shapes.draw_pil(colors[i % 4], kinds[(i // 4) % 4], size=size, seed=i).save(path)
         paths.append(path)
     return paths
+
+
+def draw_kinds(folder: Path, count: int, kinds, size: int = 40) -> Path:
+    """`count` drawings cycling through (colour, shape) `kinds`, named 00.png, 01.png, ..."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        colour, kind = kinds[i % len(kinds)]
+        shapes.draw_pil(colour, kind, size=size, seed=i).save(folder / f"{i:02d}.png")
+    return folder

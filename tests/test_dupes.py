@@ -8,14 +8,9 @@ import os
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from clipcli.cli import app
 from clipcli.demo import shapes
-
-
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
+from cli_helpers import cli
 
 
 @pytest.fixture

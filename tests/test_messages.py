@@ -8,15 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from clipcli.cli import app
+from cli_helpers import cli
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

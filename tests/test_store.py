@@ -148,7 +148,6 @@ def test_float16_store_within_2e3_of_float32(tiny_model, folder, tmp_path):
 
 def test_fully_stored_inputs_do_no_image_work(tiny_model, folder, tmp_path, monkeypatch):
     from clipcli import api, embeddings
-    from clipcli.models import load_model
 
     store = tmp_path / "store"
     cli("embed", folder, "--store", store, "--model", tiny_model)

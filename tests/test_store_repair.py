@@ -13,26 +13,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow.dataset as ds
 import pytest
-from typer.testing import CliRunner
 
-from clipcli.cli import app
 from clipcli.demo import shapes
+from cli_helpers import cli, draw_kinds
 
 KINDS = [("red", "circle"), ("blue", "square"), ("green", "star")]
 
 
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
 @pytest.fixture
 def photos(tmp_path) -> Path:
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for i in range(15):
-        colour, kind = KINDS[i % 3]
-        shapes.draw_pil(colour, kind, size=40, seed=i).save(folder / f"{i:02d}.png")
-    return folder
+    return draw_kinds(tmp_path / "photos", 15, KINDS)
 
 
 @pytest.fixture

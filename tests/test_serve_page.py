@@ -77,9 +77,12 @@ def served(store, tmp_path_factory):
 
 
 def wait(driver, condition, seconds: float = 60):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, seconds, poll_frequency=0.1).until(condition)
+    # the page re-renders its records while a condition reads them: an element found a moment ago may be gone
+    return WebDriverWait(driver, seconds, poll_frequency=0.1,
+                         ignored_exceptions=(StaleElementReferenceException,)).until(condition)
 
 
 def open_page(driver, url):
@@ -90,9 +93,9 @@ def open_page(driver, url):
 
 
 def top_labels(driver) -> list[str]:
-    from selenium.webdriver.common.by import By
-
-    return [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".record .bars li:first-child .label")]
+    # read in one script, so the list is one rendering of the page, never half of two
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('.record .bars li:first-child .label'), e => e.innerText)")
 
 
 def test_upload_type_labels_read_the_top_label(served, drawn):

@@ -1,0 +1,471 @@
+"""Videos as a source of frames: which times to sample, and decoding just those frames (PyAV).
+
+A VideoReader probes a file on open (bad files raise VideoReadError, an ImageReadError, so batches report them
+as one record and go on), then yields one upright RGB frame per requested time, seeking to the keyframe before a
+time when that skips decoding and decoding forward otherwise.  Frames are made one at a time: memory does not grow
+with the video's length.  Damage found while decoding (corrupt data, a cut file, the deadline) ends the frames
+early with a line in `warnings`; the frames before it still count.
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+import math
+import os
+import time as _time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+from .errors import ImageReadError, UsageError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"})
+MAX_DURATION = 48 * 3600.0  # seconds: a longer declared duration is refused as absurd
+MAX_SIDE = 16384  # pixels: a larger declared width or height is refused as absurd (no encoder makes it)
+GAP = 1.0  # seconds: a longer jump between frames decoded one after another is reported (damage or a held frame)
+DEFAULT_GOP = 2.0  # seconds between keyframes assumed until two keyframes were seen (phones: 0.5-2 s)
+EVERY_DEFAULT = 2.0
+
+
+def is_video(path: str) -> bool:
+    """Named like a video (by suffix, any case)."""
+    return os.path.splitext(path)[1].lower() in VIDEO_SUFFIXES
+
+
+class VideoReadError(ImageReadError):
+    """One video that cannot be read (or not within its deadline); in a batch it becomes an error record."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Which times of a video to look at: every `every` seconds, or `frames` evenly spaced frames, at most
+    `max_frames` (a longer video is sampled more sparsely, evenly).  Sampling(frames=N) clears `every`."""
+
+    every: float | None = EVERY_DEFAULT
+    frames: int | None = None
+    max_frames: int = 300
+
+    def __post_init__(self) -> None:
+        if self.frames is not None:
+            if self.every is not None and self.every != EVERY_DEFAULT:
+                raise UsageError("--every and --frames cannot be used together; give one of them")
+            if not _is_int(self.frames) or self.frames < 1:
+                raise UsageError(f"--frames must be a whole number of frames, at least 1 (got {self.frames!r})")
+            object.__setattr__(self, "every", None)
+        elif self.every is None:
+            raise UsageError("give --every SECONDS or --frames N")
+        elif isinstance(self.every, bool) or not isinstance(self.every, (int, float)) \
+                or not math.isfinite(self.every) or self.every < 0.001:
+            raise UsageError(f"--every must be a number of seconds, at least 0.001 (got {self.every!r})")
+        if not _is_int(self.max_frames) or self.max_frames < 1:
+            raise UsageError(f"--max-frames must be a whole number, at least 1 (got {self.max_frames!r})")
+
+    def times(self, duration: float) -> list[float]:
+        """The sample times in seconds: sorted, distinct, rounded to milliseconds, all in [0, duration).
+        every: 0, every, 2*every, ...; frames: the middles of N equal parts; either way, more than max_frames
+        times become max_frames evenly spaced ones (0, d/M, 2d/M, ...)."""
+        if not duration > 0 or not math.isfinite(duration):
+            return []
+        if self.frames is not None:
+            count = min(self.frames, self.max_frames)
+            raw = [(i + 0.5) * duration / count for i in range(count)]
+        else:
+            count = math.ceil(duration / self.every) + 1
+            if count > self.max_frames and (count - 1) * self.every >= duration - 1e-9:
+                count -= 1  # the last one was at or past the end
+            if count > self.max_frames:
+                raw = [i * duration / self.max_frames for i in range(self.max_frames)]
+            else:
+                raw = [i * self.every for i in range(count)]
+        return sorted({t for t in (round(t, 3) for t in raw) if 0 <= t < duration})
+
+    def key(self) -> str:
+        """Short stable text naming the sampling, for stores and records: "every=2", "frames=8,max=100"."""
+        text = f"frames={self.frames}" if self.frames is not None else f"every={self.every:g}"
+        return text if self.max_frames == 300 else f"{text},max={self.max_frames}"
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video declares (width and height as shown, after `rotation`)."""
+
+    duration: float
+    width: int
+    height: int
+    rotation: int
+    fps: float | None
+    codec: str
+    frame_count: int | None
+
+
+@dataclass
+class Frame:
+    """One sampled frame: the requested `time`, the presentation time `shown` of the frame used, the picture."""
+
+    time: float
+    shown: float
+    image: "Image.Image"
+
+
+def _reason(exc: BaseException) -> str:
+    """FFmpeg's words for an error, without the errno and path PyAV adds."""
+    return getattr(exc, "strerror", None) or type(exc).__name__
+
+
+def clock(seconds: float) -> str:
+    """A time for people: 0:41, 0:02.4, 12:05, 1:02:03."""
+    tenths = round(seconds * 10)
+    whole, tenth = divmod(tenths, 10)
+    hours, rest = divmod(whole, 3600)
+    text = f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+    return f"{text}.{tenth}" if tenth and not hours else text
+
+
+class VideoReader:
+    """Frames of one video at chosen times.  `path` names it (in errors, and the file to read unless `source`,
+    a file-like object, holds its bytes); s3:// and gs:// paths are read from object storage.
+
+    max_megapixels: refuse videos whose declared frame size is larger, before decoding anything.
+    deadline: wall-clock seconds for this file from opening; decoding stops there with a warning (or raises
+        VideoReadError kind "timeout" when no frame was made yet).  None: no limit.
+    """
+
+    def __init__(self, path: str, source=None, *, max_megapixels: float | None = None,
+                 deadline: float | None = 60.0) -> None:
+        self.path = path
+        self.warnings: list[str] = []
+        self.frames_decoded = 0  # frames the decoder made (most are skipped unconverted), for tests and stats
+        self._ends = None if deadline is None else _time.monotonic() + deadline
+        self._container = None
+        self._packets = None
+        self._ahead = None  # a decoded frame not yet used (the probe's first frame, or one past a time)
+        self._last_time = None  # time of the last frame decoded, None before any / after a seek
+        self._last_key = 0.0  # time of the last keyframe decoded
+        self._gop = None  # longest keyframe interval seen (seconds)
+        self._ended = False
+        self._timed_out = False
+        self._pending: list = []
+        try:
+            self._open(source, max_megapixels)
+        except BaseException:
+            self.close()
+            raise
+
+    # opening and probing
+
+    def _open(self, source, max_megapixels: float | None) -> None:
+        import av
+
+        try:
+            self._container = av.open(self._source(source), "r", metadata_errors="replace")
+        except ImageReadError:
+            raise
+        except Exception as exc:
+            raise self._open_error(exc, source) from None
+        container = self._container
+        streams = container.streams.video
+        if not streams:
+            if not container.streams.audio and self._head(source)[4:8] == b"ftyp":
+                raise self._incomplete()
+            what = "audio only" if container.streams.audio else "no streams"
+            raise VideoReadError(self.path, f"no video stream ({what})", "no_video_stream")
+        stream = self._stream = streams[0]
+        context = stream.codec_context
+        if context is None or stream.codec_context.name in ("", "none"):
+            tag = getattr(stream, "codec_tag", "") or "unknown"
+            raise VideoReadError(self.path, f"video codec {tag!r} is not supported by this FFmpeg build; convert it "
+                                 "(ffmpeg -i IN -c:v libx264 OUT.mp4)", "unsupported_codec")
+        width, height = context.width, context.height
+        if not width or not height:
+            raise VideoReadError(self.path, "video stream declares no frame size (damaged header)", "truncated")
+        if width > MAX_SIDE or height > MAX_SIDE or (
+                max_megapixels is not None and width * height > max_megapixels * 1e6):
+            limit = f"the {max_megapixels:g} MP limit (raise it with --max-megapixels)" \
+                if max_megapixels is not None and width <= MAX_SIDE and height <= MAX_SIDE \
+                else f"{MAX_SIDE} pixels a side"
+            raise VideoReadError(self.path, f"video frames are {width}x{height} "
+                                 f"({width * height / 1e6:.0f} MP), above {limit}", "too_large")
+        self._base = stream.time_base
+        self._start = float(stream.start_time * self._base) if stream.start_time is not None else 0.0
+        duration = self._declared_duration()
+        if duration is not None and duration > MAX_DURATION:
+            raise VideoReadError(self.path, f"declared duration {duration / 3600:.0f} h is above the "
+                                 f"{MAX_DURATION / 3600:.0f} h limit (damaged or crafted header)", "too_large")
+        stream.thread_type = "AUTO"
+        rate = stream.average_rate or stream.guessed_rate
+        self._fps = float(rate) if rate else None
+        if duration is None:
+            duration = self._measure_duration()
+        self._keys = self._keyframes()
+        self._packets = container.demux(stream)
+        first = self._next_frame()
+        if first is None:
+            if self._timed_out:
+                raise VideoReadError(self.path, "opening took longer than the per-file deadline", "timeout")
+            damage = f" ({self.warnings.pop().split('(')[-1]}" if self.warnings and "corrupt" in self.warnings[-1] else ""
+            raise VideoReadError(self.path, f"no frame could be decoded{damage or ' (empty or cut short)'}",
+                                 "truncated")
+        self._ahead = first
+        rotation = first.rotation % 360
+        self._rotation = rotation if rotation in (90, 180, 270) else 0
+        if self._rotation in (90, 270):
+            width, height = height, width
+        self.info = VideoInfo(duration=duration, width=width, height=height, rotation=self._rotation,
+                              fps=self._fps, codec=context.name,
+                              frame_count=stream.frames or None)
+
+    def _source(self, source):
+        """What PyAV opens: the given file object, an object's bytes from storage, or a local regular file's path
+        (never a FIFO or device, which could block; see check_regular)."""
+        from . import remote
+        from .fsutil import check_regular
+
+        if source is not None:
+            return source
+        if remote.is_remote(self.path):
+            data = remote.read_bytes(self.path)
+            if not data:
+                raise VideoReadError(self.path, "empty file (0 bytes), not a video", "not_a_video")
+            return io.BytesIO(data)
+        check_regular(self.path)
+        if os.path.getsize(self.path) == 0:
+            raise VideoReadError(self.path, "empty file (0 bytes), not a video", "not_a_video")
+        return self.path
+
+    def _open_error(self, exc: BaseException, source) -> VideoReadError:
+        """The VideoReadError for a file PyAV could not open (or that could not be read at all)."""
+        from .images import _describe, _folder_error
+
+        if isinstance(exc, IsADirectoryError):
+            folder = _folder_error(self.path)
+            return VideoReadError(self.path, folder.reason, folder.kind)
+        if isinstance(exc, FileNotFoundError) and source is None:
+            if os.path.islink(self.path) and not os.path.exists(self.path):
+                return VideoReadError(self.path, f"broken symlink (points to {os.readlink(self.path)})",
+                                      "broken_symlink")
+            return VideoReadError(self.path, "file not found", "not_found")
+        import av
+
+        if isinstance(exc, av.error.FFmpegError) or not isinstance(exc, OSError):
+            head = self._head(source)
+            if head[4:8] == b"ftyp":
+                return self._incomplete()
+            if len(head) == 0:
+                return VideoReadError(self.path, "empty file (0 bytes), not a video", "not_a_video")
+            return VideoReadError(self.path, "not a video FFmpeg can read", "not_a_video")
+        kind, message = _describe(exc)
+        return VideoReadError(self.path, message, kind)
+
+    def _incomplete(self) -> VideoReadError:
+        return VideoReadError(self.path, "MP4/MOV without its index (moov box): still being written, or cut short "
+                              "before it was finished; try again when it is complete", "incomplete")
+
+    def _head(self, source) -> bytes:
+        try:
+            if source is not None:
+                source.seek(0)
+                return source.read(16)
+            from . import remote
+
+            if remote.is_remote(self.path):
+                return b"????"  # not fetched twice
+            with open(self.path, "rb") as handle:  # checked regular above
+                return handle.read(16)
+        except (OSError, ValueError, AttributeError):
+            return b"????"
+
+    def _declared_duration(self) -> float | None:
+        stream = self._stream
+        if stream.duration:
+            return float(stream.duration * self._base)
+        if self._container.duration:
+            return self._container.duration / 1e6
+        return None
+
+    def _keyframes(self) -> list[float] | None:
+        """Keyframe times from the container's index when it lists every frame (MP4, MOV, AVI), else None."""
+        stream = self._stream
+        entries = stream.index_entries
+        if not stream.frames or len(entries) < stream.frames:
+            return None
+        base, start = self._base, self._start
+        return sorted(float(e.timestamp * base) - start for e in entries if e.is_keyframe)
+
+    def _measure_duration(self) -> float:
+        """The duration when none is declared (live-recorded WebM/MKV): the end of the last packet, found by
+        reading the file's packets without decoding them; then back to the start."""
+        import av
+
+        end = 0.0
+        try:
+            for packet in self._container.demux(self._stream):
+                if packet.pts is not None:
+                    end = max(end, float((packet.pts + (packet.duration or 0)) * self._base) - self._start)
+            self._container.seek(0, stream=self._stream)
+        except av.error.FFmpegError:
+            raise VideoReadError(self.path, "no duration declared and the file cannot be read to its end",
+                                 "truncated") from None
+        if end <= 0:
+            raise VideoReadError(self.path, "no duration declared and no timed packets", "truncated")
+        self.warnings.append(f"duration not declared; {clock(end)} measured by reading the file")
+        return end
+
+    # decoding
+
+    def _next_frame(self):
+        """The next decoded frame, or None at the end: of the file, at damaged data, at the deadline (a warning
+        says why when it ended early)."""
+        import av
+
+        while not self._pending:
+            if self._ended:
+                return None
+            if self._past_deadline():
+                self._ended = self._timed_out = True
+                return None
+            try:
+                packet = next(self._packets)
+                self._pending = packet.decode()  # 0-2 frames (0 while the decoder's threads fill up)
+            except StopIteration:
+                self._ended = True
+            except av.error.FFmpegError as exc:
+                self._ended = True
+                where = clock(self._last_time) if self._last_time is not None else "0:00"
+                self.warnings.append(f"corrupt data at {where}; frames after it were skipped ({_reason(exc)})")
+        frame = self._pending.pop(0)
+        self.frames_decoded += 1
+        now, before = self._time(frame), self._last_time
+        if frame.is_corrupt or (before is not None and now < before - 1e-6):
+            self._ended = True
+            self.warnings.append(f"corrupt data at {clock(before or now)}; frames after it were skipped")
+            return None
+        if before is not None and now - before > max(GAP, 10 / (self._fps or 30.0)):
+            self.warnings.append(f"no frames from {clock(before)} to {clock(now)} (damaged data, or a still "
+                                 "picture held that long)")
+        if frame.key_frame:
+            if before is not None and now > self._last_key:
+                self._gop = max(self._gop or 0.0, now - self._last_key)
+            self._last_key = now
+        self._last_time = now
+        return frame
+
+    def frames(self, times: Sequence[float]) -> Iterator[Frame]:
+        """One Frame per requested time that could be decoded, in time order: the first frame shown at or after
+        the time (the last frame, for a time just past it).  Ends early, with a line in `warnings`, at damaged
+        data or the deadline (VideoReadError kind "timeout" when the deadline comes before the first frame)."""
+        made = 0
+        for target in sorted(times):
+            frame = self._frame_at(target)
+            if frame is None:
+                if self._timed_out:
+                    if made == 0:
+                        raise VideoReadError(self.path, "decoding took longer than the per-file deadline; no frame "
+                                             "was read (raise the time limit)", "timeout")
+                    self.warnings.append(f"deadline reached at {clock(target)}; later frames were skipped")
+                return
+            made += 1
+            yield Frame(time=target, shown=round(self._time(frame), 6), image=self._picture(frame))
+
+    def _frame_at(self, target: float):
+        """The decoded frame for a time: seeking first when a keyframe lies between here and there, and again,
+        further back, when a seek lands past the time."""
+        retried = False
+        seeked = self._should_seek(target) and self._seek(target)
+        previous = None
+        while True:
+            frame = self._ahead if self._ahead is not None else self._next_frame()
+            self._ahead = frame
+            shown = None if frame is None else self._time(frame)
+            if seeked and previous is None and not retried and not self._timed_out \
+                    and (frame is None or shown > target + 0.0005):
+                # landed past the time (a keyframe shown after it, a coarse index, MPEG-TS): seek further back
+                retried = True
+                self._ended = False
+                if self._seek(max(0.0, target - 2 * max(self._gop or 0.0, DEFAULT_GOP))):
+                    continue
+            if frame is None:
+                return self._at_end(target, previous)
+            if shown >= target - 0.0005:
+                if previous is not None and target - self._time(previous) < shown - target:
+                    return previous  # nearer (a gap or a variable frame rate); the later one stays ahead
+                return frame
+            previous, self._ahead = frame, None
+
+    def _at_end(self, target: float, previous):
+        """A time past the last frame: that frame when the video really ends there, None when it was cut short."""
+        if self._timed_out or any("corrupt data" in w for w in self.warnings):
+            return None
+        if previous is None:
+            self.warnings.append(f"no frame could be decoded at or after {clock(target)} (cut short or damaged); "
+                                 "frames after it were skipped")
+            return None
+        last = self._time(previous)
+        end = self.info.duration
+        if end - last <= max(3 / (self.info.fps or 30.0), 0.1):
+            self._ahead = previous
+            return previous
+        self.warnings.append(f"video ends at {clock(last)} of {clock(end)} declared (cut short); "
+                             "frames after it were skipped")
+        return None
+
+    def _time(self, frame) -> float:
+        """A frame's presentation time in seconds from the stream's start."""
+        if frame.pts is None:
+            return self._last_time or 0.0
+        return float(frame.pts * self._base) - self._start
+
+    def _should_seek(self, target: float) -> bool:
+        here = self._last_time
+        if self._ended or here is None or target <= here:
+            return False
+        if self._keys is not None:  # exact: a keyframe after here, at or before the target
+            i = bisect.bisect_right(self._keys, target) - 1
+            return i >= 0 and self._keys[i] > here + 1e-6
+        return target >= self._last_key + (self._gop or DEFAULT_GOP)
+
+    def _seek(self, target: float) -> bool:
+        """Seek to the keyframe at or before a time (decoder flushed); False where the file cannot seek."""
+        import av
+
+        try:
+            self._container.seek(int((target + self._start) / self._base), backward=True, any_frame=False,
+                                 stream=self._stream)
+        except av.error.FFmpegError:
+            return False
+        self._packets = self._container.demux(self._stream)
+        self._pending = []
+        self._ahead = None
+        self._last_time = None
+        return True
+
+    def _picture(self, frame) -> "Image.Image":
+        image = frame.to_image()
+        if self._rotation:
+            from PIL import Image
+
+            image = image.transpose({90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180,
+                                     270: Image.Transpose.ROTATE_270}[self._rotation])
+        return image
+
+    def _past_deadline(self) -> bool:
+        return self._ends is not None and _time.monotonic() > self._ends
+
+    def close(self) -> None:
+        self._ahead = None
+        self._pending = []
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+
+    def __enter__(self) -> "VideoReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

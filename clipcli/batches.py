@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from .errors import ImageReadError
 from .images import read_image
+from .paths import is_video_name, split_frame
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class BatchItem:
     path: str
     error: tuple[str, str] | None = None  # (kind, message)
     size: tuple[int, int] | None = None  # (width, height) of the upright image, when decoded
+    extra: dict | None = None  # what its record adds after "path": a video shot's start, end (see shots)
 
 
 @dataclass
@@ -57,9 +59,15 @@ def default_workers(threads: bool = False) -> int:
 
 
 def decode_one(path: str, preprocess: Callable, options: DecodeLimits):
-    """(path, pixels or None, (kind, message) or None, (width, height) or None) for one file."""
+    """(path, pixels or None, (kind, message) or None, (width, height) or None) for one file, or one frame of a
+    video (a key `video#t=seconds`, see frames)."""
     try:
-        image, size = read_image(path, options.max_megapixels, options.reduced_decode_size)
+        if is_video_name(split_frame(path)[0]):
+            from .frames import read_frame
+
+            image, size = read_frame(path, options)
+        else:
+            image, size = read_image(path, options.max_megapixels, options.reduced_decode_size)
         return path, preprocess(image), None, size
     except ImageReadError as exc:
         return path, None, (exc.kind, exc.reason), None

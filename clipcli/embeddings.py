@@ -84,11 +84,18 @@ class Encoder:
         return self.model.describe()
 
     def batches(self, paths: Sequence[str], progress: Progress | None = None) -> Batches:
-        """(items, L2-normalised float32 features of the readable items) per batch, in input order."""
-        if self.store is None:
-            yield from self._encode(paths, progress)
-        else:
-            yield from self._through_store(paths, progress)
+        """(items, L2-normalised float32 features of the readable items) per batch, in input order; a video's
+        items are its sampled frames (keys `video#t=seconds`, see frames), in time order."""
+        from .frames import close_readers, expand
+
+        keys = expand(paths, self.decode.video).keys  # frame keys (given already expanded) stay as they are
+        try:
+            if self.store is None:
+                yield from self._encode(keys, progress)
+            else:
+                yield from self._through_store(keys, progress)
+        finally:
+            close_readers()
 
     def _encode(self, paths: Sequence[str], progress: Progress | None = None) -> Batches:
         loaded, decode = self.model, self.decode

@@ -15,7 +15,7 @@ from typing import Iterable, Iterator
 
 from .errors import ImageReadError, InputError
 from .fsutil import NotRegularFileError, check_regular, reason
-from .paths import display_path, is_image_name  # noqa: F401 (re-exported)
+from .paths import display_path, is_input_name  # noqa: F401 (display_path re-exported)
 
 GLOB_CHARS = frozenset("*?[")
 # Above this, a JPEG is always decoded at reduced size (shorter side >= HUGE_DECODE_SIDE) so memory stays
@@ -55,7 +55,7 @@ def walk_images(directory: str, recursive: bool = True) -> Iterator[str]:
             if _is_dir(entry):
                 if recursive:
                     yield from visit(entry.path, False)
-            elif is_image_name(entry.name):
+            elif is_input_name(entry.name):
                 yield entry.path
 
     yield from visit(directory, True)
@@ -106,7 +106,7 @@ def discover(inputs: Iterable[str], recursive: bool = True) -> list[str]:
             for match in sorted(glob.glob(item, recursive=True)):
                 if os.path.isdir(match):
                     found.extend(walk_images(match, recursive))
-                elif is_image_name(match):
+                elif is_input_name(match):
                     found.append(match)
         else:
             found.append(item)

@@ -11,6 +11,7 @@ object (an `--other-label` that is one of the labels) are the run's (`run.Classi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,14 +46,71 @@ class ModelOptions:
         check_choice("--precision", self.precision, PRECISIONS)
 
 
+EVERY_DEFAULT = 2.0  # seconds between a video's sampled frames
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Which times of a video to look at: every `every` seconds, or `frames` evenly spaced frames, at most
+    `max_frames` (a longer video is sampled more sparsely, evenly).  Sampling(frames=N) clears `every`."""
+
+    every: float | None = EVERY_DEFAULT
+    frames: int | None = None
+    max_frames: int = 300
+
+    def __post_init__(self) -> None:
+        if self.frames is not None:
+            if self.every is not None and self.every != EVERY_DEFAULT:
+                raise UsageError("--every and --frames cannot be used together; give one of them")
+            if not _is_int(self.frames) or self.frames < 1:
+                raise UsageError(f"--frames must be a whole number of frames, at least 1 (got {self.frames!r})")
+            object.__setattr__(self, "every", None)
+        elif self.every is None:
+            raise UsageError("give --every SECONDS or --frames N")
+        elif isinstance(self.every, bool) or not isinstance(self.every, (int, float)) \
+                or not math.isfinite(self.every) or self.every < 0.001:
+            raise UsageError(f"--every must be a number of seconds, at least 0.001 (got {self.every!r})")
+        if not _is_int(self.max_frames) or self.max_frames < 1:
+            raise UsageError(f"--max-frames must be a whole number, at least 1 (got {self.max_frames!r})")
+
+    def times(self, duration: float) -> list[float]:
+        """The sample times in seconds: sorted, distinct, rounded to milliseconds, all in [0, duration).
+        every: 0, every, 2*every, ...; frames: the middles of N equal parts; either way, more than max_frames
+        times become max_frames evenly spaced ones (0, d/M, 2d/M, ...)."""
+        if not duration > 0 or not math.isfinite(duration):
+            return []
+        if self.frames is not None:
+            count = min(self.frames, self.max_frames)
+            raw = [(i + 0.5) * duration / count for i in range(count)]
+        else:
+            count = math.ceil(duration / self.every) + 1
+            if count > self.max_frames and (count - 1) * self.every >= duration - 1e-9:
+                count -= 1  # the last one was at or past the end
+            if count > self.max_frames:
+                raw = [i * duration / self.max_frames for i in range(self.max_frames)]
+            else:
+                raw = [i * self.every for i in range(count)]
+        return sorted({t for t in (round(t, 3) for t in raw) if 0 <= t < duration})
+
+    def key(self) -> str:
+        """Short stable text naming the sampling, for stores and records: "every=2", "frames=8,max=100"."""
+        text = f"frames={self.frames}" if self.frames is not None else f"every={self.every:g}"
+        return text if self.max_frames == 300 else f"{text},max={self.max_frames}"
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class DecodeOptions:
-    """How images are read: batch size, decoding workers, limits."""
+    """How images and videos are read: batch size, decoding workers, limits, video sampling."""
 
     batch_size: int = 32
     workers: int | None = None  # None: one thread per core (ONNX Runtime) or cores - 1 processes (torch)
     max_megapixels: float | None = config.DEFAULT_MAX_MEGAPIXELS
     reduced_decode: bool = False  # JPEG draft decoding down to the model's input size (see bench/RESULTS.md)
+    video: Sampling = Sampling()  # which frames of a video are looked at
 
 
 @dataclass(frozen=True)

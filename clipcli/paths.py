@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff",
@@ -10,8 +11,44 @@ IMAGE_EXTENSIONS = frozenset({
 })
 
 
+# Containers phones and cameras write (decoded with PyAV, see video.py)
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"})
+# A sampled frame of a video is named by the video and its time, as a W3C Media Fragment (`clip.mp4#t=12.500`):
+# the frame's key in batches and in the store, and a link a browser opens at that time.
+_FRAME = re.compile(r"#t=(\d+\.\d{3})$")
+
+
 def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def is_video_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS
+
+
+def is_input_name(name: str) -> bool:
+    """A name a folder walk, a glob or a storage listing picks up: an image or a video."""
+    return is_image_name(name) or is_video_name(name)
+
+
+def frame_key(video: str, time: float) -> str:
+    """The key of a video's frame at `time` seconds (millisecond steps)."""
+    return f"{video}#t={time:.3f}"
+
+
+def clock(seconds: float) -> str:
+    """Seconds as m:ss (h:mm:ss from an hour on), as times are shown."""
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def split_frame(key: str) -> tuple[str, float | None]:
+    """(video, time) for a frame key; (key, None) for anything else (a file whose own name ends in `#t=1.000` is
+    taken for a frame only when what comes before is named like a video)."""
+    found = _FRAME.search(key)
+    if found is None or not is_video_name(key[:found.start()]):
+        return key, None
+    return key[:found.start()], float(found.group(1))
 
 
 def display_path(path: str) -> str:

@@ -47,7 +47,7 @@ def list_images(uri: str, recursive: bool = True) -> list[str]:
     import pyarrow.fs as pafs
 
     from .errors import InputError, first_line
-    from .paths import is_image_name
+    from .paths import is_input_name
 
     query = urlsplit(uri).query
     try:
@@ -63,7 +63,7 @@ def list_images(uri: str, recursive: bool = True) -> list[str]:
     for entry in sorted(found, key=lambda e: e.path):
         relative = entry.path[len(path):].lstrip("/")
         if entry.type != pafs.FileType.File or any(p.startswith(".") for p in relative.split("/")) \
-                or not is_image_name(entry.base_name):
+                or not is_input_name(entry.base_name):
             continue
         name = f"{scheme}://{entry.path}" + (f"?{query}" if query else "")  # the URI's options go with each object
         _remember(name, entry)

@@ -3,6 +3,9 @@
 A record is a plain dict, one per input file:
     {"path": ..., "predictions": [{"label": ..., "score": ...}, ...]}   ranked, best first
     {"path": ..., "error": {"type": ..., "message": ...}}                a file that could not be read
+A video gives a record for the whole video, then one per shot (see shots), each with the video's path:
+    {"path": ..., "start": 0.0, "end": ..., "shots": n, "time": {label: seconds}, "predictions": [...]}
+    {"path": ..., "shot": 1, "start": ..., "end": ..., "predictions": [...]}
 Writers stream: each record is written as it comes, so a long run can be piped
 or interrupted and what was written stays valid.
 """
@@ -17,12 +20,14 @@ from typing import IO, Sequence
 from .fsutil import atomic_output  # noqa: F401 (its home is fsutil: every atomic write is there)
 
 FORMATS = ("table", "json", "jsonl", "csv")
-CSV_COLUMNS = ("path", "rank", "label", "score", "error_type", "error_message")
+CSV_COLUMNS = ("path", "rank", "label", "score", "error_type", "error_message", "shot", "start", "end")
 
 
-def prediction_record(path: str, labels: Sequence[str], scores: Sequence[float]) -> dict:
-    """An image's predictions, in the order given (ranked by the caller)."""
-    return {"path": path, "predictions": [{"label": label, "score": float(score)} for label, score in zip(labels, scores)]}
+def prediction_record(path: str, labels: Sequence[str], scores: Sequence[float], extra: dict | None = None) -> dict:
+    """An image's predictions, in the order given (ranked by the caller); extra keys (a shot's times) come after
+    the path."""
+    return {"path": path, **(extra or {}),
+            "predictions": [{"label": label, "score": float(score)} for label, score in zip(labels, scores)]}
 
 
 def error_record(path: str, kind: str, message: str) -> dict:
@@ -31,6 +36,12 @@ def error_record(path: str, kind: str, message: str) -> dict:
 
 def is_error(record: dict) -> bool:
     return "error" in record
+
+
+def is_shot(record: dict) -> bool:
+    """A record of one shot of a video (its video's own record comes before it): sinks that act once per file
+    (sort, tag) skip it."""
+    return "shot" in record
 
 
 class JsonLinesWriter:
@@ -65,7 +76,8 @@ class JsonWriter:
 
 
 class CsvWriter:
-    """path,rank,label,score rows; an unreadable file gives one row with error_type and error_message."""
+    """path,rank,label,score rows; an unreadable file gives one row with error_type and error_message; a video's
+    rows say their shot (empty for the whole video), start and end."""
 
     def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
@@ -75,10 +87,12 @@ class CsvWriter:
     def write(self, record: dict) -> None:
         if is_error(record):
             error = record["error"]
-            self.writer.writerow([record["path"], "", "", "", error["type"], error["message"]])
+            self.writer.writerow([record["path"], "", "", "", error["type"], error["message"], "", "", ""])
         else:
+            span = [record.get("shot", ""), record.get("start", ""), record.get("end", "")]
             for rank, prediction in enumerate(record["predictions"], start=1):
-                self.writer.writerow([record["path"], rank, prediction["label"], repr(prediction["score"]), "", ""])
+                self.writer.writerow([record["path"], rank, prediction["label"], repr(prediction["score"]), "", "",
+                                      *span])
         self.stream.flush()
 
     def close(self) -> None:
@@ -118,7 +132,9 @@ def read_csv_records(text: str) -> list[dict]:
         if row["error_type"]:
             records.append(error_record(row["path"], row["error_type"], row["error_message"]))
         elif row["rank"] == "1":
-            records.append({"path": row["path"], "predictions": []})
+            span = {key: (int if key == "shot" else float)(row[key]) for key in ("shot", "start", "end")
+                    if row.get(key)}
+            records.append({"path": row["path"], **span, "predictions": []})
         if not row["error_type"]:
             records[-1]["predictions"].append({"label": row["label"], "score": float(row["score"])})
     return records

@@ -187,20 +187,30 @@ class ClassifyRun:
 
     def _open_encoder(self, stack: ExitStack) -> dict:
         from .embeddings import open_encoder
-        from .scoring import batch_records
 
         self.encoder = stack.enter_context(open_encoder(self.model_options, self.decode, self.engine,
                                                               self.store, images=len(self.paths)))
         self.scorer = self.choice.for_model(self.encoder.model, self.model_options, self.progress)
-        self._records = lambda: batch_records(self.scorer, self.encoder.batches(self.paths, self._classifying),
-                                              self.score, self._on_adapt)
+        self._records = self._file_records
         return self.encoder.describe()
+
+    def _file_records(self) -> Iterator[dict]:
+        """The inputs' records: each video's frames sampled and encoded, then scored as the video and its shots."""
+        from . import shots
+        from .frames import expand
+        from .scoring import batch_records
+
+        videos = expand(self.paths, self.decode.video)
+        batches = shots.group(self.encoder.batches(videos.keys, self._classifying), videos.durations,
+                              videos.warnings)
+        return shots.summarise(batch_records(self.scorer, batches, self.score, self._on_adapt))
 
     def _open_store_only(self) -> dict:
         """Every stored image, scored from the store: without loading the model when the labels are cached or a
         head is given (and, with --other, the negative labels are cached)."""
         from .embeddings import load_model_for, store_model
-        from .scoring import classify_store
+        from . import shots
+        from .scoring import batch_records, store_batches
         from .store import check_model, open_store
 
         reader = open_store(self.store)
@@ -210,16 +220,20 @@ class ClassifyRun:
             loaded = load_model_for(self.model_options, self.store)
             check_model(reader.directory, reader.manifest, store_model(loaded))
             self.scorer, described = self.choice.for_model(loaded, self.model_options, self.progress), loaded.describe()
-        self._records = lambda: classify_store(self.scorer, reader, self.score, self._classifying,
-                                               on_adapt=self._on_adapt)
+        self._records = lambda: shots.summarise(batch_records(
+            self.scorer, shots.group(store_batches(reader, self._classifying), {}), self.score, self._on_adapt))
         return described
 
     # --- records ------------------------------------------------------------------------------------------------
-    def records(self) -> Iterator[dict]:
+    def records(self, shots: bool = True) -> Iterator[dict]:
         """One record per input, in input order (store order for a whole store), as each batch is scored; with
-        --adapt, after the last image (the header's "adapt" is filled before the first record)."""
+        --adapt, after the last image (the header's "adapt" is filled before the first record).  A video's record
+        is followed by its shots' records (results.py), unless shots=False (sinks that act once per file)."""
+        from .results import is_shot
+
         self._check_open()
-        return self._while_open(self._records())
+        records = self._while_open(self._records())
+        return records if shots else (record for record in records if not is_shot(record))
 
     def _check_open(self) -> None:
         if self._records is None:

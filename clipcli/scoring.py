@@ -15,7 +15,7 @@ import numpy as np
 
 from .batches import BatchItem
 from .options import ScoreOptions
-from .paths import display_path
+from .paths import display_path, split_frame
 from .results import error_record, prediction_record
 from .vectors import as_array
 
@@ -88,7 +88,7 @@ def score_records(scorer: Scorer, items: Sequence[BatchItem], features, options:
             yield error_record(path, *item.error)
         else:
             values, indexes, first = next(rows)
-            record = prediction_record(path, [labels[i] for i in indexes], values)
+            record = prediction_record(path, [labels[i] for i in indexes], values, item.extra)
             if first is not None:
                 record["predictions"].insert(0, first)
             yield record
@@ -97,7 +97,12 @@ def score_records(scorer: Scorer, items: Sequence[BatchItem], features, options:
 def store_batches(store, progress: Callable[[int, int], None] | None = None,
                   rows: int = 8192) -> Iterator[tuple[list[BatchItem], np.ndarray | None]]:
     """Every image in the store as (items, features of the readable ones) batches, read row group by row group:
-    memory does not grow with the store."""
+    memory does not grow with the store.  A store holding videos' frames gives each video's frames together, in
+    time order, where the video first comes (rows added later, a denser sampling's, sit in other shards)."""
+    keys = [key for *_, paths, _, _ in store.iter_keys() for key in paths]
+    if any(split_frame(key)[1] is not None for key in keys):
+        yield from _in_video_order(store, keys, progress, rows)
+        return
     done, total = 0, store.rows
     for paths, vectors, errors in store.iter_embeddings(rows):
         bad = {row: (kind, message) for row, kind, message in errors}
@@ -107,6 +112,31 @@ def store_batches(store, progress: Callable[[int, int], None] | None = None,
         done += len(items)
         if progress is not None:
             progress(done, total)
+
+
+def _in_video_order(store, keys: list[str], progress, rows: int) -> Iterator[tuple[list[BatchItem], np.ndarray | None]]:
+    first: dict[str, int] = {}
+    for index, key in enumerate(keys):
+        first.setdefault(split_frame(key)[0], index)
+
+    def place(key: str) -> tuple[int, float]:
+        video, at = split_frame(key)
+        return first[video], -1.0 if at is None else at
+
+    order = sorted(keys, key=place)
+    located = store.locate(order)
+    for start in range(0, len(order), rows):
+        chunk = order[start:start + rows]
+        found = store.read({key: located[key] for key in chunk if key in located})
+        items, vectors = [], []
+        for key in chunk:
+            row = found.get(key)
+            items.append(BatchItem(key, ("not_found", "its stored row vanished") if row is None else row.error))
+            if row is not None and row.embedding is not None:
+                vectors.append(row.embedding)
+        yield items, (np.stack(vectors) if vectors else None)
+        if progress is not None:
+            progress(start + len(chunk), len(order))
 
 
 def classify_store(scorer: Scorer, store, options: ScoreOptions = ScoreOptions(),

@@ -61,7 +61,7 @@ import numpy as np
 from . import config, remote
 from .errors import StoreBusyError, StoreError, StoreModelError, UsageError
 from .fsutil import atomic_write_bytes, fsync_dir, temp_beside
-from .paths import display_path
+from .paths import display_path, frame_key, split_frame
 from .vectors import l2_normalize
 
 MANIFEST = "_clip-store.json"
@@ -86,7 +86,10 @@ SCAN_NAMES = re.compile(r"[^/]+\.parquet\.\d+-\d+-\d+\.npy|\.[^/]+\.parquet\.\d+
 
 def resolve(path: str) -> str:
     """The store's key for a file: its absolute path with symlinks resolved (an object-storage URI as is), as
-    text that names one file only (see key_text)."""
+    text that names one file only (see key_text); for a video's frame, the video's key and the frame's time."""
+    video, at = split_frame(path)
+    if at is not None:
+        return frame_key(resolve(video), at)
     return path if remote.is_remote(path) else key_text(os.path.realpath(path))
 
 
@@ -123,7 +126,9 @@ def key_path(key: str) -> str:
 
 
 def file_state(path: str) -> tuple[int, int] | None:
-    """(size, mtime_ns), or None for a file that cannot be stat-ed (missing, broken link)."""
+    """(size, mtime_ns), or None for a file that cannot be stat-ed (missing, broken link); a frame's is its
+    video's (a changed video is sampled again)."""
+    path = split_frame(path)[0]
     if remote.is_remote(path):
         return remote.object_state(path)
     try:
@@ -135,6 +140,7 @@ def file_state(path: str) -> tuple[int, int] | None:
 
 def still_exists(key: str) -> bool:
     """Whether a stored file (or object: asked of the storage, not taken from a listing) is still there."""
+    key = split_frame(key)[0]
     return remote.object_state(key, listed=False) is not None if remote.is_remote(key) else os.path.exists(key_path(key))
 
 

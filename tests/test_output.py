@@ -37,7 +37,7 @@ def test_json_document_and_csv_agree(run, images):
     document = json.loads(as_json.stdout)
     assert document["labels"] == LABELS.split(",")
     assert document["templates"] == "imagenet"
-    assert as_csv.stdout.splitlines()[0] == "path,rank,label,score,error_type,error_message"
+    assert as_csv.stdout.splitlines()[0] == "path,rank,label,score,error_type,error_message,shot,start,end"
     from_csv = read_csv_records(as_csv.stdout)
     assert len(from_csv) == 3
     for a, b in zip(document["results"], from_csv):

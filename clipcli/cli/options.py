@@ -24,7 +24,8 @@ from typing_extensions import Annotated
 
 from .. import config
 from ..errors import LabelError
-from ..options import DecodeOptions, EngineOptions, LabelOptions, ModelOptions, OpenSetOptions, check_choice
+from ..options import (EVERY_DEFAULT, DecodeOptions, EngineOptions, LabelOptions, ModelOptions, OpenSetOptions, Sampling,
+                       check_choice)
 from ..results import FORMATS
 
 # Help panels, in the order every command shows them.
@@ -34,6 +35,7 @@ MODEL = "Model"
 OUTPUT = "Output"
 PERF = "Performance"
 STORE = "Embedding store"
+VIDEOS = "Videos"
 
 
 @dataclass(frozen=True)
@@ -157,8 +159,9 @@ MODEL_OPTIONS = (
 MODEL_GROUP = OptionGroup("model", MODEL_OPTIONS, _model)
 
 
-def _decode(batch_size, workers, max_megapixels, reduced_decode) -> DecodeOptions:
-    return DecodeOptions(batch_size, workers, max_megapixels, reduced_decode)
+def _decode(batch_size, workers, max_megapixels, reduced_decode, every, frames, max_frames) -> DecodeOptions:
+    video = Sampling(EVERY_DEFAULT if every is None else every, frames, max_frames)
+    return DecodeOptions(batch_size, workers, max_megapixels, reduced_decode, video)
 
 
 DECODE = OptionGroup("decode", (
@@ -172,6 +175,12 @@ DECODE = OptionGroup("decode", (
     ("reduced_decode", option("--reduced-decode/--full-decode", panel=PERF, kind=bool, show_default=True,
                               help="Decode JPEGs at reduced size, never below the model's input size (faster; off "
                               "by default until measured on a real pretrained model, see bench/RESULTS.md)."), False),
+    ("every", option("--every", panel=VIDEOS, kind=Optional[float], metavar="SECONDS", help="Videos: sample a frame "
+                     f"every SECONDS. Default: {EVERY_DEFAULT:g}, or --frames."), None),
+    ("frames", option("--frames", panel=VIDEOS, kind=Optional[int], metavar="N", help="Videos: sample N frames, "
+                      "evenly spaced, instead of --every."), None),
+    ("max_frames", option("--max-frames", panel=VIDEOS, kind=int, metavar="N", show_default=True, help="Videos: at "
+                          "most N frames a video (a longer video is sampled more sparsely)."), Sampling.max_frames),
 ), _decode)
 
 

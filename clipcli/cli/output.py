@@ -83,8 +83,21 @@ def print_table(table: Table, to_stdout: bool = True) -> None:
     (Console(highlight=False) if to_stdout else err_console).print(table)
 
 
+def record_title(record: dict) -> str:
+    """A record's path; for a video, what part of it (`shot 2, 0:04-0:09`) or its length and shots."""
+    from ..paths import clock
+
+    title = record["path"]
+    if "shot" in record:
+        title += f"  shot {record['shot']}, {clock(record['start'])}-{clock(record['end'])}"
+    elif "shots" in record:
+        time = ", ".join(f"{label} {clock(seconds)}" for label, seconds in record.get("time", {}).items())
+        title += f"  video {clock(record['end'])}, {record['shots']} shot(s)" + (f": {time}" if time else "")
+    return title
+
+
 def prediction_table(record: dict) -> Table:
-    table = plain_table(escape(record["path"]))
+    table = plain_table(escape(record_title(record)))
     table.add_column("#", justify="right", style="dim")
     table.add_column("label")
     table.add_column("probability", justify="right")

@@ -79,7 +79,7 @@ def sort(
         check_outputs(files={"--output": output_path, "--report": report, "--manifest": manifest},
                       folders={"--store": store, **({} if dry_run else {"--into": into})})
         with run.open(paths):
-            records = list(run.records())
+            records = list(run.records(shots=False))
 
     from ..sorting import Manifest, default_manifest, execute, plan_sort, remove_temporaries
 

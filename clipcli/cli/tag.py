@@ -132,7 +132,7 @@ def _records(inputs, whole_store: bool, sources, options, labels, open_set, mode
         paths = None if whole_store else refuse_remote(sources.paths(inputs))
         check()
         with run.open(paths):
-            records = list(run.records())
+            records = list(run.records(shots=False))
     return paths or [record["path"] for record in records], records, run.header
 
 

@@ -1,0 +1,138 @@
+"""Videos as inputs: each video becomes the frames its sampling picks, named `video#t=seconds` (see paths), and
+those keys flow through the same batches, engines and store as images do.
+
+`expand` turns input paths into keys: an image stays itself, a video becomes its frame keys (a video that cannot
+be opened stays itself, and decoding it gives its one error record).  `read_frame` is what `batches.decode_one`
+calls for a frame key: the decoding threads of a process share one open reader per video (a few at a time), so
+the frames of a video are decoded in one forward pass, not once per thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from .errors import ImageReadError
+from .paths import clock, frame_key, is_video_name, split_frame
+
+OPEN_READERS = 4  # open videos kept per process (decoding threads work on one or two at a time)
+
+
+@dataclass
+class Expanded:
+    """Input paths as keys to encode, and what was learnt of each video on the way."""
+
+    keys: list[str] = field(default_factory=list)
+    durations: dict[str, float] = field(default_factory=dict)  # video path -> seconds
+    warnings: dict[str, list[str]] = field(default_factory=dict)  # video path -> what opening it said
+
+
+def expand(paths: Sequence[str], sampling) -> Expanded:
+    """The keys to encode for these inputs, in order: each video replaced by its sampled frames' keys."""
+    out = Expanded()
+    for path in paths:
+        if not is_video_name(path) or split_frame(path)[1] is not None:
+            out.keys.append(path)
+            continue
+        try:
+            info, said = probe(path)
+        except ImageReadError:
+            out.keys.append(path)  # read again when decoded, which gives its error record
+            continue
+        times = sampling.times(info.duration)
+        out.durations[path] = info.duration
+        if said:
+            out.warnings[path] = said
+        out.keys.extend(frame_key(path, t) for t in times) if times else out.keys.append(path)
+    return out
+
+
+def probe(video: str):
+    """(VideoInfo, warnings) of a video, read from its header (nothing decoded)."""
+    from .video import VideoReader
+
+    with VideoReader(video, _source(video)) as reader:
+        return reader.info, list(reader.warnings)
+
+
+def read_frame(key: str, limits) -> tuple[object, tuple[int, int]]:
+    """(upright RGB image, (width, height)) of a frame key; a video named without a time is opened for its
+    error (ImageReadError either way, naming the video)."""
+    video, at = split_frame(key)
+    if at is None:
+        _READERS.get(video, limits.max_megapixels)
+        raise ImageReadError(video, "no frame could be sampled (the video is empty or too short)", "no_frames")
+    return _READERS.frame(video, at, limits.max_megapixels)
+
+
+def close_readers() -> None:
+    """Close the videos this process holds open (the end of a run)."""
+    _READERS.close()
+
+
+class _Readers:
+    """Open VideoReaders shared by this process's decoding threads: one lock per video, so its frames are decoded
+    in order by whichever thread asks, and a few videos open at once (the least recently used is closed)."""
+
+    def __init__(self, size: int = OPEN_READERS) -> None:
+        self._lock = threading.Lock()
+        self._open: OrderedDict[str, tuple[object, threading.Lock, object]] = OrderedDict()
+        self.size = size
+
+    def get(self, video: str, max_megapixels: float | None = None):
+        return self._entry(video, max_megapixels)[0]
+
+    def frame(self, video: str, at: float, max_megapixels: float | None):
+        reader, lock, _ = self._entry(video, max_megapixels)
+        with lock:
+            found = next(iter(reader.frames([at])), None)
+            if found is None:
+                said = reader.warnings[-1] if reader.warnings else "the video ends before it"
+                raise ImageReadError(video, f"no frame at {clock(at)}: {said}", "truncated")
+            image = found.image
+        return image, image.size
+
+    def _entry(self, video: str, max_megapixels: float | None):
+        from .store import file_state
+        from .video import VideoReader
+
+        state = file_state(video)
+        with self._lock:
+            entry = self._open.get(video)
+            if entry is not None and entry[2] == state:
+                self._open.move_to_end(video)
+                return entry
+        reader = VideoReader(video, _source(video), max_megapixels=max_megapixels)
+        entry = (reader, threading.Lock(), state)
+        with self._lock:
+            old = self._open.pop(video, None)
+            self._open[video] = entry
+            while len(self._open) > self.size:
+                _, (gone, gone_lock, _) = self._open.popitem(last=False)
+                with gone_lock:
+                    gone.close()
+        if old is not None:
+            with old[1]:
+                old[0].close()
+        return entry
+
+    def close(self) -> None:
+        with self._lock:
+            entries, self._open = list(self._open.values()), OrderedDict()
+        for reader, lock, _ in entries:
+            with lock:
+                reader.close()
+
+
+def _source(video: str):
+    """What a reader opens: an object's bytes from storage, or None for a local file (the reader checks it)."""
+    import io
+
+    from . import remote
+
+    return io.BytesIO(remote.read_bytes(video)) if remote.is_remote(video) else None
+
+
+_READERS = _Readers()

@@ -18,6 +18,7 @@ from .errors import ImageReadError
 from .paths import clock, frame_key, is_video_name, split_frame
 
 OPEN_READERS = 4  # open videos kept per process (decoding threads work on one or two at a time)
+FILMSTRIP = 5  # frames a page shows of a whole video
 
 
 @dataclass
@@ -65,6 +66,30 @@ def read_frame(key: str, limits) -> tuple[object, tuple[int, int]]:
         _READERS.get(video, limits.max_megapixels)
         raise ImageReadError(video, "no frame could be sampled (the video is empty or too short)", "no_frames")
     return _READERS.frame(video, at, limits.max_megapixels)
+
+
+def picture(key: str, height: int, frames: int = FILMSTRIP):
+    """What a page shows of a video: the frame of a frame key, or a filmstrip of `frames` frames evenly spaced
+    (side by side, `height` pixels high) for the whole video.  ImageReadError when it cannot be read."""
+    from PIL import Image
+
+    from .options import Sampling
+    from .video import VideoReader
+
+    video, at = split_frame(key)
+    with VideoReader(video, _source(video)) as reader:
+        times = [at] if at is not None else Sampling(frames=frames).times(reader.info.duration)
+        shots = [frame.image for frame in reader.frames(times)]
+    if not shots:
+        raise ImageReadError(video, "no frame could be read", "no_frames")
+    for image in shots:
+        image.thumbnail((height * 4, height))
+    strip = Image.new("RGB", (sum(i.width for i in shots) + 2 * (len(shots) - 1), max(i.height for i in shots)))
+    left = 0
+    for image in shots:
+        strip.paste(image, (left, 0))
+        left += image.width + 2
+    return strip
 
 
 def close_readers() -> None:

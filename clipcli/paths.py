@@ -37,9 +37,11 @@ def frame_key(video: str, time: float) -> str:
 
 
 def clock(seconds: float) -> str:
-    """Seconds as m:ss (h:mm:ss from an hour on), as times are shown."""
-    hours, rest = divmod(int(seconds), 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+    """A time as people read it: 0:41, 0:02.4 (tenths when there are), 12:05, 1:02:03."""
+    whole, tenth = divmod(round(seconds * 10), 10)
+    hours, rest = divmod(whole, 3600)
+    text = f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+    return f"{text}.{tenth}" if tenth and not hours else text
 
 
 def split_frame(key: str) -> tuple[str, float | None]:

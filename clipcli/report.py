@@ -40,15 +40,22 @@ def page_start(title: str, header: dict, style: str = "") -> str:
 """
 
 def _thumbnail(path: str, size: int = 180) -> str:
-    """A JPEG data URI, or "" when the image cannot be read."""
+    """A JPEG data URI, or "" when the image cannot be read; a video's frame (`video#t=seconds`), or a filmstrip
+    of a whole video."""
     from .errors import ImageReadError
     from .images import open_image
+    from .paths import is_video_name, split_frame
 
     try:
-        image = open_image(path, max_megapixels=200, min_size=size)
+        if is_video_name(split_frame(path)[0]):
+            from .frames import picture
+
+            image = picture(path, size)
+        else:
+            image = open_image(path, max_megapixels=200, min_size=size)
+            image.thumbnail((size * 2, size * 2))
     except ImageReadError:
         return ""
-    image.thumbnail((size * 2, size * 2))
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
@@ -167,6 +174,8 @@ PREVIEW_STYLE = """
 .cards { display: flex; flex-wrap: wrap; gap: 10px; }
 .card { width: 150px; font-size: 0.8em; overflow-wrap: anywhere; }
 .card img { width: 150px; height: 150px; object-fit: cover; border: 1px solid #ccc; }
+.card.video { width: auto; max-width: 100%; }
+.card.video img { width: auto; max-width: 100%; object-fit: contain; }
 .card .missing { width: 150px; height: 150px; border: 1px dashed #c00; color: #c00; display: flex;
                  align-items: center; justify-content: center; }
 .unsure .card img { border: 2px solid #d90; }
@@ -183,7 +192,7 @@ def render_sort_preview(title: str, header: dict, operations: Sequence[dict]) ->
     sections = []
     for (sure, folder), ops in sorted(groups.items()):
         cards = "".join(
-            f'<div class="card"><img src="{_thumbnail(op["source"], 150)}" alt="">'
+            f'<div class="card{_video_class(op["source"])}"><img src="{_thumbnail(op["source"], 150)}" alt="">'
             f'<div class="score">{html.escape(op["label"])} {op["score"]:.1%}</div>'
             f'<div title="{html.escape(op["source"])}">{html.escape(op["source"].rsplit("/", 1)[-1])}</div>'
             f'<div>{html.escape(op["operation"])}{(": " + html.escape(op["note"])) if op["note"] else ""}</div></div>'
@@ -199,12 +208,20 @@ def render_sort_preview(title: str, header: dict, operations: Sequence[dict]) ->
 """
 
 
+def _video_class(path: str) -> str:
+    """" video" for a video's card (a filmstrip, as wide as it is), else ""."""
+    from .paths import is_video_name, split_frame
+
+    video, at = split_frame(path)
+    return " video" if is_video_name(video) and at is None else ""
+
+
 def _card(path: str, caption: str, extra: str = "") -> str:
     """A thumbnail with a caption and the file's name (its whole path on hover)."""
     thumbnail = _thumbnail(path, 150)
     picture = (f'<img src="{thumbnail}" alt="">' if thumbnail else  # never an <img src="">: a page reload of itself
                '<div class="missing">cannot be read now</div>')
-    return (f'<div class="card"{extra}>{picture}<div class="score">{caption}</div>'
+    return (f'<div class="card{_video_class(path)}"{extra}>{picture}<div class="score">{caption}</div>'
             f'<div title="{html.escape(path)}">{html.escape(path.rsplit("/", 1)[-1])}</div></div>')
 
 

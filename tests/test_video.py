@@ -1,0 +1,203 @@
+"""Videos as inputs of `clip classify`, `clip sort` and the store: shots with times and labels, one record shape,
+frames kept in the store, bad videos as one-line records (decoding itself: test_video_decode.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cli_helpers import cli
+from video_helpers import make_audio, make_video
+
+LABELS = "red circle,blue square,green triangle,yellow star"
+# 0-4 s a red circle, 4-9 s a blue square, 9-12 s a green triangle: the changes at 4 and 9 s
+SCENES = [(4, ("red", "circle")), (5, ("blue", "square")), (3, ("green", "triangle"))]
+CHANGES = [0.0, 4.0, 9.0]
+TRUTH = ["red circle", "blue square", "green triangle"]
+
+
+@pytest.fixture(scope="module")
+def clip_mp4(tmp_path_factory):
+    return make_video(tmp_path_factory.mktemp("videos") / "clip.mp4", SCENES, size=(96, 72))
+
+
+def records(result) -> list[dict]:
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def rounded(found: list[dict], leave_out: tuple[str, ...] = ()) -> list[dict]:
+    """Records with scores to 4 places (a stored embedding is read back as float16) and some keys left out."""
+    return [{k: ([{**p, "score": round(p["score"], 4)} for p in v] if k == "predictions" else v)
+             for k, v in r.items() if k not in leave_out} for r in found]
+
+
+@pytest.mark.parametrize("every", [1.0, 2.0, 0.7])
+def test_shots_are_found_within_one_sampling_interval_with_the_right_labels(clip_mp4, every):
+    result = cli("classify", clip_mp4, "-m", "demo", "-l", LABELS, "-f", "jsonl", "-k", "1", "--every", every)
+    assert result.exit_code == 0, result.output
+    video, *shots = records(result)
+    assert video["path"] == str(clip_mp4) and video["start"] == 0.0 and video["end"] == pytest.approx(12.0, abs=0.1)
+    assert video["shots"] == len(shots) == 3
+    assert [shot["shot"] for shot in shots] == [1, 2, 3]
+    assert [shot["predictions"][0]["label"] for shot in shots] == TRUTH
+    for shot, change in zip(shots, CHANGES):
+        assert shot["path"] == str(clip_mp4)
+        assert abs(shot["start"] - change) <= every, (shot, change)
+    assert [shot["end"] for shot in shots[:-1]] == [shot["start"] for shot in shots[1:]]  # shots tile the video
+    assert shots[-1]["end"] == video["end"]
+    # the video's own record: how long each label was a shot's answer, longest first
+    assert list(video["time"]) == ["blue square", "red circle", "green triangle"]
+    assert sum(video["time"].values()) == pytest.approx(video["end"])
+    for label, seconds in video["time"].items():
+        assert seconds == pytest.approx(sum(s["end"] - s["start"] for s in shots
+                                            if s["predictions"][0]["label"] == label))
+
+
+def test_frames_evenly_spaced_and_a_cap(clip_mp4):
+    four = records(cli("classify", clip_mp4, "-m", "demo", "-l", LABELS, "-f", "jsonl", "--frames", "4"))
+    # the middles of 4 equal parts: 1.5, 4.5, 7.5, 10.5 s; shots change halfway between two frames
+    assert [(s["start"], s["end"]) for s in four[1:]] == [(0.0, 3.0), (3.0, 9.0), (9.0, 12.0)]
+    capped = records(cli("classify", clip_mp4, "-m", "demo", "-l", LABELS, "-f", "jsonl", "--every", "0.1",
+                         "--max-frames", "6"))  # 121 times asked, 6 kept: every 2 s
+    assert [s["start"] for s in capped[1:]] == [0.0, 3.0, 9.0]
+    both = cli("classify", clip_mp4, "-m", "demo", "-l", LABELS, "--every", "1", "--frames", "4")
+    assert both.exit_code == 2 and "--every and --frames cannot be used together" in both.stderr
+    for bad, message in ((("--every", "0"), "--every must be"), (("--max-frames", "0"), "--max-frames must be")):
+        result = cli("classify", clip_mp4, "-m", "local-dir:/nonexistent", "-l", LABELS, *bad)
+        assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.output, bad
+
+
+def test_one_record_shape_in_json_csv_and_the_table(clip_mp4, tmp_path):
+    from clipcli.results import read_csv_records
+
+    as_json = json.loads(cli("classify", clip_mp4, "-m", "demo", "-l", LABELS, "-f", "json", "-k", "2").stdout)
+    results = as_json["results"]
+    assert [set(r) for r in results] == [{"path", "start", "end", "shots", "time", "predictions"}] + \
+        [{"path", "shot", "start", "end", "predictions"}] * 3
+    assert all(len(r["predictions"]) == 2 for r in results)
+    as_csv = cli("classify", clip_mp4, "-m", "demo", "-l", LABELS, "-f", "csv", "-k", "2")
+    assert as_csv.stdout.splitlines()[0] == "path,rank,label,score,error_type,error_message,shot,start,end"
+    parsed = read_csv_records(as_csv.stdout)
+    assert [{k: v for k, v in r.items() if k not in ("shots", "time")} for r in results] == parsed
+    table = cli("classify", clip_mp4, "-m", "demo", "-l", LABELS, "-k", "1", "--every", "1",
+                "-o", tmp_path / "table.txt")
+    text = " ".join((tmp_path / "table.txt").read_text().split())  # titles wrap at 100 columns in a file
+    assert table.exit_code == 0
+    # frames at 3 s and 4 s differ: the shot changes halfway, at 3.5 s (0:03.5)
+    assert "clip.mp4 video 0:12, 3 shot(s): blue square 0:05, red circle 0:03.5, green triangle 0:03.5" in text
+    assert "clip.mp4 shot 2, 0:03.5-0:08.5" in text and "shot 3, 0:08.5-0:12" in text
+
+
+def test_videos_and_photos_together_from_a_folder_with_python(clip_mp4, tmp_path):
+    import shutil
+
+    from clipcli import classify
+    from clipcli.demo import shapes
+
+    folder = tmp_path / "roll"
+    folder.mkdir()
+    shutil.copy(clip_mp4, folder / "b.MOV.mp4")
+    shapes.draw_pil("yellow", "star", size=64, seed=1).save(folder / "a.png")
+    shapes.draw_pil("red", "circle", size=64, seed=2).save(folder / "c.jpg")
+    found = classify([str(folder)], ["red circle", "blue square", "green triangle", "yellow star"], model="demo")
+    assert [(os.path.basename(r["path"]), r.get("shot")) for r in found] == [
+        ("a.png", None), ("b.MOV.mp4", None), ("b.MOV.mp4", 1), ("b.MOV.mp4", 2), ("b.MOV.mp4", 3), ("c.jpg", None)]
+    assert [r["predictions"][0]["label"] for r in found if "start" not in r] == ["yellow star", "red circle"]
+
+
+def test_the_store_keeps_frames_skips_unchanged_videos_and_adds_only_missing_times(clip_mp4, tmp_path):
+    import duckdb
+
+    video = tmp_path / "v.mp4"
+    video.write_bytes(clip_mp4.read_bytes())
+    store = tmp_path / "store"
+    args = ("classify", video, "-m", "demo", "-l", LABELS, "-f", "jsonl", "-k", "1", "--store", store)
+    first = cli(*args, "--every", "2")
+    assert "0 already stored, 6 encoded" in first.stderr
+    again = cli(*args, "--every", "2")
+    assert "6 already stored, 0 encoded" in again.stderr and rounded(records(again)) == rounded(records(first))
+    denser = cli(*args, "--every", "1")  # 0, 2, ..., 10 are there: 1, 3, ..., 11 are encoded
+    assert "6 already stored, 6 encoded" in denser.stderr
+    rows = duckdb.sql(f"select split_part(path, '#t=', 1) as video, cast(split_part(path, '#t=', 2) as double) "
+                      f"as t from read_parquet('{store}/**/*.parquet') order by t").fetchall()
+    assert rows == [(str(video), float(t)) for t in range(12)]  # a plain dataset: frames with their time
+    # the whole store, scored without decoding anything: the same shots as from the file
+    whole = cli("classify", "-m", "demo", "-l", LABELS, "-f", "jsonl", "-k", "1", "--store", store)
+    assert rounded(records(whole), ("path",)) == rounded(records(denser), ("path",))
+    # a changed video is sampled again: every frame re-encoded, none kept twice
+    make_video(video, list(reversed(SCENES)), size=(96, 72))
+    changed = cli(*args, "--every", "1")
+    assert "0 already stored, 12 encoded" in changed.stderr
+    assert [s["predictions"][0]["label"] for s in records(changed)[1:]] == list(reversed(TRUTH))
+    assert duckdb.sql(f"select count(*) from read_parquet('{store}/**/*.parquet')").fetchall() == [(12,)]
+
+
+def test_an_unchanged_stored_video_is_not_decoded_again(clip_mp4, tmp_path, monkeypatch):
+    from clipcli import classify, frames
+
+    store = tmp_path / "store"
+    classify([str(clip_mp4)], ["red circle", "blue square"], model="demo", store=store)
+    asked = []
+    real = frames.read_frame
+    monkeypatch.setattr(frames, "read_frame", lambda key, limits: asked.append(key) or real(key, limits))
+    again = classify([str(clip_mp4)], ["red circle", "blue square"], model="demo", store=store)
+    assert asked == [] and again[0]["shots"] == 3
+
+
+def test_sort_files_a_video_by_its_own_label_and_undo_restores_it(clip_mp4, tmp_path):
+    import hashlib
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    video = inbox / "holiday.mp4"
+    video.write_bytes(clip_mp4.read_bytes())
+    before = hashlib.sha256(video.read_bytes()).hexdigest()
+    into, journal = tmp_path / "sorted", tmp_path / "journal.jsonl"
+    result = cli("sort", inbox, "-m", "demo", "-l", LABELS, "--into", into, "--mode", "move", "--manifest", journal,
+                 "-f", "jsonl", "--min-score", "0")
+    assert result.exit_code == 0, result.output
+    (operation,) = records(result)  # one operation for the video, none for its shots
+    assert operation["label"] == "blue square" and not video.exists()  # 5 of its 12 s
+    assert (into / "blue square" / "holiday.mp4").is_file()
+    assert cli("sort", "--undo", journal).exit_code == 0
+    assert hashlib.sha256(video.read_bytes()).hexdigest() == before
+
+
+def test_bad_videos_are_one_line_records_and_the_rest_goes_on(clip_mp4, tmp_path):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "empty.mp4").write_bytes(b"")
+    (folder / "notes.mov").write_text("not a video at all\n")
+    make_audio(folder / "voice.mkv")
+    cut = clip_mp4.read_bytes()
+    (folder / "cut.mp4").write_bytes(cut[: len(cut) // 2])  # its index (moov) is at the end: gone
+    os.mkfifo(folder / "pipe.mp4")
+    (folder / "good.mp4").write_bytes(cut)
+    result = subprocess.run([sys.executable, "-m", "clipcli", "classify", str(folder), "-m", "demo", "-l", LABELS,
+                             "-f", "jsonl", "-k", "1", "-q"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    found = {os.path.basename(r["path"]): r for r in reversed(records(result))}  # a video's own record: its first
+    errors = {name: r["error"]["type"] for name, r in found.items() if "error" in r}
+    assert errors == {"empty.mp4": "not_a_video", "notes.mov": "not_a_video", "voice.mkv": "no_video_stream",
+                      "cut.mp4": "incomplete", "pipe.mp4": "not_a_file"}
+    assert found["good.mp4"]["shots"] == 3
+    lines = result.stderr.splitlines()
+    assert len(lines) == 5 and all(line.startswith("error: ") and str(folder) in line for line in lines), lines
+    assert "Traceback" not in result.stderr
+
+
+def test_damage_midway_keeps_the_frames_before_it_with_a_warning(tmp_path):
+    video = make_video(tmp_path / "long.mkv", SCENES, size=(96, 72), codec="mpeg4", gop=10)
+    data = bytearray(video.read_bytes())
+    middle = int(len(data) * 0.7)
+    data[middle:middle + 4000] = os.urandom(4000)
+    damaged = tmp_path / "damaged.mkv"
+    damaged.write_bytes(bytes(data))
+    result = cli("classify", damaged, "-m", "demo", "-l", LABELS, "-f", "jsonl", "-k", "1", "--every", "1")
+    video_record, *shots = records(result)
+    assert "error" not in video_record and video_record["warnings"], video_record
+    assert [s["predictions"][0]["label"] for s in shots][:2] == TRUTH[:2]  # the frames before the damage count

@@ -201,3 +201,21 @@ def test_damage_midway_keeps_the_frames_before_it_with_a_warning(tmp_path):
     video_record, *shots = records(result)
     assert "error" not in video_record and video_record["warnings"], video_record
     assert [s["predictions"][0]["label"] for s in shots][:2] == TRUTH[:2]  # the frames before the damage count
+
+
+def test_other_applies_to_shots_and_tag_labels_a_video_once(tmp_path):
+    import shutil
+
+    video = make_video(tmp_path / "walk.mp4", [(4, ("red", "circle")), (4, ("purple", "heart"))], size=(96, 72))
+    result = cli("classify", video, "-m", "demo", "-l", "red circle,blue square", "--other", "-f", "jsonl", "-k", "1",
+                 "--every", "1")
+    video_record, *shots = records(result)
+    assert [s["predictions"][0]["label"] for s in shots] == ["red circle", "other"]  # a heart is neither
+    assert video_record["time"] == {"other": 4.5, "red circle": 3.5}  # the change (4 s) put halfway: 3.5 s
+    tagged = cli("tag", video, "-m", "demo", "-l", "red circle,blue square", "-f", "jsonl")
+    assert tagged.exit_code == 0, tagged.output
+    assert [r["path"] for r in records(tagged)] == [str(video)] and (tmp_path / "walk.mp4.xmp").is_file()
+    if shutil.which("exiftool"):  # the independent reader of what was written
+        read = json.loads(subprocess.run(["exiftool", "-j", "-XMP-dc:Subject", str(tmp_path / "walk.mp4.xmp")],
+                                         capture_output=True, text=True, check=True).stdout)
+        assert read[0]["Subject"] in ("red circle", ["red circle"])

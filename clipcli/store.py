@@ -295,15 +295,22 @@ class ImageStore:
 
     def info(self) -> dict:
         """Model, counts, size on disk and last update (for `clip store info`)."""
-        errors = rows = shards = 0
+        errors = rows = shards = frames = 0
+        videos: set[str] = set()
         for name, shard in self._shards():
             shards += 1
             rows += shard.metadata.num_rows
-            for batch in self._batches(shard, name, ["error_type"], READ_ROWS):
-                errors += batch.num_rows - batch.column(0).null_count
+            for batch in self._batches(shard, name, ["path", "error_type"], READ_ROWS):
+                errors += batch.num_rows - batch.column(1).null_count
+                for path, error in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
+                    video, at = split_frame(path)
+                    if at is not None and error is None:
+                        frames += 1
+                        videos.add(video)
         size = self.size_on_disk()
         return {"store": str(self.directory), "model": self.model.display(), "model_key": self.model.key,
-                "dim": self.dim, "dtype": self.dtype, "images": rows - errors, "errors": errors,
+                "dim": self.dim, "dtype": self.dtype, "images": rows - errors - frames, "errors": errors,
+                "videos": len(videos), "video_frames": frames,
                 "shards": shards, "size_bytes": size,
                 "created": self.manifest.get("created"), "updated": self.manifest.get("updated"),
                 "clipcli_version": self.manifest.get("clipcli_version"),

@@ -134,6 +134,8 @@ def test_the_store_keeps_frames_skips_unchanged_videos_and_adds_only_missing_tim
     assert "0 already stored, 12 encoded" in changed.stderr
     assert [s["predictions"][0]["label"] for s in records(changed)[1:]] == list(reversed(TRUTH))
     assert duckdb.sql(f"select count(*) from read_parquet('{store}/**/*.parquet')").fetchall() == [(12,)]
+    info = json.loads(cli("store", "info", store, "-f", "json").stdout)
+    assert (info["images"], info["videos"], info["video_frames"], info["errors"]) == (0, 1, 12, 0)
 
 
 def test_an_unchanged_stored_video_is_not_decoded_again(clip_mp4, tmp_path, monkeypatch):

@@ -35,7 +35,7 @@ def info(
     table = output.plain_table(None, "", "")
     table.show_header = False
     shown = {"store": facts["store"], "model": facts["model"], "images": str(facts["images"]),
-             "errors": str(facts["errors"]), "embedding": f"{facts['dim']} x {facts['dtype']}",
+             "videos": f"{facts['videos']} ({facts['video_frames']} frames)", "errors": str(facts["errors"]), "embedding": f"{facts['dim']} x {facts['dtype']}",
              "shards": str(facts["shards"]), "size on disk": output.human_size(facts["size_bytes"]),
              "created": facts["created"], "updated": facts["updated"]}
     for key, value in shown.items():

@@ -23,6 +23,9 @@ def is_image_name(name: str) -> bool:
 
 
 def is_video_name(name: str) -> bool:
+    """Named like a video (any case); an object-storage URI by its object's name, without its ?options."""
+    if "://" in name:
+        name = name.split("?", 1)[0]
     return os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS
 
 

@@ -149,3 +149,16 @@ def test_options_on_the_uri_go_with_every_listed_object(bucket, local_set, monke
     [record] = records(result)
     assert record["path"] == f"s3://photos/d/sub/green_star.webp{options}"
     assert record["predictions"][0]["label"] == "green star"
+
+
+def test_a_video_on_object_storage_is_classified_like_the_local_file(bucket, tmp_path):
+    from video_helpers import make_video
+
+    local = make_video(tmp_path / "walk.mp4", [(3, ("red", "circle")), (3, ("blue", "square"))], size=(96, 72))
+    upload(bucket, tmp_path, "videos")
+    args = ("-m", "demo", "-l", LABELS, "-f", "jsonl", "-k", "1", "--every", "1")
+    on_s3 = records(cli("classify", "s3://photos/videos", *args))
+    here = records(cli("classify", local, *args))
+    assert [r["path"] for r in on_s3] == ["s3://photos/videos/walk.mp4"] * 3  # the video, then its two shots
+    assert [{k: v for k, v in r.items() if k != "path"} for r in on_s3] == \
+        [{k: v for k, v in r.items() if k != "path"} for r in here]

@@ -15,6 +15,7 @@ then `cd /tmp/clip-examples` and run README's commands there.  What it makes (al
     photos/         scikit-learn's two sample photos, planted copies (recompressed, smaller, cropped) and another
                     framing of one scene (`clip dupes`)
     digits/         scikit-learn's 8x8 handwritten digits as train/ and test/ folders (`clip fit`)
+    videos/         walk.mp4 and fade.mov, drawn scenes that change at known times (videos in classify, search)
     demo400/        the demo model's training stopped at 400 steps (only with --only demo400: about 4 minutes)
 
 photos/, inbox/'s photos and digits/ need scikit-learn (`pip install scikit-learn`, or `pip install '.[bench]'`);
@@ -35,7 +36,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 FEW = ("red circle", "green star", "yellow square")
 INBOX = (("IMG_0001.png", "red", "circle"), ("IMG_0002.png", "blue", "square"), ("IMG_0003.png", "green", "star"),
          ("IMG_0004.png", "red", "circle"), ("IMG_0005.png", "purple", "heart"))
-EVERYTHING = ("shapes", "outline", "few", "inbox", "photos", "digits")
+EVERYTHING = ("shapes", "outline", "few", "inbox", "photos", "digits", "videos")
 
 
 def sample_photos() -> dict | None:
@@ -117,6 +118,19 @@ def make_digits(out: Path) -> str:
     return f"{save_digits(out / 'digits')} images"
 
 
+def make_videos(out: Path) -> str:
+    from make_video import make_video
+
+    folder = out / "videos"
+    folder.mkdir(parents=True, exist_ok=True)
+    # a walk: 0-4 s a red circle, 4-9 s a blue square, 9-12 s a green star; a clip that starts black, like many
+    make_video(folder / "walk.mp4", [(4, ("red", "circle")), (5, ("blue", "square")), (3, ("green", "star"))],
+               size=(160, 120), fps=15, pan=True)
+    make_video(folder / "fade.mov", [(1, "black"), (5, ("yellow", "triangle")), (2, ("red", "circle"))],
+               size=(160, 120), fps=15, pan=True)
+    return "walk.mp4 (12 s) and fade.mov (8 s)"
+
+
 def make_demo400(out: Path) -> str:
     subprocess.run([sys.executable, str(ROOT / "tools" / "train_demo_model.py"), "--steps", "400", "--out",
                     str(out / "demo400")], check=True)
@@ -132,7 +146,7 @@ def main() -> None:
     makers = {"shapes": lambda out: make_shapes(out / "shapes"), "outline": lambda out: make_shapes(out / "outline",
                                                                                                     "outline"),
               "few": make_few, "inbox": make_inbox, "photos": make_photos, "digits": make_digits,
-              "demo400": make_demo400}
+              "videos": make_videos, "demo400": make_demo400}
     wanted = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = [name for name in wanted if name not in makers]
     if unknown:

@@ -88,8 +88,10 @@ def test_one_record_shape_in_json_csv_and_the_table(clip_mp4, tmp_path):
     text = " ".join((tmp_path / "table.txt").read_text().split())  # titles wrap at 100 columns in a file
     assert table.exit_code == 0
     # frames at 3 s and 4 s differ: the shot changes halfway, at 3.5 s (0:03.5)
-    assert "clip.mp4 video 0:12, 3 shot(s): blue square 0:05, red circle 0:03.5, green triangle 0:03.5" in text
-    assert "clip.mp4 shot 2, 0:03.5-0:08.5" in text and "shot 3, 0:08.5-0:12" in text
+    assert "clip.mp4 video 0:12, 3 shots" in text
+    assert "blue square 0:05 · red circle 0:03.5 · green triangle 0:03.5" in text
+    assert "shot ┃ time ┃ label ┃ probability" in text
+    assert "1 │ 0:00-0:03.5 │ red circle │ 1.0000" in text and "3 │ 0:08.5-0:12 │ green triangle │" in text
 
 
 def test_videos_and_photos_together_from_a_folder_with_python(clip_mp4, tmp_path):

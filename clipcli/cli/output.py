@@ -83,21 +83,18 @@ def print_table(table: Table, to_stdout: bool = True) -> None:
     (Console(highlight=False) if to_stdout else err_console).print(table)
 
 
-def record_title(record: dict) -> str:
-    """A record's path; for a video, what part of it (`shot 2, 0:04-0:09`) or its length and shots."""
+def prediction_table(record: dict) -> Table:
+    """An image's (or a whole video's) ranked labels; a video's title says its length and shots, and its caption
+    how long each label was a shot's answer."""
     from ..paths import clock
 
     title = record["path"]
-    if "shot" in record:
-        title += f"  shot {record['shot']}, {clock(record['start'])}-{clock(record['end'])}"
-    elif "shots" in record:
-        time = ", ".join(f"{label} {clock(seconds)}" for label, seconds in record.get("time", {}).items())
-        title += f"  video {clock(record['end'])}, {record['shots']} shot(s)" + (f": {time}" if time else "")
-    return title
-
-
-def prediction_table(record: dict) -> Table:
-    table = plain_table(escape(record_title(record)))
+    if "shots" in record:
+        title += f"  video {clock(record['end'])}, {record['shots']} shot{'s' if record['shots'] != 1 else ''}"
+    table = plain_table(escape(title))
+    if record.get("time"):
+        table.caption = escape(" · ".join(f"{label} {clock(s)}" for label, s in record["time"].items()))
+        table.caption_justify = "left"
     table.add_column("#", justify="right", style="dim")
     table.add_column("label")
     table.add_column("probability", justify="right")
@@ -106,6 +103,19 @@ def prediction_table(record: dict) -> Table:
         score = prediction["score"]
         bar = "█" * round(score * 20)
         table.add_row(str(rank), escape(prediction["label"]), f"{score:.4f}", f"[green]{bar}[/]")
+    return table
+
+
+def shots_table(shots: list[dict]) -> Table:
+    """A video's shots, one row each: its times and its best label."""
+    from ..paths import clock
+
+    table = plain_table(None, "shot", "time", "label", "probability", right=("shot", "probability"))
+    table.add_column("", min_width=20)
+    for shot in shots:
+        best = shot["predictions"][0]
+        table.add_row(str(shot["shot"]), f"{clock(shot['start'])}-{clock(shot['end'])}", escape(best["label"]),
+                      f"{best['score']:.4f}", f"[green]{'█' * round(best['score'] * 20)}[/]")
     return table
 
 
@@ -119,11 +129,21 @@ class TableWriter:
 
     def __init__(self, stream: IO[str]) -> None:
         self.console = console_for(stream)
+        self.shots: list[dict] = []  # a video's shots, shown together once the last is in
+        self.expected = 0
 
     def write(self, record: dict) -> None:
-        if "error" not in record:
-            self.console.print(prediction_table(record))
-            self.console.print()
+        if "error" in record:
+            return
+        if "shot" in record:
+            self.shots.append(record)
+            if len(self.shots) == self.expected:
+                self.console.print(shots_table(self.shots))
+                self.console.print()
+            return
+        self.shots, self.expected = [], record.get("shots", 0)
+        self.console.print(prediction_table(record))
+        self.console.print()
 
     def close(self) -> None:
         self.console.file.flush()

@@ -110,21 +110,75 @@ class TopK:
         return [Hit(self._paths[i], float(self._scores[i])) for i in order]
 
 
+class Ranked:
+    """What a search keeps, fed chunk by chunk: the best k photos (a TopK), and every scored frame of a video
+    (its time and score: 12 bytes a frame), which become moments (clipcli.moments) at the end.  results():
+    photos and moments together, best first, the best k (0: all)."""
+
+    def __init__(self, k: int = 10, min_score: float | None = None) -> None:
+        self.k, self.min_score = k, min_score
+        self.photos = TopK(k, min_score)
+        self.frames: dict[str, tuple[list[float], list[float]]] = {}  # video -> (times, scores)
+
+    def add(self, scores: np.ndarray, paths: Sequence[str] | Callable[[np.ndarray], list[str]]) -> None:
+        from .paths import split_frame
+
+        rows = np.flatnonzero(np.isfinite(scores))
+        if not len(rows):
+            return
+        named = paths(rows) if callable(paths) else [paths[i] for i in rows]
+        photo_rows, photo_paths = [], []
+        for row, path in zip(rows.tolist(), named):
+            video, at = split_frame(path)
+            if at is None:
+                photo_rows.append(row)
+                photo_paths.append(path)
+            else:
+                times, values = self.frames.setdefault(video, ([], []))
+                times.append(at)
+                values.append(float(scores[row]))
+        if photo_rows:
+            self.photos.add(scores[np.asarray(photo_rows)], photo_paths)
+
+    def merge(self, other: "Ranked") -> None:
+        hits = other.photos.hits()
+        self.photos.add(np.array([h.score for h in hits], dtype=np.float32), [h.path for h in hits])
+        for video, (times, values) in other.frames.items():
+            mine = self.frames.setdefault(video, ([], []))
+            mine[0].extend(times)
+            mine[1].extend(values)
+
+    def results(self) -> list:
+        """[Hit | Moment], best first (then by path and start): the best k of photos and moments, the moments'
+        ends clipped to their local videos' durations."""
+        from .moments import clip_ends, merge_moments
+
+        found = self.photos.hits() + merge_moments(self.frames, min_score=self.min_score)
+        found.sort(key=lambda r: (-r.score, r.path, getattr(r, "start", -1.0)))
+        if self.k:
+            found = found[:self.k]
+        clipped = iter(clip_ends([r for r in found if not isinstance(r, Hit)]))
+        return [r if isinstance(r, Hit) else next(clipped) for r in found]
+
+
 def search(chunks: Iterable[tuple[Sequence[str], np.ndarray]], query: np.ndarray, k: int = 10,
-           min_score: float | None = None) -> list[Hit]:
-    """Rank (paths, vectors) chunks by cosine similarity to the query; the best k (0: all), best first."""
-    best = TopK(k, min_score)
+           min_score: float | None = None) -> list:
+    """Rank (paths, vectors) chunks by cosine similarity to the query: the best k (0: all) results, best first,
+    photos as Hits and videos' frames merged into Moments (clipcli.moments)."""
+    best = Ranked(k, min_score)
     for paths, vectors in chunks:
         if vectors is not None and len(vectors):
             best.add(cosines(vectors, query), paths)
-    return best.hits()
+    return best.results()
 
 
 def search_store(store, query: np.ndarray, k: int = 10, min_score: float | None = None,
-                 progress: Progress | None = None, rows: int = 16384, counts: dict | None = None) -> list[Hit]:
+                 progress: Progress | None = None, rows: int = 16384, counts: dict | None = None) -> list:
     """Every stored image ranked against the query, streamed batch by batch, one shard per core at a time
-    (memory does not grow with the store); rows of unreadable images are left out.  counts: a dict that gets
-    "searched" (readable stored images) and "unreadable" (rows of images that could not be read)."""
+    (memory does not grow with the photos, and by 12 bytes a video frame); rows of unreadable images are left
+    out.  The best k results, best first: photos as Hits, videos' frames merged into Moments.  counts: a dict
+    that gets "searched" (readable stored photos and videos) and "unreadable" (rows of images that could not
+    be read)."""
     import os
     import threading
     from concurrent.futures import ThreadPoolExecutor
@@ -137,8 +191,8 @@ def search_store(store, query: np.ndarray, k: int = 10, min_score: float | None 
     lock, done, readable = threading.Lock(), [0], [0]
     total = store.rows if progress is not None else 0
 
-    def one_shard(name: str) -> list[Hit]:
-        best = TopK(k, min_score)
+    def one_shard(name: str) -> Ranked:
+        best = Ranked(k, min_score)
         for paths_of, vectors in store.iter_vectors(rows, shards=[name]):
             scores = np.einsum("ij,j->i", vectors, query)  # unit rows: the cosine (NaN: unreadable);
             # einsum, not BLAS: the shards are the parallelism, and BLAS threads would contend with them
@@ -149,15 +203,16 @@ def search_store(store, query: np.ndarray, k: int = 10, min_score: float | None 
                 done[0] += len(vectors)
                 if progress is not None:
                     progress(done[0], total)
-        return best.hits()
+        return best
 
-    merged = TopK(k, min_score)
+    merged = Ranked(k, min_score)
     with ThreadPoolExecutor(max(1, min(os.cpu_count() or 1, 4))) as pool:  # numpy and arrow release the GIL
-        for hits in pool.map(one_shard, store.shard_names()):
-            merged.add(np.array([h.score for h in hits], dtype=np.float32), [h.path for h in hits])
+        for part in pool.map(one_shard, store.shard_names()):
+            merged.merge(part)
     if counts is not None:
-        counts.update(searched=readable[0], unreadable=done[0] - readable[0])
-    return merged.hits()
+        frames = sum(len(times) for times, _ in merged.frames.values())
+        counts.update(searched=readable[0] - frames + len(merged.frames), unreadable=done[0] - readable[0])
+    return merged.results()
 
 
 # --- queries ------------------------------------------------------------------------------------------------

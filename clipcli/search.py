@@ -389,9 +389,10 @@ def find_dupes(paths: Sequence[str], vectors: np.ndarray, sizes: Sequence[tuple[
 
 
 def dupes_in_store(store, threshold: float = DUPE_THRESHOLD, counts: dict | None = None) -> list[list[Copy]]:
-    """Near-duplicate groups among every readable stored image, embeddings read from the scan copies where they
-    are current (held in memory as float32: dim x 4 bytes per image, e.g. 100 MB for 50,000 images of a 512-d
-    model).  counts: a dict that gets "searched" (readable stored images) and "unreadable"."""
+    """Near-duplicate groups among every readable stored image and video, embeddings read from the scan copies
+    where they are current (held in memory as float32: dim x 4 bytes per image or video frame, e.g. 100 MB for
+    50,000 of a 512-d model).  counts: a dict that gets "searched" (readable stored photos and videos), "videos"
+    and "unreadable"."""
     paths, chunks, sizes, lengths = [], [], [], []
     rows = 0
     for table, vectors in store.iter_shard_tables(["path", "width", "height", "size"]):  # scan copies if current
@@ -404,11 +405,105 @@ def dupes_in_store(store, threshold: float = DUPE_THRESHOLD, counts: dict | None
             width, height = columns[1][row], columns[2][row]
             sizes.append((width, height) if width and height else None)
             lengths.append(columns[3][row])
+    found = find_all_dupes(paths, np.concatenate(chunks) if chunks else np.empty((0, store.dim), np.float32), sizes,
+                           lengths, threshold)
     if counts is not None:
-        counts.update(searched=len(paths), unreadable=rows - len(paths))
-    if not paths:
+        counts.update(searched=found.photos + found.videos, videos=found.videos, unreadable=rows - len(paths))
+    return found.groups
+
+
+# --- videos among the dupes ---------------------------------------------------------------------------------
+# A video is compared as a whole, never frame by frame: its frames are not each other's copies, and two videos that
+# share a frame (a black first frame, a studio logo) are not copies for that.  Two videos are copies when
+#   1. their mean embeddings (each the L2-normalised mean of all its sampled frames) are at least the threshold
+#      apart in cosine: the same content overall, whatever the order; and
+#   2. their frame sequences agree: over both videos' sampled frames, each compared with the other video's frame
+#      at the same time (the nearest sampled time within half the coarser sampling interval; a frame with none
+#      counts 0), the median similarity is at least the threshold: more than half of the time matches.
+# The first alone would call a video and its scenes reordered copies; the second alone costs a frame comparison
+# per pair, so it only confirms the pairs the first finds.  A re-encode (another codec, bitrate or size) passes
+# both; a trimmed copy passes when it keeps most of the time.  Videos are compared with videos only.
+@dataclass
+class AllDupes:
+    groups: list[list[Copy]]
+    photos: int = 0  # readable photos compared
+    videos: int = 0  # videos compared
+
+
+def aligned_similarity(times_a: np.ndarray, frames_a: np.ndarray, times_b: np.ndarray, frames_b: np.ndarray) -> float:
+    """The median, over both videos' sampled frames, of the similarity of each to the other video's frame at
+    the same time (unit rows; times sorted; 0 for a frame the other video has none near)."""
+    from .moments import HALF_DEFAULT, sampling_interval
+
+    intervals = [i for i in (sampling_interval(times_a), sampling_interval(times_b)) if i is not None]
+    tolerance = (max(intervals) / 2 if intervals else HALF_DEFAULT) + 1e-3
+    similarities = []
+    for times, frames, other_times, other_frames in ((times_a, frames_a, times_b, frames_b),
+                                                     (times_b, frames_b, times_a, frames_a)):
+        after = np.clip(np.searchsorted(other_times, times), 0, len(other_times) - 1)
+        before = np.clip(after - 1, 0, len(other_times) - 1)
+        nearest = np.where(np.abs(other_times[before] - times) <= np.abs(other_times[after] - times), before, after)
+        similarity = np.einsum("ij,ij->i", frames, other_frames[nearest])
+        similarity[np.abs(other_times[nearest] - times) > tolerance] = 0.0
+        similarities.append(similarity)
+    return float(np.median(np.concatenate(similarities)))
+
+
+def find_all_dupes(paths: Sequence[str], vectors: np.ndarray, sizes: Sequence[tuple[int, int] | None],
+                   file_bytes: Sequence[int | None], threshold: float = DUPE_THRESHOLD,
+                   layout_threshold: float | None = LAYOUT_THRESHOLD) -> AllDupes:
+    """Near-duplicate groups of photos (find_dupes) and of videos (rows keyed `video#t=s`, compared as whole
+    videos, see above): the photos' groups first, then the videos', each kind largest first."""
+    from .paths import split_frame
+
+    vectors = as_array(vectors)
+    photo_rows, videos = [], {}
+    for row, path in enumerate(paths):
+        video, at = split_frame(path)
+        if at is None:
+            photo_rows.append(row)
+        else:
+            videos.setdefault(video, []).append((at, row))
+    groups = find_dupes([paths[r] for r in photo_rows], vectors[photo_rows] if photo_rows else vectors[:0],
+                        [sizes[r] for r in photo_rows], [file_bytes[r] for r in photo_rows], threshold,
+                        layout_threshold) if photo_rows else []
+    groups += video_dupes(videos, vectors, sizes, file_bytes, threshold)
+    return AllDupes(groups, len(photo_rows), len(videos))
+
+
+def video_dupes(videos: dict[str, list[tuple[float, int]]], vectors: np.ndarray,
+                sizes: Sequence[tuple[int, int] | None], file_bytes: Sequence[int | None],
+                threshold: float = DUPE_THRESHOLD) -> list[list[Copy]]:
+    """Groups of videos that are copies (video -> [(time, row of `vectors`)]), best copy first (most pixels,
+    then the largest file, then the path)."""
+    if len(videos) < 2:
         return []
-    return find_dupes(paths, np.concatenate(chunks), sizes, lengths, threshold)
+    names = sorted(videos)
+    timelines = []
+    for name in names:
+        frames = sorted(videos[name])
+        rows = [row for _, row in frames]
+        timelines.append((np.array([t for t, _ in frames]), l2_normalize(vectors[rows].astype(np.float32))))
+    means = l2_normalize(np.stack([frames.mean(axis=0) for _, frames in timelines]))
+
+    def confirm(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return np.array([aligned_similarity(*timelines[a], *timelines[b]) >= threshold
+                         for a, b in zip(rows.tolist(), cols.tolist())], dtype=bool)
+
+    def rank(index: int) -> tuple:
+        row = videos[names[index]][0][1]
+        size, length = sizes[row], file_bytes[row]
+        return (-(size[0] * size[1]) if size else 0, -(length or 0), names[index])
+
+    ranks = [rank(i) for i in range(len(names))]
+    out = []
+    for group in duplicate_groups(means, threshold, ranks, confirm):
+        copies = []
+        for index, similarity in group:
+            row = videos[names[index]][0][1]
+            copies.append(Copy(names[index], round(similarity, 6), *(sizes[row] or (None, None)), file_bytes[row]))
+        out.append(copies)
+    return out
 
 
 # --- the jobs: `clip search` and `clip dupes` ---------------------------------------------------------------
@@ -420,7 +515,8 @@ class Found:
     hits: list[Hit] | None = None
     groups: list[list[Copy]] | None = None
     errors: list[tuple[str, str]] | None = None  # (path, message) of inputs that could not be read
-    searched: int = 0  # images searched
+    searched: int = 0  # photos and videos searched
+    videos: int = 0  # of which videos (dupes)
 
 
 def search_job(text: str | None = None, like: Sequence[str] = (), templates="simple", store=None,
@@ -538,9 +634,10 @@ def dupes_job(store=None, inputs: Sequence[str] = (), model=None, decode=None, e
         reader = open_store(store)
         counts: dict = {}
         groups = dupes_in_store(reader, threshold, counts)
-        return Found(reader.describe(), groups=groups, errors=[], searched=counts["searched"])
+        return Found(reader.describe(), groups=groups, errors=[], searched=counts["searched"],
+                     videos=counts["videos"])
     from .embeddings import open_encoder
-    from .paths import display_path
+    from .paths import display_path, split_frame
 
     paths, chunks, sizes, lengths, errors = [], [], [], [], []
     with open_encoder(model, decode, engine, store) as encoder:
@@ -550,13 +647,15 @@ def dupes_job(store=None, inputs: Sequence[str] = (), model=None, decode=None, e
                     errors.append((display_path(item.path), item.error[1]))
                     continue
                 paths.append(display_path(item.path))
-                sizes.append(item.size or _header_size(item.path))
+                frame = split_frame(item.path)[1] is not None
+                sizes.append(item.size or (None if frame else _header_size(item.path)))
                 try:
-                    lengths.append(os.stat(item.path).st_size)
+                    lengths.append(os.stat(split_frame(item.path)[0]).st_size)  # a frame's: its video's
                 except OSError:
                     lengths.append(None)
             if features is not None:
                 chunks.append(as_array(features))
         described = encoder.describe()
-    groups = find_dupes(paths, np.concatenate(chunks), sizes, lengths, threshold) if chunks else []
-    return Found(described, groups=groups, errors=errors, searched=len(paths))
+    found = find_all_dupes(paths, np.concatenate(chunks), sizes, lengths, threshold) if chunks else AllDupes([])
+    return Found(described, groups=found.groups, errors=errors, searched=found.photos + found.videos,
+                 videos=found.videos)

@@ -175,7 +175,8 @@ def dupes(
     report: ReportOpt = None,
     *, sources, model, decode, engine, ui,
 ) -> None:
-    """List groups of near-duplicate images (resized, recompressed, lightly cropped copies); deletes nothing."""
+    """List groups of near-duplicate images (resized, recompressed, lightly cropped copies) and videos
+    (re-encoded copies: compared as whole videos, never frame by frame); deletes nothing."""
     from ..search import dupes_job
 
     check_format(fmt)
@@ -216,8 +217,10 @@ def dupes(
                                                        "bytes"))
     if not ui.quiet:
         copies = sum(len(group) - 1 for group in found.groups)
-        output.info(f"{len(found.groups)} group(s) of near-duplicates, {copies} extra copies, among "
-                    f"{found.searched} images (threshold {threshold})")
+        among = (f"{found.searched} images" if not found.videos else
+                 f"{found.searched - found.videos} images and {found.videos} videos")
+        output.info(f"{len(found.groups)} group(s) of near-duplicates, {copies} extra copies, among {among} "
+                    f"(threshold {threshold})")
     if report is not None:
         from ..report import render_dupes
         from ..results import atomic_output

@@ -100,7 +100,8 @@ def search(
                               output.escape(record["path"]) + (f"  {_span(record)}" if "start" in record else ""))
             output.console_for(stream).print(table)
         else:
-            _write_flat(fmt, stream, header, records, ("rank", "path", "score", "start", "end", "best"))
+            moments = ("start", "end", "best") if any("start" in record for record in records) else ()
+            _write_flat(fmt, stream, header, records, ("rank", "path", "score", *moments))
     failed = bool(found.errors)
     if cut is not None:
         failed = _cut(found.hits, cut, ui) or failed

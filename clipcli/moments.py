@@ -15,7 +15,7 @@ The rule (one video at a time, its sampled frames in time order):
   model's range of scores.
 - **Which frames join.**  Matching frames are one moment while each follows the previous one by at most
   JOIN_GAPS times the video's sampling interval (the median step between its sampled times): neighbours in the
-  sampling, a frame that could not be read tolerated, a non-matching frame between them not.
+  sampling; one non-matching (or unreadable) sampled frame between two matching ones parts them.
 - **Score and extent.**  A moment's score is its best frame's (`best` is that frame's time); it extends half a
   sampling interval before its first frame and after its last, clipped to [0, the video's duration] when that
   is known (a one-frame video: HALF_DEFAULT seconds either side).

@@ -156,7 +156,7 @@ def _cut(hits, into: Path, ui) -> bool:
             output.info(f"cut {made.path} ({made.end - made.start:.1f} s from {made.start:.3f} s)")
     if not ui.quiet:
         output.info(f"{len(moments)} moment(s) cut into {into}" + (
-            f" (cut at keyframes: starts up to {early:.1f} s early)" if early > 0 else " (cut at keyframes)"))
+            f" (cut at keyframes: starts up to {early:.2f} s early)" if early > 0 else " (cut at keyframes)"))
     return failed
 
 

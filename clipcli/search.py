@@ -415,14 +415,19 @@ def dupes_in_store(store, threshold: float = DUPE_THRESHOLD, counts: dict | None
 # --- videos among the dupes ---------------------------------------------------------------------------------
 # A video is compared as a whole, never frame by frame: its frames are not each other's copies, and two videos that
 # share a frame (a black first frame, a studio logo) are not copies for that.  Two videos are copies when
-#   1. their mean embeddings (each the L2-normalised mean of all its sampled frames) are at least the threshold
-#      apart in cosine: the same content overall, whatever the order; and
-#   2. their frame sequences agree: over both videos' sampled frames, each compared with the other video's frame
-#      at the same time (the nearest sampled time within half the coarser sampling interval; a frame with none
-#      counts 0), the median similarity is at least the threshold: more than half of the time matches.
-# The first alone would call a video and its scenes reordered copies; the second alone costs a frame comparison
-# per pair, so it only confirms the pairs the first finds.  A re-encode (another codec, bitrate or size) passes
-# both; a trimmed copy passes when it keeps most of the time.  Videos are compared with videos only.
+#   1. their mean embeddings (each the L2-normalised mean of all its sampled frames) have a cosine of at least the
+#      threshold: the same content overall, whatever the order (cheap: it picks the pairs to look at); and
+#   2. their frame sequences agree: of both videos' sampled frames, each compared with the other video's frame at
+#      the same time (the nearest sampled time within half the coarser sampling interval; a frame with none there
+#      disagrees), at least AGREE_SHARE are at least the threshold alike: they agree nearly all along.
+# The first alone would call a video and its scenes reordered copies, and a shared intro or logo pulls the means
+# together; a median of the aligned frames would let a trimmed copy (or a shared first half) through, and dupes'
+# best copy could then be the shorter one, whose "extra copy" holds what it lacks.  A re-encode (another codec,
+# bitrate, frame rate or size) agrees frame for frame; the share leaves room for a frame or two at a scene change
+# that lands between the two encodings' frames.  Videos are compared with videos only, never with a photo.
+AGREE_SHARE = 0.9
+
+
 @dataclass
 class AllDupes:
     groups: list[list[Copy]]
@@ -430,9 +435,10 @@ class AllDupes:
     videos: int = 0  # videos compared
 
 
-def aligned_similarity(times_a: np.ndarray, frames_a: np.ndarray, times_b: np.ndarray, frames_b: np.ndarray) -> float:
-    """The median, over both videos' sampled frames, of the similarity of each to the other video's frame at
-    the same time (unit rows; times sorted; 0 for a frame the other video has none near)."""
+def aligned_similarities(times_a: np.ndarray, frames_a: np.ndarray, times_b: np.ndarray,
+                         frames_b: np.ndarray) -> np.ndarray:
+    """Over both videos' sampled frames (a's, then b's): each one's similarity to the other video's frame at the
+    same time (unit rows; times sorted), -1 for a frame the other video has none near."""
     from .moments import HALF_DEFAULT, sampling_interval
 
     intervals = [i for i in (sampling_interval(times_a), sampling_interval(times_b)) if i is not None]
@@ -444,9 +450,16 @@ def aligned_similarity(times_a: np.ndarray, frames_a: np.ndarray, times_b: np.nd
         before = np.clip(after - 1, 0, len(other_times) - 1)
         nearest = np.where(np.abs(other_times[before] - times) <= np.abs(other_times[after] - times), before, after)
         similarity = np.einsum("ij,ij->i", frames, other_frames[nearest])
-        similarity[np.abs(other_times[nearest] - times) > tolerance] = 0.0
+        similarity[np.abs(other_times[nearest] - times) > tolerance] = -1.0
         similarities.append(similarity)
-    return float(np.median(np.concatenate(similarities)))
+    return np.concatenate(similarities)
+
+
+def sequences_agree(times_a: np.ndarray, frames_a: np.ndarray, times_b: np.ndarray, frames_b: np.ndarray,
+                    threshold: float = DUPE_THRESHOLD) -> bool:
+    """Whether at least AGREE_SHARE of both videos' frames match the other's frame at their time (see above)."""
+    similar = aligned_similarities(times_a, frames_a, times_b, frames_b) >= threshold
+    return bool(np.count_nonzero(similar) >= AGREE_SHARE * len(similar) - 1e-9)
 
 
 def find_all_dupes(paths: Sequence[str], vectors: np.ndarray, sizes: Sequence[tuple[int, int] | None],
@@ -487,7 +500,7 @@ def video_dupes(videos: dict[str, list[tuple[float, int]]], vectors: np.ndarray,
     means = l2_normalize(np.stack([frames.mean(axis=0) for _, frames in timelines]))
 
     def confirm(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        return np.array([aligned_similarity(*timelines[a], *timelines[b]) >= threshold
+        return np.array([sequences_agree(*timelines[a], *timelines[b], threshold)
                          for a, b in zip(rows.tolist(), cols.tolist())], dtype=bool)
 
     def rank(index: int) -> tuple:

@@ -63,6 +63,8 @@ def test_red_circle_is_two_moments_of_the_video(world):
 
 
 def test_k_counts_photos_and_moments_ranked_together(world):
+    result = cli("search", "red circle", "--store", world / "s.store", "-f", "json")
+    assert json.loads(result.stdout)["searched"] == 3  # two photos and one video, not 26 rows
     every = search(world, "red circle", "-k", "0")
     # 2 photos + 2 moments: the video's 24 frames are not listed one by one
     assert len(every) == 4
@@ -197,6 +199,19 @@ def test_cut_moment_api_and_an_unreadable_source(world, tmp_path):
     with pytest.raises(VideoReadError, match="bad.mp4: cannot be opened to cut"):
         cut_moment(Moment(str(tmp_path / "bad.mp4"), 0.0, 1.0, 0.5, 0.5), tmp_path / "out")
     assert os.listdir(tmp_path / "out") == []
+
+
+def test_an_interrupted_cut_leaves_no_file(world, tmp_path, monkeypatch):
+    import clipcli.moments as moments
+
+    def interrupted(*args):
+        Path(args[2]).write_bytes(b"half a clip")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(moments, "_remux", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cut_moment(Moment(str(world / "walk.mp4"), 3.75, 7.75, 0.9, 4.0), tmp_path / "clips")
+    assert os.listdir(tmp_path / "clips") == []
 
 
 # --- dupes --------------------------------------------------------------------------------------------------

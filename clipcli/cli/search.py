@@ -153,7 +153,7 @@ def _cut(hits, into: Path, ui) -> bool:
             continue
         early = max(early, made.early)
         if not ui.quiet:
-            output.info(f"cut {made.path} ({made.end - made.start:.1f} s from {made.start:.3f} s)")
+            output.info(f"cut {made.path} ({made.start:.3f}-{made.end:.3f} s of {moment.path})")
     if not ui.quiet:
         output.info(f"{len(moments)} moment(s) cut into {into}" + (
             f" (cut at keyframes: starts up to {early:.2f} s early)" if early > 0 else " (cut at keyframes)"))

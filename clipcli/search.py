@@ -1,12 +1,14 @@
 """Asking image embeddings more than "which label": search by text or example image, and near-duplicates.
 
     from clipcli.search import search_store, text_query, duplicate_groups
-    hits = search_store(open_store("photos.store"), query, k=10)          # [Hit(path, score)], best first
+    hits = search_store(open_store("photos.store"), query, k=10)  # [Hit(path, score) | Moment], best first
 
 A query is the L2-normalised mean of its parts: the text's embedding (the text through prompt templates,
 normalised, averaged and renormalised, exactly as a label's class embedding, so it shares the label cache)
 and the embeddings of example images.  Images are ranked by cosine similarity to it.  Search streams the
-embeddings chunk by chunk and keeps only the best k, so memory does not grow with the store.
+embeddings chunk by chunk and keeps only the best k, so memory does not grow with the store.  A video's frames
+(keys `video#t=s`) are kept whole, by time and score, and merged into moments (clipcli.moments), which are
+ranked with the photos: k counts photos and moments.
 
 Near-duplicates: two images are copies when their embeddings' cosine similarity is at least a threshold
 (same content) and, where both files can be read, their layouts agree: the correlation of 8x8
@@ -14,7 +16,8 @@ blurred colour thumbnails is at least LAYOUT_THRESHOLD (same framing).  Embeddin
 resized copy from another photo of the same subject with a weak model; the layout alone cannot tell a photo
 from a different one of the same tones; together they do (bench/bench_search.py).  Copies are joined into
 groups (connected components), each listing its best copy first (most pixels, then the largest file, then the
-path) with every member's similarity to it.  Nothing here deletes anything.
+path) with every member's similarity to it.  Videos are compared as whole videos, with videos only (see
+find_all_dupes).  Nothing here deletes anything.
 
 numpy and scipy only; a model is loaded by the caller, and only when a query needs encoding.
 """
@@ -126,19 +129,23 @@ class Ranked:
         rows = np.flatnonzero(np.isfinite(scores))
         if not len(rows):
             return
-        named = paths(rows) if callable(paths) else [paths[i] for i in rows]
-        photo_rows, photo_paths = [], []
-        for row, path in zip(rows.tolist(), named):
-            video, at = split_frame(path)
-            if at is None:
-                photo_rows.append(row)
-                photo_paths.append(path)
-            else:
-                times, values = self.frames.setdefault(video, ([], []))
-                times.append(at)
-                values.append(float(scores[row]))
-        if photo_rows:
-            self.photos.add(scores[np.asarray(photo_rows)], photo_paths)
+        named = paths(rows) if callable(paths) else [paths[i] for i in rows]  # every row: a frame is known by its key
+        framed = [i for i, path in enumerate(named) if "#t=" in path]  # a quick look first: most rows are photos
+        frame_at = {}
+        for i in framed:
+            video, at = split_frame(named[i])
+            if at is not None:
+                frame_at[i] = (video, at)
+        if not frame_at:
+            self.photos.add(scores[rows], named)
+            return
+        for i, (video, at) in frame_at.items():
+            times, values = self.frames.setdefault(video, ([], []))
+            times.append(at)
+            values.append(float(scores[rows[i]]))
+        photos = [i for i in range(len(named)) if i not in frame_at]
+        if photos:
+            self.photos.add(scores[rows[photos]], [named[i] for i in photos])
 
     def merge(self, other: "Ranked") -> None:
         hits = other.photos.hits()

@@ -76,6 +76,20 @@ def test_k_counts_photos_and_moments_ranked_together(world):
     assert [(r["path"], r.get("start")) for r in top] == [(r["path"], r.get("start")) for r in every[:3]]
 
 
+def test_min_score_applies_to_photos_and_to_each_frame(world):
+    everything = search(world, "blue square", "-k", "0")
+    video = only_video(everything, world)[0]
+    below = max(r["score"] for r in everything if r["score"] < video["score"])
+    cut = round((below + video["score"]) / 2, 4)
+    listed = search(world, "blue square", "-k", "0", "--min-score", cut)
+    # the red circle moments and the red photo fall below; the blue square's frames and photo stay
+    assert [(r["path"], r.get("start"), r.get("end")) for r in listed] == \
+        [(r["path"], r.get("start"), r.get("end")) for r in everything if r["score"] >= video["score"]]
+    assert (str(world / "walk.mp4"), 3.75, 7.75) in [(r["path"], r.get("start"), r.get("end")) for r in listed]
+    assert len(listed) == 2
+    assert search(world, "blue square", "--min-score", 0.99) == []
+
+
 def test_table_shows_a_moment_as_the_video_and_its_span(world):
     result = cli("search", "blue square", "--store", world / "s.store", "-k", "0")
     assert result.exit_code == 0, result.output

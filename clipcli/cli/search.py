@@ -48,18 +48,18 @@ def search(
         show_default=False)] = None,
     inputs: Annotated[Optional[List[str]], typer.Option(
         "--in", "-i", rich_help_panel=INPUTS, metavar="PATH", show_default=False,
-        help="Search these images (files, folders, globs; repeatable) instead of the whole store; with --store "
-        "they are encoded once into it.")] = None,
+        help="Search these images and videos (files, folders, globs; repeatable) instead of the whole store; with "
+        "--store they are encoded once into it.")] = None,
     like: Annotated[Optional[List[str]], typer.Option(
         "--like", rich_help_panel=INPUTS, metavar="IMAGE", show_default=False,
         help="Find images like this one (a file, or a path in the store; repeatable; with a text query, both "
         "count equally).")] = None,
     store: StoreOpt = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=0, rich_help_panel=OUTPUT,
-                                       help="How many images to list (0: all).")] = 10,
+                                       help="How many results to list: photos and video moments (0: all).")] = 10,
     min_score: Annotated[Optional[float], typer.Option(
         "--min-score", rich_help_panel=OUTPUT, show_default=False, metavar="COSINE",
-        help="List only images at least this similar (cosine, -1 to 1).")] = None,
+        help="List only images (and video frames) at least this similar (cosine, -1 to 1).")] = None,
     templates: Annotated[str, typer.Option(
         "--templates", "-t", rich_help_panel=LABELS, metavar="NAME|FILE",
         help="Prompt templates the query goes through (`raw`: the query as typed).")] = SEARCH_TEMPLATES,
@@ -164,7 +164,7 @@ def _cut(hits, into: Path, ui) -> bool:
 @uses(SOURCES, MODEL_GROUP, DECODE, ENGINE, UI)
 def dupes(
     inputs: Annotated[Optional[List[str]], typer.Argument(
-        help="Image files, folders and globs; with --store and no inputs: every stored image.",
+        help="Image and video files, folders and globs; with --store and no inputs: every stored image and video.",
         show_default=False)] = None,
     store: StoreOpt = None,
     threshold: Annotated[Optional[float], typer.Option(

@@ -292,6 +292,10 @@ def _remux(source: str, name: str, temp: str, muxer: str, start: float, end: flo
         finally:
             output.close()
     except av.FFmpegError as exc:
+        from .fsutil import DISK_ERRNOS
+
+        if getattr(exc, "errno", None) in DISK_ERRNOS:  # the clip's disk, not the source: a WriteError
+            raise OSError(exc.errno, os.strerror(exc.errno)) from None
         raise VideoReadError(name, f"cannot be cut: {getattr(exc, 'strerror', None) or exc}", "unreadable") from None
     finally:
         source_file.close()
@@ -316,9 +320,7 @@ def _copy_packets(source_file, picture, streams: dict, output, start: float, end
             if first is None:
                 if not packet.is_keyframe or packet.pts is None:
                     continue
-                first = packet.pts * unit - origin
-                if first > start + 1e-6:  # the seek landed past the start: the source has no earlier keyframe
-                    first = max(0.0, first)
+                first = packet.pts * unit - origin  # after start only when the source has no earlier keyframe
             if at >= end - 1e-6:
                 break
             if packet.pts is not None:

@@ -215,6 +215,20 @@ def test_cut_moment_api_and_an_unreadable_source(world, tmp_path):
     assert os.listdir(tmp_path / "out") == []
 
 
+def test_a_moment_whose_video_is_gone_is_listed_and_its_cut_fails_in_one_line(tmp_path):
+    make_video(tmp_path / "gone.mp4", [(2, RED), (2, BLUE)], gop=10)
+    store = tmp_path / "g.store"
+    assert cli("embed", tmp_path / "gone.mp4", "--store", store, "-m", "demo", "--every", "0.5", *ONE).exit_code == 0
+    (tmp_path / "gone.mp4").unlink()
+    result = cli("search", "blue square", "--store", store, "--cut", tmp_path / "clips", "-f", "jsonl")
+    assert result.exit_code == 1
+    moment = json.loads(result.stdout.splitlines()[0])
+    assert (moment["start"], moment["end"]) == (1.75, 3.75)  # frames 2.0-3.5 and half an interval either side
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: --cut: {tmp_path / 'gone.mp4'}: cannot be opened to cut: No such file or directory"]
+    assert os.listdir(tmp_path / "clips") == []
+
+
 def test_an_interrupted_cut_leaves_no_file(world, tmp_path, monkeypatch):
     import clipcli.moments as moments
 

@@ -1,12 +1,14 @@
 """Asking image embeddings more than "which label": search by text or example image, and near-duplicates.
 
     from clipcli.search import search_store, text_query, duplicate_groups
-    hits = search_store(open_store("photos.store"), query, k=10)          # [Hit(path, score)], best first
+    hits = search_store(open_store("photos.store"), query, k=10)  # [Hit(path, score) | Moment], best first
 
 A query is the L2-normalised mean of its parts: the text's embedding (the text through prompt templates,
 normalised, averaged and renormalised, exactly as a label's class embedding, so it shares the label cache)
 and the embeddings of example images.  Images are ranked by cosine similarity to it.  Search streams the
-embeddings chunk by chunk and keeps only the best k, so memory does not grow with the store.
+embeddings chunk by chunk and keeps only the best k, so memory does not grow with the store.  A video's frames
+(keys `video#t=s`) are kept whole, by time and score, and merged into moments (clipcli.moments), which are
+ranked with the photos: k counts photos and moments.
 
 Near-duplicates: two images are copies when their embeddings' cosine similarity is at least a threshold
 (same content) and, where both files can be read, their layouts agree: the correlation of 8x8
@@ -14,7 +16,8 @@ blurred colour thumbnails is at least LAYOUT_THRESHOLD (same framing).  Embeddin
 resized copy from another photo of the same subject with a weak model; the layout alone cannot tell a photo
 from a different one of the same tones; together they do (bench/bench_search.py).  Copies are joined into
 groups (connected components), each listing its best copy first (most pixels, then the largest file, then the
-path) with every member's similarity to it.  Nothing here deletes anything.
+path) with every member's similarity to it.  Videos are compared as whole videos, with videos only (see
+find_all_dupes).  Nothing here deletes anything.
 
 numpy and scipy only; a model is loaded by the caller, and only when a query needs encoding.
 """
@@ -110,21 +113,79 @@ class TopK:
         return [Hit(self._paths[i], float(self._scores[i])) for i in order]
 
 
+class Ranked:
+    """What a search keeps, fed chunk by chunk: the best k photos (a TopK), and every scored frame of a video
+    (its time and score: 12 bytes a frame), which become moments (clipcli.moments) at the end.  results():
+    photos and moments together, best first, the best k (0: all)."""
+
+    def __init__(self, k: int = 10, min_score: float | None = None) -> None:
+        self.k, self.min_score = k, min_score
+        self.photos = TopK(k, min_score)
+        self.frames: dict[str, tuple[list[float], list[float]]] = {}  # video -> (times, scores)
+
+    def add(self, scores: np.ndarray, paths: Sequence[str] | Callable[[np.ndarray], list[str]]) -> None:
+        from .paths import split_frame
+
+        rows = np.flatnonzero(np.isfinite(scores))
+        if not len(rows):
+            return
+        named = paths(rows) if callable(paths) else [paths[i] for i in rows]  # every row: a frame is known by its key
+        framed = [i for i, path in enumerate(named) if "#t=" in path]  # a quick look first: most rows are photos
+        frame_at = {}
+        for i in framed:
+            video, at = split_frame(named[i])
+            if at is not None:
+                frame_at[i] = (video, at)
+        if not frame_at:
+            self.photos.add(scores[rows], named)
+            return
+        for i, (video, at) in frame_at.items():
+            times, values = self.frames.setdefault(video, ([], []))
+            times.append(at)
+            values.append(float(scores[rows[i]]))
+        photos = [i for i in range(len(named)) if i not in frame_at]
+        if photos:
+            self.photos.add(scores[rows[photos]], [named[i] for i in photos])
+
+    def merge(self, other: "Ranked") -> None:
+        hits = other.photos.hits()
+        self.photos.add(np.array([h.score for h in hits], dtype=np.float32), [h.path for h in hits])
+        for video, (times, values) in other.frames.items():
+            mine = self.frames.setdefault(video, ([], []))
+            mine[0].extend(times)
+            mine[1].extend(values)
+
+    def results(self) -> list:
+        """[Hit | Moment], best first (then by path and start): the best k of photos and moments, the moments'
+        ends clipped to their local videos' durations."""
+        from .moments import clip_ends, merge_moments
+
+        found = self.photos.hits() + merge_moments(self.frames, min_score=self.min_score)
+        found.sort(key=lambda r: (-r.score, r.path, getattr(r, "start", -1.0)))
+        if self.k:
+            found = found[:self.k]
+        clipped = iter(clip_ends([r for r in found if not isinstance(r, Hit)]))
+        return [r if isinstance(r, Hit) else next(clipped) for r in found]
+
+
 def search(chunks: Iterable[tuple[Sequence[str], np.ndarray]], query: np.ndarray, k: int = 10,
-           min_score: float | None = None) -> list[Hit]:
-    """Rank (paths, vectors) chunks by cosine similarity to the query; the best k (0: all), best first."""
-    best = TopK(k, min_score)
+           min_score: float | None = None) -> list:
+    """Rank (paths, vectors) chunks by cosine similarity to the query: the best k (0: all) results, best first,
+    photos as Hits and videos' frames merged into Moments (clipcli.moments)."""
+    best = Ranked(k, min_score)
     for paths, vectors in chunks:
         if vectors is not None and len(vectors):
             best.add(cosines(vectors, query), paths)
-    return best.hits()
+    return best.results()
 
 
 def search_store(store, query: np.ndarray, k: int = 10, min_score: float | None = None,
-                 progress: Progress | None = None, rows: int = 16384, counts: dict | None = None) -> list[Hit]:
+                 progress: Progress | None = None, rows: int = 16384, counts: dict | None = None) -> list:
     """Every stored image ranked against the query, streamed batch by batch, one shard per core at a time
-    (memory does not grow with the store); rows of unreadable images are left out.  counts: a dict that gets
-    "searched" (readable stored images) and "unreadable" (rows of images that could not be read)."""
+    (memory does not grow with the photos, and by 12 bytes a video frame); rows of unreadable images are left
+    out.  The best k results, best first: photos as Hits, videos' frames merged into Moments.  counts: a dict
+    that gets "searched" (readable stored photos and videos) and "unreadable" (rows of images that could not
+    be read)."""
     import os
     import threading
     from concurrent.futures import ThreadPoolExecutor
@@ -137,8 +198,8 @@ def search_store(store, query: np.ndarray, k: int = 10, min_score: float | None 
     lock, done, readable = threading.Lock(), [0], [0]
     total = store.rows if progress is not None else 0
 
-    def one_shard(name: str) -> list[Hit]:
-        best = TopK(k, min_score)
+    def one_shard(name: str) -> Ranked:
+        best = Ranked(k, min_score)
         for paths_of, vectors in store.iter_vectors(rows, shards=[name]):
             scores = np.einsum("ij,j->i", vectors, query)  # unit rows: the cosine (NaN: unreadable);
             # einsum, not BLAS: the shards are the parallelism, and BLAS threads would contend with them
@@ -149,15 +210,16 @@ def search_store(store, query: np.ndarray, k: int = 10, min_score: float | None 
                 done[0] += len(vectors)
                 if progress is not None:
                     progress(done[0], total)
-        return best.hits()
+        return best
 
-    merged = TopK(k, min_score)
+    merged = Ranked(k, min_score)
     with ThreadPoolExecutor(max(1, min(os.cpu_count() or 1, 4))) as pool:  # numpy and arrow release the GIL
-        for hits in pool.map(one_shard, store.shard_names()):
-            merged.add(np.array([h.score for h in hits], dtype=np.float32), [h.path for h in hits])
+        for part in pool.map(one_shard, store.shard_names()):
+            merged.merge(part)
     if counts is not None:
-        counts.update(searched=readable[0], unreadable=done[0] - readable[0])
-    return merged.hits()
+        frames = sum(len(times) for times, _ in merged.frames.values())
+        counts.update(searched=readable[0] - frames + len(merged.frames), unreadable=done[0] - readable[0])
+    return merged.results()
 
 
 # --- queries ------------------------------------------------------------------------------------------------
@@ -334,9 +396,10 @@ def find_dupes(paths: Sequence[str], vectors: np.ndarray, sizes: Sequence[tuple[
 
 
 def dupes_in_store(store, threshold: float = DUPE_THRESHOLD, counts: dict | None = None) -> list[list[Copy]]:
-    """Near-duplicate groups among every readable stored image, embeddings read from the scan copies where they
-    are current (held in memory as float32: dim x 4 bytes per image, e.g. 100 MB for 50,000 images of a 512-d
-    model).  counts: a dict that gets "searched" (readable stored images) and "unreadable"."""
+    """Near-duplicate groups among every readable stored image and video, embeddings read from the scan copies
+    where they are current (held in memory as float32: dim x 4 bytes per image or video frame, e.g. 100 MB for
+    50,000 of a 512-d model).  counts: a dict that gets "searched" (readable stored photos and videos), "videos"
+    and "unreadable"."""
     paths, chunks, sizes, lengths = [], [], [], []
     rows = 0
     for table, vectors in store.iter_shard_tables(["path", "width", "height", "size"]):  # scan copies if current
@@ -349,11 +412,118 @@ def dupes_in_store(store, threshold: float = DUPE_THRESHOLD, counts: dict | None
             width, height = columns[1][row], columns[2][row]
             sizes.append((width, height) if width and height else None)
             lengths.append(columns[3][row])
+    found = find_all_dupes(paths, np.concatenate(chunks) if chunks else np.empty((0, store.dim), np.float32), sizes,
+                           lengths, threshold)
     if counts is not None:
-        counts.update(searched=len(paths), unreadable=rows - len(paths))
-    if not paths:
+        counts.update(searched=found.photos + found.videos, videos=found.videos, unreadable=rows - len(paths))
+    return found.groups
+
+
+# --- videos among the dupes ---------------------------------------------------------------------------------
+# A video is compared as a whole, never frame by frame: its frames are not each other's copies, and two videos that
+# share a frame (a black first frame, a studio logo) are not copies for that.  Two videos are copies when
+#   1. their mean embeddings (each the L2-normalised mean of all its sampled frames) have a cosine of at least the
+#      threshold: the same content overall, whatever the order (cheap: it picks the pairs to look at); and
+#   2. their frame sequences agree: of both videos' sampled frames, each compared with the other video's frame at
+#      the same time (the nearest sampled time within half the coarser sampling interval; a frame with none there
+#      disagrees), at least AGREE_SHARE are at least the threshold alike: they agree nearly all along.
+# The first alone would call a video and its scenes reordered copies, and a shared intro or logo pulls the means
+# together; a median of the aligned frames would let a trimmed copy (or a shared first half) through, and dupes'
+# best copy could then be the shorter one, whose "extra copy" holds what it lacks.  A re-encode (another codec,
+# bitrate, frame rate or size) agrees frame for frame; the share leaves room for a frame or two at a scene change
+# that lands between the two encodings' frames.  Videos are compared with videos only, never with a photo.
+AGREE_SHARE = 0.9
+
+
+@dataclass
+class AllDupes:
+    groups: list[list[Copy]]
+    photos: int = 0  # readable photos compared
+    videos: int = 0  # videos compared
+
+
+def aligned_similarities(times_a: np.ndarray, frames_a: np.ndarray, times_b: np.ndarray,
+                         frames_b: np.ndarray) -> np.ndarray:
+    """Over both videos' sampled frames (a's, then b's): each one's similarity to the other video's frame at the
+    same time (unit rows; times sorted), -1 for a frame the other video has none near."""
+    from .moments import HALF_DEFAULT, sampling_interval
+
+    intervals = [i for i in (sampling_interval(times_a), sampling_interval(times_b)) if i is not None]
+    tolerance = (max(intervals) / 2 if intervals else HALF_DEFAULT) + 1e-3
+    similarities = []
+    for times, frames, other_times, other_frames in ((times_a, frames_a, times_b, frames_b),
+                                                     (times_b, frames_b, times_a, frames_a)):
+        after = np.clip(np.searchsorted(other_times, times), 0, len(other_times) - 1)
+        before = np.clip(after - 1, 0, len(other_times) - 1)
+        nearest = np.where(np.abs(other_times[before] - times) <= np.abs(other_times[after] - times), before, after)
+        similarity = np.einsum("ij,ij->i", frames, other_frames[nearest])
+        similarity[np.abs(other_times[nearest] - times) > tolerance] = -1.0
+        similarities.append(similarity)
+    return np.concatenate(similarities)
+
+
+def sequences_agree(times_a: np.ndarray, frames_a: np.ndarray, times_b: np.ndarray, frames_b: np.ndarray,
+                    threshold: float = DUPE_THRESHOLD) -> bool:
+    """Whether at least AGREE_SHARE of both videos' frames match the other's frame at their time (see above)."""
+    similar = aligned_similarities(times_a, frames_a, times_b, frames_b) >= threshold
+    return bool(np.count_nonzero(similar) >= AGREE_SHARE * len(similar) - 1e-9)
+
+
+def find_all_dupes(paths: Sequence[str], vectors: np.ndarray, sizes: Sequence[tuple[int, int] | None],
+                   file_bytes: Sequence[int | None], threshold: float = DUPE_THRESHOLD,
+                   layout_threshold: float | None = LAYOUT_THRESHOLD) -> AllDupes:
+    """Near-duplicate groups of photos (find_dupes) and of videos (rows keyed `video#t=s`, compared as whole
+    videos, see above): the photos' groups first, then the videos', each kind largest first."""
+    from .paths import split_frame
+
+    vectors = as_array(vectors)
+    photo_rows, videos = [], {}
+    for row, path in enumerate(paths):
+        video, at = split_frame(path)
+        if at is None:
+            photo_rows.append(row)
+        else:
+            videos.setdefault(video, []).append((at, row))
+    groups = find_dupes([paths[r] for r in photo_rows], vectors[photo_rows] if photo_rows else vectors[:0],
+                        [sizes[r] for r in photo_rows], [file_bytes[r] for r in photo_rows], threshold,
+                        layout_threshold) if photo_rows else []
+    groups += video_dupes(videos, vectors, sizes, file_bytes, threshold)
+    return AllDupes(groups, len(photo_rows), len(videos))
+
+
+def video_dupes(videos: dict[str, list[tuple[float, int]]], vectors: np.ndarray,
+                sizes: Sequence[tuple[int, int] | None], file_bytes: Sequence[int | None],
+                threshold: float = DUPE_THRESHOLD) -> list[list[Copy]]:
+    """Groups of videos that are copies (video -> [(time, row of `vectors`)]), best copy first (most pixels,
+    then the largest file, then the path)."""
+    if len(videos) < 2:
         return []
-    return find_dupes(paths, np.concatenate(chunks), sizes, lengths, threshold)
+    names = sorted(videos)
+    timelines = []
+    for name in names:
+        frames = sorted(videos[name])
+        rows = [row for _, row in frames]
+        timelines.append((np.array([t for t, _ in frames]), l2_normalize(vectors[rows].astype(np.float32))))
+    means = l2_normalize(np.stack([frames.mean(axis=0) for _, frames in timelines]))
+
+    def confirm(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return np.array([sequences_agree(*timelines[a], *timelines[b], threshold)
+                         for a, b in zip(rows.tolist(), cols.tolist())], dtype=bool)
+
+    def rank(index: int) -> tuple:
+        row = videos[names[index]][0][1]
+        size, length = sizes[row], file_bytes[row]
+        return (-(size[0] * size[1]) if size else 0, -(length or 0), names[index])
+
+    ranks = [rank(i) for i in range(len(names))]
+    out = []
+    for group in duplicate_groups(means, threshold, ranks, confirm):
+        copies = []
+        for index, similarity in group:
+            row = videos[names[index]][0][1]
+            copies.append(Copy(names[index], round(similarity, 6), *(sizes[row] or (None, None)), file_bytes[row]))
+        out.append(copies)
+    return out
 
 
 # --- the jobs: `clip search` and `clip dupes` ---------------------------------------------------------------
@@ -365,7 +535,8 @@ class Found:
     hits: list[Hit] | None = None
     groups: list[list[Copy]] | None = None
     errors: list[tuple[str, str]] | None = None  # (path, message) of inputs that could not be read
-    searched: int = 0  # images searched
+    searched: int = 0  # photos and videos searched
+    videos: int = 0  # of which videos (dupes)
 
 
 def search_job(text: str | None = None, like: Sequence[str] = (), templates="simple", store=None,
@@ -483,9 +654,10 @@ def dupes_job(store=None, inputs: Sequence[str] = (), model=None, decode=None, e
         reader = open_store(store)
         counts: dict = {}
         groups = dupes_in_store(reader, threshold, counts)
-        return Found(reader.describe(), groups=groups, errors=[], searched=counts["searched"])
+        return Found(reader.describe(), groups=groups, errors=[], searched=counts["searched"],
+                     videos=counts["videos"])
     from .embeddings import open_encoder
-    from .paths import display_path
+    from .paths import display_path, split_frame
 
     paths, chunks, sizes, lengths, errors = [], [], [], [], []
     with open_encoder(model, decode, engine, store) as encoder:
@@ -495,13 +667,15 @@ def dupes_job(store=None, inputs: Sequence[str] = (), model=None, decode=None, e
                     errors.append((display_path(item.path), item.error[1]))
                     continue
                 paths.append(display_path(item.path))
-                sizes.append(item.size or _header_size(item.path))
+                frame = split_frame(item.path)[1] is not None
+                sizes.append(item.size or (None if frame else _header_size(item.path)))
                 try:
-                    lengths.append(os.stat(item.path).st_size)
+                    lengths.append(os.stat(split_frame(item.path)[0]).st_size)  # a frame's: its video's
                 except OSError:
                     lengths.append(None)
             if features is not None:
                 chunks.append(as_array(features))
         described = encoder.describe()
-    groups = find_dupes(paths, np.concatenate(chunks), sizes, lengths, threshold) if chunks else []
-    return Found(described, groups=groups, errors=errors, searched=len(paths))
+    found = find_all_dupes(paths, np.concatenate(chunks), sizes, lengths, threshold) if chunks else AllDupes([])
+    return Found(described, groups=found.groups, errors=errors, searched=found.photos + found.videos,
+                 videos=found.videos)

@@ -48,32 +48,41 @@ def search(
         show_default=False)] = None,
     inputs: Annotated[Optional[List[str]], typer.Option(
         "--in", "-i", rich_help_panel=INPUTS, metavar="PATH", show_default=False,
-        help="Search these images (files, folders, globs; repeatable) instead of the whole store; with --store "
-        "they are encoded once into it.")] = None,
+        help="Search these images and videos (files, folders, globs; repeatable) instead of the whole store; with "
+        "--store they are encoded once into it.")] = None,
     like: Annotated[Optional[List[str]], typer.Option(
         "--like", rich_help_panel=INPUTS, metavar="IMAGE", show_default=False,
         help="Find images like this one (a file, or a path in the store; repeatable; with a text query, both "
         "count equally).")] = None,
     store: StoreOpt = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=0, rich_help_panel=OUTPUT,
-                                       help="How many images to list (0: all).")] = 10,
+                                       help="How many results to list: photos and video moments (0: all).")] = 10,
     min_score: Annotated[Optional[float], typer.Option(
         "--min-score", rich_help_panel=OUTPUT, show_default=False, metavar="COSINE",
-        help="List only images at least this similar (cosine, -1 to 1).")] = None,
+        help="List only images (and video frames) at least this similar (cosine, -1 to 1).")] = None,
     templates: Annotated[str, typer.Option(
         "--templates", "-t", rich_help_panel=LABELS, metavar="NAME|FILE",
         help="Prompt templates the query goes through (`raw`: the query as typed).")] = SEARCH_TEMPLATES,
+    cut: Annotated[Optional[Path], typer.Option(
+        "--cut", rich_help_panel=OUTPUT, metavar="DIR", show_default=False,
+        help="Also write each listed video moment as its own clip into DIR (video_0m12s-0m18s.mp4, the source's "
+        "container), copied without re-encoding: so a clip starts at the keyframe at or before the moment, up "
+        "to a keyframe interval early.  Existing files are never replaced (a taken name gets -2, -3, ...).")] = None,
     fmt: FormatOpt = "table",
     output_path: OutputOpt = None,
     report: ReportOpt = None,
     *, sources, model, decode, engine, ui,
 ) -> None:
-    """Find images by a text query or an example image (or both), in a store or in folders."""
+    """Find images and video moments by a text query or an example image (or both), in a store or in folders.
+
+    A video's matching frames are merged into moments (start-end, scored by their best frame); -k counts
+    photos and moments."""
     from ..search import search_job
 
     check_format(fmt)
     paths = _inputs(sources, inputs, store)
-    check_outputs(files={"--output": output_path, "--report": report}, folders={"--store": store} if paths else {})
+    check_outputs(files={"--output": output_path, "--report": report},
+                  folders={**({"--store": store} if paths else {}), **({"--cut": cut} if cut is not None else {})})
     with output.progress_bar("searching", ui.progress) as progress:
         found = search_job(query, like or (), templates, store, paths, model, decode, engine, top_k, min_score,
                            progress)
@@ -81,17 +90,21 @@ def search(
     header = {"query": {"text": query, "like": list(like or []), "templates": templates}, "model": found.model,
               "searched": found.searched, **({"store": str(store)} if store is not None else {}),
               "errors": _errors(found)}
-    records = [{"rank": rank, "path": hit.path, "score": round(hit.score, 6)}
-               for rank, hit in enumerate(found.hits, start=1)]
+    records = [{"rank": rank, **_hit_record(hit)} for rank, hit in enumerate(found.hits, start=1)]
     with ExitStack() as stack:
         stream = open_sink(stack, output_path)
         if fmt == "table":
             table = output.plain_table(None, "#", "score", "path", right=("#", "score"))
             for record in records:
-                table.add_row(str(record["rank"]), f"{record['score']:.4f}", output.escape(record["path"]))
+                table.add_row(str(record["rank"]), f"{record['score']:.4f}",
+                              output.escape(record["path"]) + (f"  {_span(record)}" if "start" in record else ""))
             output.console_for(stream).print(table)
         else:
-            _write_flat(fmt, stream, header, records, ("rank", "path", "score"))
+            moments = ("start", "end", "best") if any("start" in record for record in records) else ()
+            _write_flat(fmt, stream, header, records, ("rank", "path", "score", *moments))
+    failed = bool(found.errors)
+    if cut is not None:
+        failed = _cut(found.hits, cut, ui) or failed
     if report is not None:
         from ..report import render_search
         from ..results import atomic_output
@@ -103,14 +116,55 @@ def search(
         with atomic_output(report) as handle:
             handle.write(render_search(title, facts, shown))
         output.info(f"report written to {report}")
-    raise typer.Exit(EXIT_SOME_FAILED if found.errors else EXIT_OK)
+    raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
+
+
+def _hit_record(hit) -> dict:
+    """A photo's {"path", "score"}; a moment's {"path" (the video), "start", "end", "score", "best"}."""
+    if hasattr(hit, "record"):
+        return hit.record()
+    return {"path": hit.path, "score": round(hit.score, 6)}
+
+
+def _span(record: dict) -> str:
+    """A moment's time as shown: 0:12-0:18 (its start rounded down, its end up)."""
+    import math
+
+    from ..paths import clock
+
+    return f"{clock(math.floor(record['start']))}-{clock(math.ceil(record['end'] - 1e-6))}"
+
+
+def _cut(hits, into: Path, ui) -> bool:
+    """Write each moment among the hits into its own clip; True when one could not be cut (said on stderr)."""
+    from ..errors import ClipCliError
+    from ..moments import Moment, cut_moment
+
+    moments = [hit for hit in hits if isinstance(hit, Moment)]
+    failed, early = False, 0.0
+    for moment in moments:
+        try:
+            made = cut_moment(moment, into)
+        except ClipCliError as exc:
+            if getattr(exc, "exit_code", 1) != 1:  # a write error stops the run (WriteError: its own exit code)
+                raise
+            output.error(f"--cut: {exc}")
+            failed = True
+            continue
+        early = max(early, made.early)
+        if not ui.quiet:
+            output.info(f"cut {made.path} ({made.start:.3f}-{made.end:.3f} s of {moment.path})")
+    if not ui.quiet:
+        output.info(f"{len(moments)} moment(s) cut into {into}" + (
+            f" (cut at keyframes: starts up to {early:.2f} s early)" if early > 0 else " (cut at keyframes)"))
+    return failed
 
 
 @handles_errors
 @uses(SOURCES, MODEL_GROUP, DECODE, ENGINE, UI)
 def dupes(
     inputs: Annotated[Optional[List[str]], typer.Argument(
-        help="Image files, folders and globs; with --store and no inputs: every stored image.",
+        help="Image and video files, folders and globs; with --store and no inputs: every stored image and video.",
         show_default=False)] = None,
     store: StoreOpt = None,
     threshold: Annotated[Optional[float], typer.Option(
@@ -122,7 +176,8 @@ def dupes(
     report: ReportOpt = None,
     *, sources, model, decode, engine, ui,
 ) -> None:
-    """List groups of near-duplicate images (resized, recompressed, lightly cropped copies); deletes nothing."""
+    """List groups of near-duplicate images (resized, recompressed, lightly cropped copies) and videos
+    (re-encoded copies: compared as whole videos, never frame by frame); deletes nothing."""
     from ..search import dupes_job
 
     check_format(fmt)
@@ -163,8 +218,10 @@ def dupes(
                                                        "bytes"))
     if not ui.quiet:
         copies = sum(len(group) - 1 for group in found.groups)
-        output.info(f"{len(found.groups)} group(s) of near-duplicates, {copies} extra copies, among "
-                    f"{found.searched} images (threshold {threshold})")
+        among = (f"{found.searched} images" if not found.videos else
+                 f"{found.searched - found.videos} images and {found.videos} videos")
+        output.info(f"{len(found.groups)} group(s) of near-duplicates, {copies} extra copies, among {among} "
+                    f"(threshold {threshold})")
     if report is not None:
         from ..report import render_dupes
         from ..results import atomic_output

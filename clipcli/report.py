@@ -226,9 +226,18 @@ def _card(path: str, caption: str, extra: str = "") -> str:
 
 
 def render_search(title: str, header: dict, hits: Sequence[dict]) -> str:
-    """The hits as thumbnails, best first, with rank and cosine similarity."""
-    cards = "".join(_card(h["path"], f'#{h["rank"]} &middot; {h["score"]:.3f}', f' data-rank="{h["rank"]}"')
-                    for h in hits)
+    """The hits as thumbnails, best first, with rank and cosine similarity; a video's moment as its best frame,
+    with its times."""
+    from .paths import clock, frame_key
+
+    def card(hit: dict) -> str:
+        caption = f'#{hit["rank"]} &middot; {hit["score"]:.3f}'
+        if "best" not in hit:
+            return _card(hit["path"], caption, f' data-rank="{hit["rank"]}"')
+        caption += f' &middot; {clock(hit["start"])}-{clock(hit["end"])}'
+        return _card(frame_key(hit["path"], hit["best"]), caption, f' data-rank="{hit["rank"]}"')
+
+    cards = "".join(card(h) for h in hits)
     return page_start(title, header, PREVIEW_STYLE) + f"""<div class="cards" id="hits">{cards or "<p>no match</p>"}</div>
 </body></html>
 """

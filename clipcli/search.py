@@ -46,6 +46,10 @@ class Hit:
     path: str
     score: float  # cosine similarity to the query
 
+    def record(self) -> dict:
+        """Its JSON shape: {"path", "score"} (a moment's: moments.Moment.record)."""
+        return {"path": self.path, "score": round(self.score, 6)}
+
 
 def combine_query(parts: Sequence[np.ndarray]) -> np.ndarray:
     """The query vector: the normalised mean of the normalised parts (texts and example images)."""

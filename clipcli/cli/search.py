@@ -90,7 +90,7 @@ def search(
     header = {"query": {"text": query, "like": list(like or []), "templates": templates}, "model": found.model,
               "searched": found.searched, **({"store": str(store)} if store is not None else {}),
               "errors": _errors(found)}
-    records = [{"rank": rank, **_hit_record(hit)} for rank, hit in enumerate(found.hits, start=1)]
+    records = [{"rank": rank, **hit.record()} for rank, hit in enumerate(found.hits, start=1)]
     with ExitStack() as stack:
         stream = open_sink(stack, output_path)
         if fmt == "table":
@@ -119,11 +119,6 @@ def search(
     raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
 
 
-def _hit_record(hit) -> dict:
-    """A photo's {"path", "score"}; a moment's {"path" (the video), "start", "end", "score", "best"}."""
-    if hasattr(hit, "record"):
-        return hit.record()
-    return {"path": hit.path, "score": round(hit.score, 6)}
 
 
 def _span(record: dict) -> str:

@@ -729,7 +729,7 @@ def create_app(config: ServeConfig = ServeConfig(), service: Service | None = No
 
         searched, hits = await asyncio.to_thread(ranked)
         return {"model": service_.describe(), "store": service_.config.store, "searched": searched,
-                "results": [{"path": hit.path, "score": hit.score} for hit in hits]}
+                "results": [hit.record() for hit in hits]}  # a video's moment: with its start and end
 
     @app.get("/v1/thumbnail", summary="A small JPEG of one image of the served store (only its rows)")
     async def thumbnail(request: Request, path: str, size: int = 256):

@@ -13,7 +13,7 @@ import bisect
 import io
 import math
 import os
-import time as _time
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Sequence
 
@@ -28,6 +28,9 @@ MAX_SIDE = 16384  # pixels: a larger declared width or height is refused as absu
 GAP = 1.0  # seconds: a longer jump between frames decoded one after another is reported (damage or a held frame)
 DEFAULT_GOP = 2.0  # seconds between keyframes assumed until two keyframes were seen (phones: 0.5-2 s)
 EVERY_DEFAULT = 2.0
+
+
+_now = time.monotonic  # the clock deadlines are measured with (tests replace it)
 
 
 def is_video(path: str) -> bool:
@@ -142,13 +145,14 @@ class VideoReader:
         self.path = path
         self.warnings: list[str] = []
         self.frames_decoded = 0  # frames the decoder made (most are skipped unconverted), for tests and stats
-        self._ends = None if deadline is None else _time.monotonic() + deadline
+        self._ends = None if deadline is None else _now() + deadline
         self._container = None
         self._packets = None
         self._ahead = None  # a decoded frame not yet used (the probe's first frame, or one past a time)
         self._last_time = None  # time of the last frame decoded, None before any / after a seek
         self._last_key = 0.0  # time of the last keyframe decoded
         self._gop = None  # longest keyframe interval seen (seconds)
+        self._back = 0.0  # seconds to seek before a time, once a seek landed past one (MPEG-TS, B-frame delay)
         self._ended = False
         self._timed_out = False
         self._pending: list = []
@@ -178,10 +182,9 @@ class VideoReader:
             raise VideoReadError(self.path, f"no video stream ({what})", "no_video_stream")
         stream = self._stream = streams[0]
         context = stream.codec_context
-        if context is None or stream.codec_context.name in ("", "none"):
-            tag = getattr(stream, "codec_tag", "") or "unknown"
-            raise VideoReadError(self.path, f"video codec {tag!r} is not supported by this FFmpeg build; convert it "
-                                 "(ffmpeg -i IN -c:v libx264 OUT.mp4)", "unsupported_codec")
+        if context is None:  # PyAV makes no context for a codec without a decoder here (or an unknown FourCC)
+            raise VideoReadError(self.path, "video codec unknown to or not decodable by this FFmpeg build (PyAV); "
+                                 "convert it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4", "unsupported_codec")
         width, height = context.width, context.height
         if not width or not height:
             raise VideoReadError(self.path, "video stream declares no frame size (damaged header)", "truncated")
@@ -190,8 +193,9 @@ class VideoReader:
             limit = f"the {max_megapixels:g} MP limit (raise it with --max-megapixels)" \
                 if max_megapixels is not None and width <= MAX_SIDE and height <= MAX_SIDE \
                 else f"{MAX_SIDE} pixels a side"
+            megapixels = width * height / 1e6
             raise VideoReadError(self.path, f"video frames are {width}x{height} "
-                                 f"({width * height / 1e6:.0f} MP), above {limit}", "too_large")
+                                 f"({megapixels:.{2 if megapixels < 1 else 0}f} MP), above {limit}", "too_large")
         self._base = stream.time_base
         self._start = float(stream.start_time * self._base) if stream.start_time is not None else 0.0
         duration = self._declared_duration()
@@ -213,6 +217,9 @@ class VideoReader:
             raise VideoReadError(self.path, f"no frame could be decoded{damage or ' (empty or cut short)'}",
                                  "truncated")
         self._ahead = first
+        if self._keys:  # the index times keyframes by decoding order (dts): shown that much later (B-frames)
+            shift = max(0.0, self._time(first) - self._keys[0])
+            self._keys = [k + shift for k in self._keys]
         rotation = first.rotation % 360
         self._rotation = rotation if rotation in (90, 180, 270) else 0
         if self._rotation in (90, 270):
@@ -377,7 +384,7 @@ class VideoReader:
         """The decoded frame for a time: seeking first when a keyframe lies between here and there, and again,
         further back, when a seek lands past the time."""
         retried = False
-        seeked = self._should_seek(target) and self._seek(target)
+        seeked = self._should_seek(target) and self._seek(target - self._back)
         previous = None
         while True:
             frame = self._ahead if self._ahead is not None else self._next_frame()
@@ -388,7 +395,8 @@ class VideoReader:
                 # landed past the time (a keyframe shown after it, a coarse index, MPEG-TS): seek further back
                 retried = True
                 self._ended = False
-                if self._seek(max(0.0, target - 2 * max(self._gop or 0.0, DEFAULT_GOP))):
+                self._back = max(self._back, 2 * max(self._gop or 0.0, DEFAULT_GOP))
+                if self._seek(target - self._back):
                     continue
             if frame is None:
                 return self._at_end(target, previous)
@@ -422,20 +430,24 @@ class VideoReader:
         return float(frame.pts * self._base) - self._start
 
     def _should_seek(self, target: float) -> bool:
-        here = self._last_time
-        if self._ended or here is None or target <= here:
+        """Whether seeking saves decoding: a keyframe lies after here and at or before the time (exactly, from
+        the index; else from the longest keyframe interval seen, or a guess)."""
+        here, aim = self._last_time, target - self._back
+        if self._ended or here is None or aim <= here:
             return False
-        if self._keys is not None:  # exact: a keyframe after here, at or before the target
-            i = bisect.bisect_right(self._keys, target) - 1
+        if self._keys is not None:
+            i = bisect.bisect_right(self._keys, aim) - 1
             return i >= 0 and self._keys[i] > here + 1e-6
-        return target >= self._last_key + (self._gop or DEFAULT_GOP)
+        # no index: a keyframe interval seen, else a guess that doubles with the stretch decoded without one
+        return aim >= self._last_key + (self._gop or max(DEFAULT_GOP, 2 * (here - self._last_key)))
 
     def _seek(self, target: float) -> bool:
         """Seek to the keyframe at or before a time (decoder flushed); False where the file cannot seek."""
         import av
 
         try:
-            self._container.seek(int((target + self._start) / self._base), backward=True, any_frame=False,
+            self._container.seek(round((max(target, 0.0) + self._start) / self._base), backward=True,
+                                 any_frame=False,
                                  stream=self._stream)
         except av.error.FFmpegError:
             return False
@@ -455,7 +467,7 @@ class VideoReader:
         return image
 
     def _past_deadline(self) -> bool:
-        return self._ends is not None and _time.monotonic() > self._ends
+        return self._ends is not None and _now() >= self._ends
 
     def close(self) -> None:
         self._ahead = None

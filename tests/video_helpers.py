@@ -41,18 +41,21 @@ def picture(what, size: tuple[int, int]) -> Image.Image:
 
 
 def make_video(path, scenes, size=(64, 48), fps=10, codec="libx264", rotate=None, gop=None,
-               audio: bool = False) -> Path:
+               audio: bool = False, container_options: dict | None = None) -> Path:
     """Encode `scenes`, [(seconds, colour_or_drawing), ...] one after another, into `path` (the container from its
     suffix), at `fps` with a keyframe every `gop` frames (the encoder's own choice when None; scene cuts add none
     for libx264).  rotate: degrees counter-clockwise to show it turned by (display matrix), like a phone held
-    upright.  audio: also a short silent mp2/aac track.  Returns the path."""
+    upright.  audio: also a silent audio track.  container_options: the muxer's (e.g. {"live": "1"} for a WebM
+    that declares no duration).  Returns the path."""
     path = Path(path)
-    container = av.open(str(path), "w", format=FORMATS[path.suffix.lower()])
+    container = av.open(str(path), "w", format=FORMATS[path.suffix.lower()], options=container_options or {})
     options = {}
     if gop is not None:
         options["g"] = str(gop)
     if codec == "libx264":
         options.update({"preset": "veryfast", "x264-params": "scenecut=0"})
+    if codec == "libx265":
+        options.update({"preset": "ultrafast", "x265-params": "scenecut=0:log-level=error"})
     stream = container.add_stream(codec, rate=fps, options=options)
     stream.width, stream.height = size
     stream.pix_fmt = "yuv420p"

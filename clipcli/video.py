@@ -155,6 +155,7 @@ class VideoReader:
         self._back = 0.0  # seconds to seek before a time, once a seek landed past one (MPEG-TS, B-frame delay)
         self._ended = False
         self._timed_out = False
+        self._damaged = False  # decoding ended at corrupt data
         self._pending: list = []
         try:
             self._open(source, max_megapixels)
@@ -343,14 +344,14 @@ class VideoReader:
             except StopIteration:
                 self._ended = True
             except av.error.FFmpegError as exc:
-                self._ended = True
+                self._ended = self._damaged = True
                 where = clock(self._last_time) if self._last_time is not None else "0:00"
                 self.warnings.append(f"corrupt data at {where}; frames after it were skipped ({_reason(exc)})")
         frame = self._pending.pop(0)
         self.frames_decoded += 1
         now, before = self._time(frame), self._last_time
         if frame.is_corrupt or (before is not None and now < before - 1e-6):
-            self._ended = True
+            self._ended = self._damaged = True
             self.warnings.append(f"corrupt data at {clock(before or now)}; frames after it were skipped")
             return None
         if before is not None and now - before > max(GAP, 10 / (self._fps or 30.0)):
@@ -390,7 +391,7 @@ class VideoReader:
             frame = self._ahead if self._ahead is not None else self._next_frame()
             self._ahead = frame
             shown = None if frame is None else self._time(frame)
-            if seeked and previous is None and not retried and not self._timed_out \
+            if seeked and previous is None and not retried and not self._timed_out and not self._damaged \
                     and (frame is None or shown > target + 0.0005):
                 # landed past the time (a keyframe shown after it, a coarse index, MPEG-TS): seek further back
                 retried = True
@@ -408,7 +409,7 @@ class VideoReader:
 
     def _at_end(self, target: float, previous):
         """A time past the last frame: that frame when the video really ends there, None when it was cut short."""
-        if self._timed_out or any("corrupt data" in w for w in self.warnings):
+        if self._timed_out or self._damaged:
             return None
         if previous is None:
             self.warnings.append(f"no frame could be decoded at or after {clock(target)} (cut short or damaged); "

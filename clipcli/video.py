@@ -28,6 +28,7 @@ MAX_SIDE = 16384  # pixels: a larger declared width or height is refused as absu
 GAP = 1.0  # seconds: a longer jump between frames decoded one after another is reported (damage or a held frame)
 DEFAULT_GOP = 2.0  # seconds between keyframes assumed until two keyframes were seen (phones: 0.5-2 s)
 EVERY_DEFAULT = 2.0
+MP4_BOXES = (b"ftyp", b"wide", b"free", b"mdat")  # what an MP4/MOV file starts with (its 2nd 4 bytes)
 
 
 _now = time.monotonic  # the clock deadlines are measured with (tests replace it)
@@ -156,6 +157,7 @@ class VideoReader:
         self._ended = False
         self._timed_out = False
         self._damaged = False  # decoding ended at corrupt data
+        self._served: float | None = None  # the last time a frame was given for
         self._pending: list = []
         try:
             self._open(source, max_megapixels)
@@ -177,7 +179,7 @@ class VideoReader:
         container = self._container
         streams = container.streams.video
         if not streams:
-            if not container.streams.audio and self._head(source)[4:8] == b"ftyp":
+            if not container.streams.audio and self._head(source)[4:8] in MP4_BOXES:
                 raise self._incomplete()
             what = "audio only" if container.streams.audio else "no streams"
             raise VideoReadError(self.path, f"no video stream ({what})", "no_video_stream")
@@ -249,6 +251,8 @@ class VideoReader:
 
     def _open_error(self, exc: BaseException, source) -> VideoReadError:
         """The VideoReadError for a file PyAV could not open (or that could not be read at all)."""
+        import av
+
         from .images import _describe, _folder_error
 
         if isinstance(exc, IsADirectoryError):
@@ -259,14 +263,12 @@ class VideoReader:
                 return VideoReadError(self.path, f"broken symlink (points to {os.readlink(self.path)})",
                                       "broken_symlink")
             return VideoReadError(self.path, "file not found", "not_found")
-        import av
-
-        if isinstance(exc, av.error.FFmpegError) or not isinstance(exc, OSError):
+        if isinstance(exc, av.error.FFmpegError) and not isinstance(exc, (PermissionError, IsADirectoryError)):
             head = self._head(source)
-            if head[4:8] == b"ftyp":
-                return self._incomplete()
             if len(head) == 0:
                 return VideoReadError(self.path, "empty file (0 bytes), not a video", "not_a_video")
+            if head[4:8] in MP4_BOXES:
+                return self._incomplete()
             return VideoReadError(self.path, "not a video FFmpeg can read", "not_a_video")
         kind, message = _describe(exc)
         return VideoReadError(self.path, message, kind)
@@ -313,7 +315,10 @@ class VideoReader:
 
         end = 0.0
         try:
-            for packet in self._container.demux(self._stream):
+            for count, packet in enumerate(self._container.demux(self._stream)):
+                if count % 256 == 255 and self._past_deadline():
+                    raise VideoReadError(self.path, "no duration declared, and reading the file to measure it "
+                                         "took longer than the per-file deadline", "timeout")
                 if packet.pts is not None:
                     end = max(end, float((packet.pts + (packet.duration or 0)) * self._base) - self._start)
             self._container.seek(0, stream=self._stream)
@@ -322,7 +327,7 @@ class VideoReader:
                                  "truncated") from None
         if end <= 0:
             raise VideoReadError(self.path, "no duration declared and no timed packets", "truncated")
-        self.warnings.append(f"duration not declared; {clock(end)} measured by reading the file")
+        self._warn(f"duration not declared; {clock(end)} measured by reading the file")
         return end
 
     # decoding
@@ -346,16 +351,16 @@ class VideoReader:
             except av.error.FFmpegError as exc:
                 self._ended = self._damaged = True
                 where = clock(self._last_time) if self._last_time is not None else "0:00"
-                self.warnings.append(f"corrupt data at {where}; frames after it were skipped ({_reason(exc)})")
+                self._warn(f"corrupt data at {where}; frames after it were skipped ({_reason(exc)})")
         frame = self._pending.pop(0)
         self.frames_decoded += 1
         now, before = self._time(frame), self._last_time
         if frame.is_corrupt or (before is not None and now < before - 1e-6):
             self._ended = self._damaged = True
-            self.warnings.append(f"corrupt data at {clock(before or now)}; frames after it were skipped")
+            self._warn(f"corrupt data at {clock(before or now)}; frames after it were skipped")
             return None
         if before is not None and now - before > max(GAP, 10 / (self._fps or 30.0)):
-            self.warnings.append(f"no frames from {clock(before)} to {clock(now)} (damaged data, or a still "
+            self._warn(f"no frames from {clock(before)} to {clock(now)} (damaged data, or a still "
                                  "picture held that long)")
         if frame.key_frame:
             if before is not None and now > self._last_key:
@@ -369,16 +374,21 @@ class VideoReader:
         the time (the last frame, for a time just past it).  Ends early, with a line in `warnings`, at damaged
         data or the deadline (VideoReadError kind "timeout" when the deadline comes before the first frame)."""
         made = 0
-        for target in sorted(times):
+        times = sorted(times)
+        if times and self._served is not None and times[0] < self._served:  # an earlier time than the last call's
+            self._ended = self._damaged = False
+            self._seek(times[0] - self._back)
+        for target in times:
             frame = self._frame_at(target)
             if frame is None:
                 if self._timed_out:
                     if made == 0:
                         raise VideoReadError(self.path, "decoding took longer than the per-file deadline; no frame "
                                              "was read (raise the time limit)", "timeout")
-                    self.warnings.append(f"deadline reached at {clock(target)}; later frames were skipped")
+                    self._warn(f"deadline reached at {clock(target)}; later frames were skipped")
                 return
             made += 1
+            self._served = target
             yield Frame(time=target, shown=round(self._time(frame), 6), image=self._picture(frame))
 
     def _frame_at(self, target: float):
@@ -412,7 +422,7 @@ class VideoReader:
         if self._timed_out or self._damaged:
             return None
         if previous is None:
-            self.warnings.append(f"no frame could be decoded at or after {clock(target)} (cut short or damaged); "
+            self._warn(f"no frame could be decoded at or after {clock(target)} (cut short or damaged); "
                                  "frames after it were skipped")
             return None
         last = self._time(previous)
@@ -420,9 +430,13 @@ class VideoReader:
         if end - last <= max(3 / (self.info.fps or 30.0), 0.1):
             self._ahead = previous
             return previous
-        self.warnings.append(f"video ends at {clock(last)} of {clock(end)} declared (cut short); "
+        self._warn(f"video ends at {clock(last)} of {clock(end)} declared (cut short); "
                              "frames after it were skipped")
         return None
+
+    def _warn(self, text: str) -> None:
+        if text not in self.warnings:
+            self.warnings.append(text)
 
     def _time(self, frame) -> float:
         """A frame's presentation time in seconds from the stream's start."""

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Sequence
 
-from .errors import ImageReadError, UsageError
+from .errors import ImageReadError, UsageError, first_line
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -161,6 +161,12 @@ class VideoReader:
         self._pending: list = []
         try:
             self._open(source, max_megapixels)
+        except ImageReadError:
+            self.close()
+            raise
+        except Exception as exc:  # anything else PyAV raises about this file is still about this file
+            self.close()
+            raise VideoReadError(path, f"cannot decode video ({first_line(exc)})", "decode_error") from None
         except BaseException:
             self.close()
             raise
@@ -177,7 +183,8 @@ class VideoReader:
         except Exception as exc:
             raise self._open_error(exc, source) from None
         container = self._container
-        streams = container.streams.video
+        attached = av.stream.Disposition.attached_pic  # cover art of a music file: a picture, not a video
+        streams = [s for s in container.streams.video if not s.disposition & attached]
         if not streams:
             if not container.streams.audio and self._head(source)[4:8] in MP4_BOXES:
                 raise self._incomplete()
@@ -216,9 +223,10 @@ class VideoReader:
         if first is None:
             if self._timed_out:
                 raise VideoReadError(self.path, "opening took longer than the per-file deadline", "timeout")
-            damage = f" ({self.warnings.pop().split('(')[-1]}" if self.warnings and "corrupt" in self.warnings[-1] else ""
-            raise VideoReadError(self.path, f"no frame could be decoded{damage or ' (empty or cut short)'}",
-                                 "truncated")
+            if self._damaged:
+                raise VideoReadError(self.path, "corrupt data before the first frame; no frame could be decoded",
+                                     "decode_error")
+            raise VideoReadError(self.path, "no frame could be decoded (empty or cut short)", "truncated")
         self._ahead = first
         if self._keys:  # the index times keyframes by decoding order (dts): shown that much later (B-frames)
             shift = max(0.0, self._time(first) - self._keys[0])

@@ -16,7 +16,7 @@ import pytest
 from clipcli import remote, video
 from clipcli.errors import ImageReadError, UsageError
 from clipcli.video import VIDEO_SUFFIXES, Sampling, VideoReader, VideoReadError, is_video
-from video_helpers import encoder, make_audio, make_video, picture
+from video_helpers import encoder, make_audio, make_music_with_cover, make_video, picture
 
 RGB = {"red": (255, 0, 0), "blue": (0, 0, 255), "lime": (0, 255, 0), "yellow": (255, 255, 0)}
 SCENES = [(2, "red"), (2, "blue"), (2, "lime")]  # 0-2 s red, 2-4 s blue, 4-6 s lime
@@ -250,6 +250,8 @@ def _bad(kind, folder):
         return make_audio(folder / "voice.mp4"), "no_video_stream"
     if kind == "audio_only_mkv":
         return make_audio(folder / "voice.mkv"), "no_video_stream"
+    if kind == "music_with_cover_art":
+        return make_music_with_cover(folder / "song.mp4"), "no_video_stream"
     if kind == "no_moov_yet":  # an MP4 still being written: its index comes last
         return _cut(make_video(folder / "recording.mp4", SCENES, codec="mpeg4"), 0.6), "incomplete"
     if kind == "unknown_codec":  # a FourCC no decoder knows
@@ -291,7 +293,8 @@ def _long_gap(path, seconds):
     return path
 
 
-BAD = ["zero_bytes", "text_as_mp4", "random_bytes", "audio_only_mp4", "audio_only_mkv", "no_moov_yet",
+BAD = ["zero_bytes", "text_as_mp4", "random_bytes", "audio_only_mp4", "audio_only_mkv", "music_with_cover_art",
+       "no_moov_yet",
        "unknown_codec", "too_many_megapixels", "absurd_duration", "missing", "folder", "broken_symlink"]
 
 

@@ -88,6 +88,23 @@ def make_audio(path, seconds: float = 2.0) -> Path:
     return path
 
 
+def make_music_with_cover(path, seconds: float = 1.0) -> Path:
+    """An audio file with cover art: its only video stream is one attached picture (disposition attached_pic)."""
+    path = Path(path)
+    container = av.open(str(path), "w", format=FORMATS[path.suffix.lower()])
+    sound = _audio_stream(container)
+    cover = container.add_stream("mjpeg", rate=1)
+    cover.width, cover.height, cover.pix_fmt = 32, 32, "yuvj420p"
+    cover.disposition = av.stream.Disposition.attached_pic
+    frame = av.VideoFrame.from_image(picture("red", (32, 32))).reformat(format="yuvj420p")
+    frame.pts = 0
+    for packet in cover.encode(frame) + cover.encode():
+        container.mux(packet)
+    _write_silence(container, sound, seconds)
+    container.close()
+    return path
+
+
 def _audio_stream(container):
     name = encoder("aac", "mp2", "libopus")
     stream = container.add_stream(name, rate=48000)

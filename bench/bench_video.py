@@ -112,7 +112,7 @@ def main() -> None:
 
     print(f"{cpu_name()}, {os.cpu_count()} cores; Python {platform.python_version()}, PyAV {av.__version__} "
           f"(FFmpeg libavcodec {'.'.join(map(str, av.library_versions['libavcodec']))}); "
-          f"{subprocess.run([FFMPEG, '-version'], capture_output=True, text=True).stdout.split(' Copyright')[0]}")
+          f"{subprocess.run([FFMPEG, '-version'], check=False, capture_output=True, text=True).stdout.split(' Copyright')[0]}")
     made = time.perf_counter()
     long, short = make(300), make(150)
     print(f"videos: {long.name} {long.stat().st_size / 1e6:.0f} MB, {short.name} {short.stat().st_size / 1e6:.0f} MB"

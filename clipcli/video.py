@@ -14,8 +14,9 @@ import io
 import math
 import os
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from .errors import ImageReadError, UsageError, first_line
 
@@ -115,7 +116,7 @@ class Frame:
 
     time: float
     shown: float
-    image: "Image.Image"
+    image: Image.Image
 
 
 def _reason(exc: BaseException) -> str:
@@ -164,7 +165,7 @@ class VideoReader:
         except ImageReadError:
             self.close()
             raise
-        except Exception as exc:  # anything else PyAV raises about this file is still about this file
+        except Exception as exc:  # noqa: BLE001 (anything else PyAV raises on open is about this file)
             self.close()
             raise VideoReadError(path, f"cannot decode video ({first_line(exc)})", "decode_error") from None
         except BaseException:
@@ -180,7 +181,7 @@ class VideoReader:
             self._container = av.open(self._source(source), "r", metadata_errors="replace")
         except ImageReadError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (PyAV and object storage raise many types; all mean this file)
             raise self._open_error(exc, source) from None
         container = self._container
         attached = av.stream.Disposition.attached_pic  # cover art of a music file: a picture, not a video
@@ -278,8 +279,10 @@ class VideoReader:
             if head[4:8] in MP4_BOXES:
                 return self._incomplete()
             return VideoReadError(self.path, "not a video FFmpeg can read", "not_a_video")
-        kind, message = _describe(exc)
-        return VideoReadError(self.path, message, kind)
+        if isinstance(exc, OSError):  # permission, a FIFO or device, a symlink loop, an I/O error
+            kind, message = _describe(exc)
+            return VideoReadError(self.path, message, kind)
+        return VideoReadError(self.path, f"cannot read video ({first_line(exc)})", "unreadable")
 
     def _incomplete(self) -> VideoReadError:
         return VideoReadError(self.path, "MP4/MOV without its index (moov box): still being written, or cut short "
@@ -480,7 +483,7 @@ class VideoReader:
         self._last_time = None
         return True
 
-    def _picture(self, frame) -> "Image.Image":
+    def _picture(self, frame) -> Image.Image:
         image = frame.to_image()
         if self._rotation:
             from PIL import Image
@@ -499,7 +502,7 @@ class VideoReader:
             self._container.close()
             self._container = None
 
-    def __enter__(self) -> "VideoReader":
+    def __enter__(self) -> VideoReader:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -12,11 +12,11 @@ import weakref
 
 import numpy as np
 import pytest
+from video_helpers import encoder, make_audio, make_music_with_cover, make_video, picture
 
 from clipcli import remote, video
 from clipcli.errors import ImageReadError, UsageError
 from clipcli.video import VIDEO_SUFFIXES, Sampling, VideoReader, VideoReadError, is_video
-from video_helpers import encoder, make_audio, make_music_with_cover, make_video, picture
 
 RGB = {"red": (255, 0, 0), "blue": (0, 0, 255), "lime": (0, 255, 0), "yellow": (255, 255, 0)}
 SCENES = [(2, "red"), (2, "blue"), (2, "lime")]  # 0-2 s red, 2-4 s blue, 4-6 s lime

@@ -256,7 +256,7 @@ class VideoReader:
         check_regular(self.path)
         if os.path.getsize(self.path) == 0:
             raise VideoReadError(self.path, "empty file (0 bytes), not a video", "not_a_video")
-        return self.path
+        return "file:" + self.path  # never another FFmpeg protocol: a file named pipe:0.mp4 is a file
 
     def _open_error(self, exc: BaseException, source) -> VideoReadError:
         """The VideoReadError for a file PyAV could not open (or that could not be read at all)."""
@@ -371,8 +371,8 @@ class VideoReader:
             self._warn(f"corrupt data at {clock(before or now)}; frames after it were skipped")
             return None
         if before is not None and now - before > max(GAP, 10 / (self._fps or 30.0)):
-            self._warn(f"no frames from {clock(before)} to {clock(now)} (damaged data, or a still "
-                                 "picture held that long)")
+            self._warn(f"no frames from {clock(before)} to {clock(now)} (damaged data, or a still picture "
+                       "held that long)")
         if frame.key_frame:
             if before is not None and now > self._last_key:
                 self._gop = max(self._gop or 0.0, now - self._last_key)
@@ -381,9 +381,12 @@ class VideoReader:
         return frame
 
     def frames(self, times: Sequence[float]) -> Iterator[Frame]:
-        """One Frame per requested time that could be decoded, in time order: the first frame shown at or after
-        the time (the last frame, for a time just past it).  Ends early, with a line in `warnings`, at damaged
-        data or the deadline (VideoReadError kind "timeout" when the deadline comes before the first frame)."""
+        """One Frame per requested time that could be decoded, in time order: the frame shown nearest the time
+        (the first at or after it, unless the one before is nearer; the last frame for a time just past it).
+        Ends early, with a line in `warnings`, at damaged data or the deadline (VideoReadError kind "timeout"
+        when the deadline comes before the first frame).  A later call may ask for earlier times (it seeks)."""
+        if not all(math.isfinite(t) for t in times):
+            raise ValueError("frame times must be finite numbers of seconds")
         made = 0
         times = sorted(times)
         if times and self._served is not None and times[0] < self._served:  # an earlier time than the last call's
@@ -434,15 +437,15 @@ class VideoReader:
             return None
         if previous is None:
             self._warn(f"no frame could be decoded at or after {clock(target)} (cut short or damaged); "
-                                 "frames after it were skipped")
+                       "frames after it were skipped")
             return None
         last = self._time(previous)
         end = self.info.duration
         if end - last <= max(3 / (self.info.fps or 30.0), 0.1):
             self._ahead = previous
             return previous
-        self._warn(f"video ends at {clock(last)} of {clock(end)} declared (cut short); "
-                             "frames after it were skipped")
+        self._warn(f"video ends at {clock(last)} of {clock(end)} declared (cut short); frames after it were "
+                   "skipped")
         return None
 
     def _warn(self, text: str) -> None:
@@ -473,8 +476,7 @@ class VideoReader:
 
         try:
             self._container.seek(round((max(target, 0.0) + self._start) / self._base), backward=True,
-                                 any_frame=False,
-                                 stream=self._stream)
+                                 any_frame=False, stream=self._stream)
         except av.error.FFmpegError:
             return False
         self._packets = self._container.demux(self._stream)

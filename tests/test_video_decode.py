@@ -150,6 +150,13 @@ def test_a_time_between_frames_gets_the_nearest_frame(tmp_path):
     assert [colour_at(f.image) for f in frames] == ["red", "blue", "blue", "lime"]
 
 
+def test_a_file_named_like_an_ffmpeg_protocol_is_read_as_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_video(tmp_path / "pipe:0.mp4", SCENES, fps=10)
+    with VideoReader("pipe:0.mp4") as reader:
+        assert [colour_at(f.image) for f in reader.frames([1.0, 3.0])] == ["red", "blue"]
+
+
 def test_a_second_call_may_go_back_in_time(tmp_path):
     path = make_video(tmp_path / "v.mkv", SCENES, fps=10, gop=10)
     with VideoReader(str(path)) as reader:

@@ -7,8 +7,9 @@ A 1080p, 30 fps, 5-minute H.264 video (FFmpeg's testsrc2 pattern, moving; x264 u
   (b) /usr/bin/ffmpeg -i v.mp4 -vf fps=1 -f image2 out/%04d.png, and the same to BMP (no compression)
       and to raw RGB on /dev/null (decoding and the fps filter only: the fairest baseline);
 
-and prints the ratios a/b (target <= 1.0), and the peak RSS of (a) on the 5- and the 2.5-minute video
-(memory must not grow with the length).
+and prints the ratios a/b (target <= 1.0); (a) against itself decoding forward only (no seeks), at 1 and
+at 0.1 frames a second; and the peak RSS of (a) on the 5- and the 2.5-minute video (memory must not grow
+with the length).
 
     python bench/bench_video.py [--repeats N]
 """
@@ -36,9 +37,11 @@ CHILD = """
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
 from clipcli.video import Sampling, VideoReader
+if {forward!r}:
+    VideoReader._should_seek = lambda self, target: False
 start = time.perf_counter()
 with VideoReader({path!r}, deadline=None) as reader:
-    count = sum(1 for frame in reader.frames(Sampling(every=1).times(reader.info.duration)))
+    count = sum(1 for frame in reader.frames(Sampling(every={every!r}).times(reader.info.duration)))
     decoded = reader.frames_decoded
 seconds = time.perf_counter() - start
 print(json.dumps({{"seconds": seconds, "frames": count, "decoded": decoded,
@@ -72,8 +75,9 @@ def make(seconds: int) -> Path:
     return path
 
 
-def ours(path: Path) -> dict:
-    code = CHILD.format(root=str(ROOT), path=str(path))
+def ours(path: Path, every: float = 1, forward: bool = False) -> dict:
+    """VideoReader in a child process (its own peak RSS); forward: never seek, decode every frame up to each time."""
+    code = CHILD.format(root=str(ROOT), path=str(path), every=every, forward=forward)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -130,6 +134,12 @@ def main() -> None:
           f"({result['decoded']} of {300 * FPS} frames decoded), peak RSS {result['rss_mb']:.0f} MB")
     for output, label in (("png", "PNG files"), ("bmp", "BMP files"), ("raw", "raw RGB to /dev/null")):
         print(f"(b) ffmpeg -vf fps=1 to {label}: {best[output]:.1f} s;  a/b = {best['ours'] / best[output]:.2f}")
+    for every in (1, 10):
+        alone = ours(long, every=every, forward=True)
+        seeking = result if every == 1 else ours(long, every=every)
+        print(f"seeking vs decoding forward only, every={every} ({seeking['frames']} frames): "
+              f"{seeking['seconds']:.1f} s ({seeking['decoded']} decoded) vs {alone['seconds']:.1f} s "
+              f"({alone['decoded']} decoded), ratio {seeking['seconds'] / alone['seconds']:.2f}")
     half = ours(short)
     print(f"peak RSS of (a): 5 min {result['rss_mb']:.0f} MB, 2.5 min {half['rss_mb']:.0f} MB "
           f"(ratio {result['rss_mb'] / half['rss_mb']:.2f}); 2.5 min took {half['seconds']:.1f} s")

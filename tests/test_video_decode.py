@@ -41,6 +41,8 @@ def test_is_video_by_suffix_in_any_case():
     assert VIDEO_SUFFIXES == {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"}
     assert [is_video(p) for p in ["a.mp4", "b/C.MOV", "x.m4v", "y.MkV", "z.webm", "w.avi"]] == [True] * 6
     assert [is_video(p) for p in ["a.png", "mp4", "a.mp4.txt", "a.gif", "s3://b/clip.ts"]] == [False] * 5
+    assert is_video("s3://bucket/trip/clip.MOV?region=eu-west-1") and is_video("gs://b/v.webm")
+    assert not is_video("s3://bucket/clip.jpg?x=.mp4")
 
 
 @pytest.mark.parametrize("every, duration, expected", [
@@ -78,6 +80,7 @@ def test_times_frames(frames, duration, expected):
     (Sampling(every=2, max_frames=5), 10.5, [0.0, 2.1, 4.2, 6.3, 8.4]),  # one over the cap
     (Sampling(frames=10, max_frames=3), 6.0, [1.0, 3.0, 5.0]),
     (Sampling(every=1, max_frames=1), 100.0, [0.0]),
+    (Sampling(every=0.001, max_frames=4), 48 * 3600.0, [0.0, 43200.0, 86400.0, 129600.0]),  # no huge list first
 ])
 def test_times_max_frames_spreads_a_long_video_evenly(sampling, duration, expected):
     assert sampling.times(duration) == expected
@@ -113,16 +116,22 @@ def test_sampling_key():
 
 # frames at the sample times
 
+DECODERS = {"libx264": "h264", "h264": "h264", "mpeg4": "mpeg4", "libvpx-vp9": "vp9", "libvpx": "vp8",
+            "libx265": "hevc"}
 CODECS = [(".mp4", ("libx264", "h264", "mpeg4")), (".mkv", ("libx264", "mpeg4")), (".webm", ("libvpx-vp9", "libvpx")),
           (".avi", ("mpeg4",)), (".mov", ("libx265",))]
 
 
 @pytest.mark.parametrize("suffix, encoders", CODECS, ids=[f"{s}-{e[0]}" for s, e in CODECS])
 def test_each_frame_shows_the_scene_of_its_time(tmp_path, suffix, encoders):
-    path = make_video(tmp_path / f"v{suffix}", SCENES, fps=10, gop=10, codec=encoder(*encoders))
+    name = encoder(*encoders)
+    path = make_video(tmp_path / f"v{suffix}", SCENES, fps=10, gop=10, codec=name)
     reader, frames = read_all(path)
-    assert reader.info.duration == pytest.approx(6.0, abs=0.01)
-    assert (reader.info.width, reader.info.height, reader.info.rotation, reader.info.fps) == (64, 48, 0, 10.0)
+    info = reader.info
+    assert info.duration == pytest.approx(6.0, abs=0.01)
+    assert (info.width, info.height, info.rotation, info.fps) == (64, 48, 0, 10.0)
+    assert info.codec == DECODERS[name]
+    assert info.frame_count == (None if suffix in (".mkv", ".webm") else 60)  # Matroska does not count frames
     assert [f.time for f in frames] == [i / 2 for i in range(12)]
     assert [f.shown for f in frames] == pytest.approx([i / 2 for i in range(12)], abs=1e-6)
     assert [colour_at(f.image) for f in frames] == ["red"] * 4 + ["blue"] * 4 + ["lime"] * 4

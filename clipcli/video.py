@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import ImageReadError, UsageError, first_line
+from .errors import ImageReadError, UsageError, VideoReadError, first_line
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -32,6 +32,7 @@ EVERY_DEFAULT = 2.0
 MP4_BOXES = (b"ftyp", b"wide", b"free", b"mdat")  # what an MP4/MOV file starts with (its 2nd 4 bytes)
 
 
+__all__ = ["VIDEO_SUFFIXES", "Frame", "Sampling", "VideoInfo", "VideoReadError", "VideoReader", "is_video"]
 _now = time.monotonic  # the clock deadlines are measured with (tests replace it)
 
 
@@ -42,10 +43,6 @@ def is_video(path: str) -> bool:
     if is_remote(path):
         path = path.partition("?")[0]
     return os.path.splitext(path)[1].lower() in VIDEO_SUFFIXES
-
-
-class VideoReadError(ImageReadError):
-    """One video that cannot be read (or not within its deadline); in a batch it becomes an error record."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from video_helpers import encoder, make_audio, make_music_with_cover, make_video, picture
 
-from clipcli import remote, video
+from clipcli import errors, remote, video
 from clipcli.errors import ImageReadError, UsageError
 from clipcli.video import VIDEO_SUFFIXES, Sampling, VideoReader, VideoReadError, is_video
 
@@ -321,6 +321,7 @@ def test_bad_file_raises_one_line_error_of_its_kind(tmp_path, kind):
         VideoReader(str(path), max_megapixels=0.05)
     error = caught.value
     assert isinstance(error, ImageReadError) and error.kind == expected, (error.kind, str(error))
+    assert type(error) is errors.VideoReadError
     text = str(error)
     assert text.startswith(f"{path}: ") and "\n" not in text and len(text) < 250 and "Errno" not in text
     assert error.path == str(path) and error.reason == text[len(f"{path}: "):]

@@ -125,17 +125,17 @@ CODECS = [(".mp4", ("libx264", "h264", "mpeg4")), (".mkv", ("libx264", "mpeg4"))
 @pytest.mark.parametrize("suffix, encoders", CODECS, ids=[f"{s}-{e[0]}" for s, e in CODECS])
 def test_each_frame_shows_the_scene_of_its_time(tmp_path, suffix, encoders):
     name = encoder(*encoders)
-    path = make_video(tmp_path / f"v{suffix}", SCENES, fps=10, gop=10, codec=name)
+    path = make_video(tmp_path / f"v{suffix}", SCENES, size=(80, 64), fps=10, gop=10, codec=name)
     reader, frames = read_all(path)
     info = reader.info
     assert info.duration == pytest.approx(6.0, abs=0.01)
-    assert (info.width, info.height, info.rotation, info.fps) == (64, 48, 0, 10.0)
+    assert (info.width, info.height, info.rotation, info.fps) == (80, 64, 0, 10.0)
     assert info.codec == DECODERS[name]
     assert info.frame_count == (None if suffix in (".mkv", ".webm") else 60)  # Matroska does not count frames
     assert [f.time for f in frames] == [i / 2 for i in range(12)]
     assert [f.shown for f in frames] == pytest.approx([i / 2 for i in range(12)], abs=1e-6)
     assert [colour_at(f.image) for f in frames] == ["red"] * 4 + ["blue"] * 4 + ["lime"] * 4
-    assert all(f.image.mode == "RGB" and f.image.size == (64, 48) for f in frames)
+    assert all(f.image.mode == "RGB" and f.image.size == (80, 64) for f in frames)
     assert reader.warnings == []
 
 
@@ -585,3 +585,45 @@ def test_a_webm_without_a_declared_duration_is_measured_with_a_warning(tmp_path)
 def test_clock_text():
     assert [video.clock(s) for s in [0, 41, 2.4, 59.96, 725, 3723.4]] == \
         ["0:00", "0:41", "0:02.4", "1:00", "12:05", "1:02:03"]
+
+
+# any times, any container: the frame a seek-and-decode gives is the one decoding everything would give
+
+def _numbered(count: int) -> list:
+    """One scene per frame (10 fps), each a barcode of its frame number: 6 stripes, white for a 1 bit."""
+    from PIL import Image
+
+    scenes = []
+    for number in range(count):
+        stripes = np.array([255 if number >> bit & 1 else 0 for bit in range(6)], np.uint8)
+        scenes.append((0.1, Image.fromarray(np.repeat(np.repeat(stripes, 8)[None, :], 48, axis=0)).convert("RGB")))
+    return scenes
+
+
+def _number(image) -> int:
+    grey = np.asarray(image.convert("L").resize((48, 48)), float)
+    return sum(1 << bit for bit in range(6) if grey[:, bit * 8 + 2:bit * 8 + 6].mean() > 128)
+
+
+SEEKING = [(".mp4", "libx264", 12), (".mkv", "libx264", 12), (".webm", "libvpx-vp9", 12), (".ts", "libx264", 12),
+           (".avi", "mpeg4", 12), (".mov", "libx265", 12), (".mp4", "libx264", 30)]
+
+
+@pytest.mark.parametrize("suffix, codec, gop", SEEKING, ids=[f"{s}-{c}-gop{g}" for s, c, g in SEEKING])
+def test_any_times_give_the_frames_decoding_everything_gives(tmp_path, suffix, codec, gop):
+    path = make_video(tmp_path / f"n{suffix}", _numbered(60), size=(64, 64), fps=10, gop=gop, codec=encoder(codec))
+    with VideoReader(str(path)) as reader:
+        frames_all = list(reader.frames([i / 10 for i in range(60)]))
+    shown = [round(f.shown, 6) for f in frames_all]
+    assert shown == [i / 10 for i in range(60)]  # every frame, in order: the ground truth
+    assert [_number(f.image) for f in frames_all] == list(range(60))
+    rng = random.Random(f"{suffix}{codec}{gop}")
+    for _ in range(4):
+        times = sorted(t for t in (round(rng.uniform(0, 6.0), 3) for _ in range(rng.randint(2, 9)))
+                       if abs(t * 10 % 1 - 0.5) > 0.02)  # no time halfway between two frames: either is nearest
+        with VideoReader(str(path)) as reader:
+            frames = list(reader.frames(times))
+        expected = [min(5.9, max(0.0, math.floor(t * 10 + 0.5) / 10)) for t in times]  # nearest, ties later
+        assert [f.time for f in frames] == times
+        assert [round(f.shown, 6) for f in frames] == expected, times
+        assert [_number(f.image) for f in frames] == [round(e * 10) for e in expected], times

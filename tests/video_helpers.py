@@ -56,6 +56,8 @@ def make_video(path, scenes, size=(64, 48), fps=10, codec="libx264", rotate=None
     if codec == "libx264":
         options.update({"preset": "veryfast", "x264-params": "scenecut=0"})
     if codec == "libx265":
+        if min(size) < 64:  # x265 (in PyAV's wheels) corrupts the heap for a side under 64: the process aborts
+            raise ValueError(f"libx265 needs at least 64x64 here, not {size[0]}x{size[1]}")
         options.update({"preset": "ultrafast", "x265-params": "scenecut=0:log-level=error"})
     stream = container.add_stream(codec, rate=fps, options=options)
     stream.width, stream.height = size

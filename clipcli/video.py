@@ -146,7 +146,7 @@ class VideoReader:
 
     def __init__(self, path: str, source=None, *, max_megapixels: float | None = None,
                  deadline: float | None = 60.0) -> None:
-        self.path = path
+        self.path = path = os.fspath(path)
         self.warnings: list[str] = []
         self.frames_decoded = 0  # frames the decoder made (most are skipped unconverted), for tests and stats
         self._ends = None if deadline is None else _now() + deadline

@@ -9,6 +9,7 @@ import random
 import threading
 import tracemalloc
 import weakref
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -159,11 +160,37 @@ def test_a_time_between_frames_gets_the_nearest_frame(tmp_path):
     assert [colour_at(f.image) for f in frames] == ["red", "blue", "blue", "lime"]
 
 
+def test_a_held_frame_is_the_nearest_and_the_gap_is_reported(tmp_path):
+    """Variable frame rate (a screen recording): frames every 0.1 s to 1.0 s, the 1.0 s frame held until 4.0 s."""
+    import av
+
+    path = tmp_path / "screen.mkv"
+    stamps = [i / 10 for i in range(11)] + [4 + i / 10 for i in range(10)]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for stamp in stamps:
+            frame = av.VideoFrame.from_image(picture("red" if stamp < 4 else "blue", (64, 48))).reformat(
+                format="yuv420p")
+            frame.pts, frame.time_base = round(stamp * 1000), Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    with VideoReader(str(path)) as reader:
+        frames = [(f.time, f.shown, colour_at(f.image)) for f in reader.frames([0.5, 2.0, 3.9, 4.5])]
+    assert frames == [(0.5, 0.5, "red"), (2.0, 1.0, "red"), (3.9, 4.0, "blue"), (4.5, 4.5, "blue")]
+    assert reader.warnings == ["no frames from 0:01 to 0:04 (damaged data, or a still picture held that long)"]
+
+
 def test_a_file_named_like_an_ffmpeg_protocol_is_read_as_a_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     make_video(tmp_path / "pipe:0.mp4", SCENES, fps=10)
     with VideoReader("pipe:0.mp4") as reader:
         assert [colour_at(f.image) for f in reader.frames([1.0, 3.0])] == ["red", "blue"]
+    with VideoReader(tmp_path / "pipe:0.mp4") as reader:  # a Path is taken too
+        assert reader.path == str(tmp_path / "pipe:0.mp4") and reader.info.duration == pytest.approx(6.0, abs=0.01)
 
 
 def test_a_second_call_may_go_back_in_time(tmp_path):

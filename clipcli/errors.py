@@ -85,6 +85,12 @@ class ImageReadError(ClipCliError):
         self.kind = kind
 
 
+class VideoReadError(ImageReadError):
+    """One video that cannot be read (or not within its deadline): an ImageReadError, so a batch reports it as one
+    record and goes on.  Kinds: not_a_video, no_video_stream, unsupported_codec, truncated, too_large, incomplete,
+    timeout, decode_error, and those of images (not_found, permission_denied, not_a_file, ...)."""
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """An exception's first line of text (its type's name when it has none), for a one-line error."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]

@@ -13,11 +13,12 @@ import bisect
 import io
 import math
 import os
-import time as _time
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING
 
-from .errors import ImageReadError, UsageError
+from .errors import ImageReadError, UsageError, VideoReadError, first_line
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -28,15 +29,20 @@ MAX_SIDE = 16384  # pixels: a larger declared width or height is refused as absu
 GAP = 1.0  # seconds: a longer jump between frames decoded one after another is reported (damage or a held frame)
 DEFAULT_GOP = 2.0  # seconds between keyframes assumed until two keyframes were seen (phones: 0.5-2 s)
 EVERY_DEFAULT = 2.0
+MP4_BOXES = (b"ftyp", b"wide", b"free", b"mdat")  # what an MP4/MOV file starts with (its 2nd 4 bytes)
+
+
+__all__ = ["VIDEO_SUFFIXES", "Frame", "Sampling", "VideoInfo", "VideoReadError", "VideoReader", "is_video"]
+_now = time.monotonic  # the clock deadlines are measured with (tests replace it)
 
 
 def is_video(path: str) -> bool:
-    """Named like a video (by suffix, any case)."""
+    """Named like a video (by suffix, any case; an object-storage URI's ?options are not part of its name)."""
+    from .remote import is_remote
+
+    if is_remote(path):
+        path = path.partition("?")[0]
     return os.path.splitext(path)[1].lower() in VIDEO_SUFFIXES
-
-
-class VideoReadError(ImageReadError):
-    """One video that cannot be read (or not within its deadline); in a batch it becomes an error record."""
 
 
 @dataclass(frozen=True)
@@ -71,21 +77,22 @@ class Sampling:
             return []
         if self.frames is not None:
             count = min(self.frames, self.max_frames)
-            raw = [(i + 0.5) * duration / count for i in range(count)]
-        else:
-            count = math.ceil(duration / self.every) + 1
-            if count > self.max_frames and (count - 1) * self.every >= duration - 1e-9:
-                count -= 1  # the last one was at or past the end
-            if count > self.max_frames:
-                raw = [i * duration / self.max_frames for i in range(self.max_frames)]
-            else:
-                raw = [i * self.every for i in range(count)]
-        return sorted({t for t in (round(t, 3) for t in raw) if 0 <= t < duration})
+            return _rounded([(i + 0.5) * duration / count for i in range(count)], duration)
+        if duration / self.every <= self.max_frames + 1:  # else surely more than the cap (never a huge list)
+            times = _rounded([i * self.every for i in range(math.ceil(duration / self.every) + 1)], duration)
+            if len(times) <= self.max_frames:
+                return times
+        return _rounded([i * duration / self.max_frames for i in range(self.max_frames)], duration)
 
     def key(self) -> str:
         """Short stable text naming the sampling, for stores and records: "every=2", "frames=8,max=100"."""
         text = f"frames={self.frames}" if self.frames is not None else f"every={self.every:g}"
         return text if self.max_frames == 300 else f"{text},max={self.max_frames}"
+
+
+def _rounded(times: list[float], duration: float) -> list[float]:
+    """Times rounded to milliseconds, sorted, each once, all in [0, duration)."""
+    return sorted({t for t in (round(t, 3) for t in times) if 0 <= t < duration})
 
 
 def _is_int(value) -> bool:
@@ -111,7 +118,7 @@ class Frame:
 
     time: float
     shown: float
-    image: "Image.Image"
+    image: Image.Image
 
 
 def _reason(exc: BaseException) -> str:
@@ -139,21 +146,30 @@ class VideoReader:
 
     def __init__(self, path: str, source=None, *, max_megapixels: float | None = None,
                  deadline: float | None = 60.0) -> None:
-        self.path = path
+        self.path = path = os.fspath(path)
         self.warnings: list[str] = []
         self.frames_decoded = 0  # frames the decoder made (most are skipped unconverted), for tests and stats
-        self._ends = None if deadline is None else _time.monotonic() + deadline
+        self._ends = None if deadline is None else _now() + deadline
         self._container = None
         self._packets = None
         self._ahead = None  # a decoded frame not yet used (the probe's first frame, or one past a time)
         self._last_time = None  # time of the last frame decoded, None before any / after a seek
         self._last_key = 0.0  # time of the last keyframe decoded
         self._gop = None  # longest keyframe interval seen (seconds)
+        self._back = 0.0  # seconds to seek before a time, once a seek landed past one (MPEG-TS, B-frame delay)
         self._ended = False
         self._timed_out = False
+        self._damaged = False  # decoding ended at corrupt data
+        self._served: float | None = None  # the last time a frame was given for
         self._pending: list = []
         try:
             self._open(source, max_megapixels)
+        except ImageReadError:
+            self.close()
+            raise
+        except Exception as exc:  # noqa: BLE001 (anything else PyAV raises on open is about this file)
+            self.close()
+            raise VideoReadError(path, f"cannot decode video ({first_line(exc)})", "decode_error") from None
         except BaseException:
             self.close()
             raise
@@ -167,21 +183,21 @@ class VideoReader:
             self._container = av.open(self._source(source), "r", metadata_errors="replace")
         except ImageReadError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (PyAV and object storage raise many types; all mean this file)
             raise self._open_error(exc, source) from None
         container = self._container
-        streams = container.streams.video
+        attached = av.stream.Disposition.attached_pic  # cover art of a music file: a picture, not a video
+        streams = [s for s in container.streams.video if not s.disposition & attached]
         if not streams:
-            if not container.streams.audio and self._head(source)[4:8] == b"ftyp":
+            if not container.streams.audio and self._head(source)[4:8] in MP4_BOXES:
                 raise self._incomplete()
             what = "audio only" if container.streams.audio else "no streams"
             raise VideoReadError(self.path, f"no video stream ({what})", "no_video_stream")
         stream = self._stream = streams[0]
         context = stream.codec_context
-        if context is None or stream.codec_context.name in ("", "none"):
-            tag = getattr(stream, "codec_tag", "") or "unknown"
-            raise VideoReadError(self.path, f"video codec {tag!r} is not supported by this FFmpeg build; convert it "
-                                 "(ffmpeg -i IN -c:v libx264 OUT.mp4)", "unsupported_codec")
+        if context is None:  # PyAV makes no context for a codec without a decoder here (or an unknown FourCC)
+            raise VideoReadError(self.path, "video codec unknown to or not decodable by this FFmpeg build (PyAV); "
+                                 "convert it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4", "unsupported_codec")
         width, height = context.width, context.height
         if not width or not height:
             raise VideoReadError(self.path, "video stream declares no frame size (damaged header)", "truncated")
@@ -190,8 +206,9 @@ class VideoReader:
             limit = f"the {max_megapixels:g} MP limit (raise it with --max-megapixels)" \
                 if max_megapixels is not None and width <= MAX_SIDE and height <= MAX_SIDE \
                 else f"{MAX_SIDE} pixels a side"
+            megapixels = width * height / 1e6
             raise VideoReadError(self.path, f"video frames are {width}x{height} "
-                                 f"({width * height / 1e6:.0f} MP), above {limit}", "too_large")
+                                 f"({megapixels:.{2 if megapixels < 1 else 0}f} MP), above {limit}", "too_large")
         self._base = stream.time_base
         self._start = float(stream.start_time * self._base) if stream.start_time is not None else 0.0
         duration = self._declared_duration()
@@ -209,10 +226,14 @@ class VideoReader:
         if first is None:
             if self._timed_out:
                 raise VideoReadError(self.path, "opening took longer than the per-file deadline", "timeout")
-            damage = f" ({self.warnings.pop().split('(')[-1]}" if self.warnings and "corrupt" in self.warnings[-1] else ""
-            raise VideoReadError(self.path, f"no frame could be decoded{damage or ' (empty or cut short)'}",
-                                 "truncated")
+            if self._damaged:
+                raise VideoReadError(self.path, "corrupt data before the first frame; no frame could be decoded",
+                                     "decode_error")
+            raise VideoReadError(self.path, "no frame could be decoded (empty or cut short)", "truncated")
         self._ahead = first
+        if self._keys:  # the index times keyframes by decoding order (dts): shown that much later (B-frames)
+            shift = max(0.0, self._time(first) - self._keys[0])
+            self._keys = [k + shift for k in self._keys]
         rotation = first.rotation % 360
         self._rotation = rotation if rotation in (90, 180, 270) else 0
         if self._rotation in (90, 270):
@@ -237,10 +258,12 @@ class VideoReader:
         check_regular(self.path)
         if os.path.getsize(self.path) == 0:
             raise VideoReadError(self.path, "empty file (0 bytes), not a video", "not_a_video")
-        return self.path
+        return "file:" + self.path  # never another FFmpeg protocol: a file named pipe:0.mp4 is a file
 
     def _open_error(self, exc: BaseException, source) -> VideoReadError:
         """The VideoReadError for a file PyAV could not open (or that could not be read at all)."""
+        import av
+
         from .images import _describe, _folder_error
 
         if isinstance(exc, IsADirectoryError):
@@ -251,17 +274,17 @@ class VideoReader:
                 return VideoReadError(self.path, f"broken symlink (points to {os.readlink(self.path)})",
                                       "broken_symlink")
             return VideoReadError(self.path, "file not found", "not_found")
-        import av
-
-        if isinstance(exc, av.error.FFmpegError) or not isinstance(exc, OSError):
+        if isinstance(exc, av.error.FFmpegError) and not isinstance(exc, (PermissionError, IsADirectoryError)):
             head = self._head(source)
-            if head[4:8] == b"ftyp":
-                return self._incomplete()
             if len(head) == 0:
                 return VideoReadError(self.path, "empty file (0 bytes), not a video", "not_a_video")
+            if head[4:8] in MP4_BOXES:
+                return self._incomplete()
             return VideoReadError(self.path, "not a video FFmpeg can read", "not_a_video")
-        kind, message = _describe(exc)
-        return VideoReadError(self.path, message, kind)
+        if isinstance(exc, OSError):  # permission, a FIFO or device, a symlink loop, an I/O error
+            kind, message = _describe(exc)
+            return VideoReadError(self.path, message, kind)
+        return VideoReadError(self.path, f"cannot read video ({first_line(exc)})", "unreadable")
 
     def _incomplete(self) -> VideoReadError:
         return VideoReadError(self.path, "MP4/MOV without its index (moov box): still being written, or cut short "
@@ -305,7 +328,10 @@ class VideoReader:
 
         end = 0.0
         try:
-            for packet in self._container.demux(self._stream):
+            for count, packet in enumerate(self._container.demux(self._stream)):
+                if count % 256 == 255 and self._past_deadline():
+                    raise VideoReadError(self.path, "no duration declared, and reading the file to measure it "
+                                         "took longer than the per-file deadline", "timeout")
                 if packet.pts is not None:
                     end = max(end, float((packet.pts + (packet.duration or 0)) * self._base) - self._start)
             self._container.seek(0, stream=self._stream)
@@ -314,7 +340,7 @@ class VideoReader:
                                  "truncated") from None
         if end <= 0:
             raise VideoReadError(self.path, "no duration declared and no timed packets", "truncated")
-        self.warnings.append(f"duration not declared; {clock(end)} measured by reading the file")
+        self._warn(f"duration not declared; {clock(end)} measured by reading the file")
         return end
 
     # decoding
@@ -336,19 +362,19 @@ class VideoReader:
             except StopIteration:
                 self._ended = True
             except av.error.FFmpegError as exc:
-                self._ended = True
+                self._ended = self._damaged = True
                 where = clock(self._last_time) if self._last_time is not None else "0:00"
-                self.warnings.append(f"corrupt data at {where}; frames after it were skipped ({_reason(exc)})")
+                self._warn(f"corrupt data at {where}; frames after it were skipped ({_reason(exc)})")
         frame = self._pending.pop(0)
         self.frames_decoded += 1
         now, before = self._time(frame), self._last_time
         if frame.is_corrupt or (before is not None and now < before - 1e-6):
-            self._ended = True
-            self.warnings.append(f"corrupt data at {clock(before or now)}; frames after it were skipped")
+            self._ended = self._damaged = True
+            self._warn(f"corrupt data at {clock(before or now)}; frames after it were skipped")
             return None
         if before is not None and now - before > max(GAP, 10 / (self._fps or 30.0)):
-            self.warnings.append(f"no frames from {clock(before)} to {clock(now)} (damaged data, or a still "
-                                 "picture held that long)")
+            self._warn(f"no frames from {clock(before)} to {clock(now)} (damaged data, or a still picture "
+                       "held that long)")
         if frame.key_frame:
             if before is not None and now > self._last_key:
                 self._gop = max(self._gop or 0.0, now - self._last_key)
@@ -357,38 +383,47 @@ class VideoReader:
         return frame
 
     def frames(self, times: Sequence[float]) -> Iterator[Frame]:
-        """One Frame per requested time that could be decoded, in time order: the first frame shown at or after
-        the time (the last frame, for a time just past it).  Ends early, with a line in `warnings`, at damaged
-        data or the deadline (VideoReadError kind "timeout" when the deadline comes before the first frame)."""
+        """One Frame per requested time that could be decoded, in time order: the frame shown nearest the time
+        (the first at or after it, unless the one before is nearer; the last frame for a time just past it).
+        Ends early, with a line in `warnings`, at damaged data or the deadline (VideoReadError kind "timeout"
+        when the deadline comes before the first frame).  A later call may ask for earlier times (it seeks)."""
+        if not all(math.isfinite(t) for t in times):
+            raise ValueError("frame times must be finite numbers of seconds")
         made = 0
-        for target in sorted(times):
+        times = sorted(times)
+        if times and self._served is not None and times[0] < self._served:  # an earlier time than the last call's
+            self._ended = self._damaged = False
+            self._seek(times[0] - self._back)
+        for target in times:
             frame = self._frame_at(target)
             if frame is None:
                 if self._timed_out:
                     if made == 0:
                         raise VideoReadError(self.path, "decoding took longer than the per-file deadline; no frame "
                                              "was read (raise the time limit)", "timeout")
-                    self.warnings.append(f"deadline reached at {clock(target)}; later frames were skipped")
+                    self._warn(f"deadline reached at {clock(target)}; later frames were skipped")
                 return
             made += 1
+            self._served = target
             yield Frame(time=target, shown=round(self._time(frame), 6), image=self._picture(frame))
 
     def _frame_at(self, target: float):
         """The decoded frame for a time: seeking first when a keyframe lies between here and there, and again,
         further back, when a seek lands past the time."""
         retried = False
-        seeked = self._should_seek(target) and self._seek(target)
+        seeked = self._should_seek(target) and self._seek(target - self._back)
         previous = None
         while True:
             frame = self._ahead if self._ahead is not None else self._next_frame()
             self._ahead = frame
             shown = None if frame is None else self._time(frame)
-            if seeked and previous is None and not retried and not self._timed_out \
+            if seeked and previous is None and not retried and not self._timed_out and not self._damaged \
                     and (frame is None or shown > target + 0.0005):
                 # landed past the time (a keyframe shown after it, a coarse index, MPEG-TS): seek further back
                 retried = True
                 self._ended = False
-                if self._seek(max(0.0, target - 2 * max(self._gop or 0.0, DEFAULT_GOP))):
+                self._back = max(self._back, 2 * max(self._gop or 0.0, DEFAULT_GOP))
+                if self._seek(target - self._back):
                     continue
             if frame is None:
                 return self._at_end(target, previous)
@@ -400,20 +435,24 @@ class VideoReader:
 
     def _at_end(self, target: float, previous):
         """A time past the last frame: that frame when the video really ends there, None when it was cut short."""
-        if self._timed_out or any("corrupt data" in w for w in self.warnings):
+        if self._timed_out or self._damaged:
             return None
         if previous is None:
-            self.warnings.append(f"no frame could be decoded at or after {clock(target)} (cut short or damaged); "
-                                 "frames after it were skipped")
+            self._warn(f"no frame could be decoded at or after {clock(target)} (cut short or damaged); "
+                       "frames after it were skipped")
             return None
         last = self._time(previous)
         end = self.info.duration
         if end - last <= max(3 / (self.info.fps or 30.0), 0.1):
             self._ahead = previous
             return previous
-        self.warnings.append(f"video ends at {clock(last)} of {clock(end)} declared (cut short); "
-                             "frames after it were skipped")
+        self._warn(f"video ends at {clock(last)} of {clock(end)} declared (cut short); frames after it were "
+                   "skipped")
         return None
+
+    def _warn(self, text: str) -> None:
+        if text not in self.warnings:
+            self.warnings.append(text)
 
     def _time(self, frame) -> float:
         """A frame's presentation time in seconds from the stream's start."""
@@ -422,21 +461,24 @@ class VideoReader:
         return float(frame.pts * self._base) - self._start
 
     def _should_seek(self, target: float) -> bool:
-        here = self._last_time
-        if self._ended or here is None or target <= here:
+        """Whether seeking saves decoding: a keyframe lies after here and at or before the time (exactly, from
+        the index; else from the longest keyframe interval seen, or a guess)."""
+        here, aim = self._last_time, target - self._back
+        if self._ended or here is None or aim <= here:
             return False
-        if self._keys is not None:  # exact: a keyframe after here, at or before the target
-            i = bisect.bisect_right(self._keys, target) - 1
+        if self._keys is not None:
+            i = bisect.bisect_right(self._keys, aim) - 1
             return i >= 0 and self._keys[i] > here + 1e-6
-        return target >= self._last_key + (self._gop or DEFAULT_GOP)
+        # no index: a keyframe interval seen, else a guess that doubles with the stretch decoded without one
+        return aim >= self._last_key + (self._gop or max(DEFAULT_GOP, 2 * (here - self._last_key)))
 
     def _seek(self, target: float) -> bool:
         """Seek to the keyframe at or before a time (decoder flushed); False where the file cannot seek."""
         import av
 
         try:
-            self._container.seek(int((target + self._start) / self._base), backward=True, any_frame=False,
-                                 stream=self._stream)
+            self._container.seek(round((max(target, 0.0) + self._start) / self._base), backward=True,
+                                 any_frame=False, stream=self._stream)
         except av.error.FFmpegError:
             return False
         self._packets = self._container.demux(self._stream)
@@ -445,7 +487,7 @@ class VideoReader:
         self._last_time = None
         return True
 
-    def _picture(self, frame) -> "Image.Image":
+    def _picture(self, frame) -> Image.Image:
         image = frame.to_image()
         if self._rotation:
             from PIL import Image
@@ -455,7 +497,7 @@ class VideoReader:
         return image
 
     def _past_deadline(self) -> bool:
-        return self._ends is not None and _time.monotonic() > self._ends
+        return self._ends is not None and _now() >= self._ends
 
     def close(self) -> None:
         self._ahead = None
@@ -464,7 +506,7 @@ class VideoReader:
             self._container.close()
             self._container = None
 
-    def __enter__(self) -> "VideoReader":
+    def __enter__(self) -> VideoReader:
         return self
 
     def __exit__(self, *exc) -> None:

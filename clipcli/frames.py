@@ -3,8 +3,8 @@ those keys flow through the same batches, engines and store as images do.
 
 `expand` turns input paths into keys: an image stays itself, a video becomes its frame keys (a video that cannot
 be opened stays itself, and decoding it gives its one error record).  `read_frame` is what `batches.decode_one`
-calls for a frame key: the decoding threads of a process share one open reader per video (a few at a time), so
-the frames of a video are decoded in one forward pass, not once per thread.
+calls for a frame key: each decoding thread keeps its own open readers (PyAV's decoders are not to be shared
+between threads), a few at a time.
 """
 
 from __future__ import annotations
@@ -61,10 +61,12 @@ def probe(video: str):
 def read_frame(key: str, limits) -> tuple[object, tuple[int, int]]:
     """(upright RGB image, (width, height)) of a frame key; a video named without a time is opened for its
     error (ImageReadError either way, naming the video)."""
+    from .video import VideoReader
+
     video, at = split_frame(key)
-    if at is None:
-        _READERS.get(video, limits.max_megapixels)
-        raise ImageReadError(video, "no frame could be sampled (the video is empty or too short)", "no_frames")
+    if at is None:  # sampling found no time: opening it says why, if it can
+        with VideoReader(video, _source(video), max_megapixels=limits.max_megapixels):
+            raise ImageReadError(video, "no frame could be sampled (the video is empty or too short)", "no_frames")
     return _READERS.frame(video, at, limits.max_megapixels)
 
 
@@ -98,57 +100,60 @@ def close_readers() -> None:
 
 
 class _Readers:
-    """Open VideoReaders shared by this process's decoding threads: one lock per video, so its frames are decoded
-    in order by whichever thread asks, and a few videos open at once (the least recently used is closed)."""
+    """Open VideoReaders, each used only by the thread that opened it (a decoder is never shared between threads):
+    a few per thread, the least recently used closed, and every one closed at the end of a run.  A thread's
+    frames of one video come in time order, so its reader decodes forward, seeking past what sampling skips."""
 
     def __init__(self, size: int = OPEN_READERS) -> None:
-        self._lock = threading.Lock()
-        self._open: OrderedDict[str, tuple[object, threading.Lock, object]] = OrderedDict()
         self.size = size
-
-    def get(self, video: str, max_megapixels: float | None = None):
-        return self._entry(video, max_megapixels)[0]
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._every: set = set()  # every reader open in this process, for close()
+        self._generation = 0  # bumped by close(): a thread's readers from before are closed
 
     def frame(self, video: str, at: float, max_megapixels: float | None):
-        reader, lock, _ = self._entry(video, max_megapixels)
-        with lock:
-            found = next(iter(reader.frames([at])), None)
-            if found is None:
-                said = reader.warnings[-1] if reader.warnings else "the video ends before it"
-                raise ImageReadError(video, f"no frame at {clock(at)}: {said}", "truncated")
-            image = found.image
-        return image, image.size
+        reader = self._reader(video, max_megapixels)
+        found = next(iter(reader.frames([at])), None)
+        if found is None:
+            said = reader.warnings[-1] if reader.warnings else "the video ends before it"
+            raise ImageReadError(video, f"no frame at {clock(at)}: {said}", "truncated")
+        return found.image, found.image.size
 
-    def _entry(self, video: str, max_megapixels: float | None):
+    def _reader(self, video: str, max_megapixels: float | None):
         from .store import file_state
         from .video import VideoReader
 
+        mine = getattr(self._local, "open", None)
+        if mine is None or self._local.generation != self._generation:
+            mine = self._local.open = OrderedDict()
+            self._local.generation = self._generation
         state = file_state(video)
-        with self._lock:
-            entry = self._open.get(video)
-            if entry is not None and entry[2] == state:
-                self._open.move_to_end(video)
-                return entry
+        entry = mine.pop(video, None)
+        if entry is not None and entry[1] == state:
+            mine[video] = entry
+            return entry[0]
+        if entry is not None:
+            self._close(entry[0])  # the file changed: open it again
         reader = VideoReader(video, _source(video), max_megapixels=max_megapixels)
-        entry = (reader, threading.Lock(), state)
         with self._lock:
-            old = self._open.pop(video, None)
-            self._open[video] = entry
-            while len(self._open) > self.size:
-                _, (gone, gone_lock, _) = self._open.popitem(last=False)
-                with gone_lock:
-                    gone.close()
-        if old is not None:
-            with old[1]:
-                old[0].close()
-        return entry
+            self._every.add(reader)
+        mine[video] = (reader, state)
+        while len(mine) > self.size:
+            self._close(mine.popitem(last=False)[1][0])
+        return reader
+
+    def _close(self, reader) -> None:
+        with self._lock:
+            self._every.discard(reader)
+        reader.close()
 
     def close(self) -> None:
+        """Close every reader (when no thread decodes any more: the end of a run)."""
         with self._lock:
-            entries, self._open = list(self._open.values()), OrderedDict()
-        for reader, lock, _ in entries:
-            with lock:
-                reader.close()
+            readers, self._every = list(self._every), set()
+            self._generation += 1
+        for reader in readers:
+            reader.close()
 
 
 def _source(video: str):

@@ -223,3 +223,33 @@ def test_other_applies_to_shots_and_tag_labels_a_video_once(tmp_path):
         read = json.loads(subprocess.run(["exiftool", "-j", "-XMP-dc:Subject", str(tmp_path / "walk.mp4.xmp")],
                                          capture_output=True, text=True, check=True).stdout)
         assert read[0]["Subject"] in ("red circle", ["red circle"])
+
+
+def test_many_decoding_threads_give_every_frame_its_own_picture(tmp_path):
+    """Frames of several videos decoded by four threads at once equal those decoded by one (a reader shared between
+    threads once gave some frames another time's picture, and could crash the process)."""
+    import itertools
+
+    import numpy as np
+
+    from clipcli.store import open_store
+
+    kinds = list(itertools.product(["red", "blue", "green", "yellow"], ["circle", "square", "star", "triangle"]))
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for i in range(8):
+        make_video(folder / f"v{i}.{'mp4' if i % 2 else 'mkv'}", [(2, kinds[(3 * i + j) % 16]) for j in range(4)],
+                   size=(96, 72), codec="libx264" if i % 2 else "mpeg4", gop=10)
+
+    def embed(threads: int) -> dict:
+        store = tmp_path / f"store{threads}"
+        done = subprocess.run([sys.executable, "-m", "clipcli", "embed", str(folder), "-m", "demo", "--store",
+                               str(store), "--every", "0.5", "-j", str(threads), "-q"], capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, (threads, done.returncode, done.stderr[-2000:])
+        return {path: vector for paths, vectors, _ in open_store(store).iter_embeddings()
+                for path, vector in zip(paths, vectors)}
+
+    one, four = embed(1), embed(4)
+    assert len(one) == len(four) == 8 * 16
+    assert min(float(np.dot(one[key], four[key])) for key in one) > 0.999

@@ -248,6 +248,20 @@ def test_rotation_is_applied_like_ffmpeg(tmp_path, rotate, width, height, corner
         name: "red" if name == corner else "blue" for name in spots}
 
 
+def test_rotation_from_the_older_rotate_tag_where_pyav_gives_none():
+    """Before VideoFrame.rotation, FFmpeg gave the turn as a `rotate` tag, in degrees clockwise."""
+    from types import SimpleNamespace
+
+    def stream(tag):
+        return SimpleNamespace(metadata={"rotate": tag} if tag is not None else {})
+
+    no_rotation = SimpleNamespace()
+    assert [video._rotation(no_rotation, stream(t)) for t in ["90", "180", "270", None, "x", "45"]] == \
+        [270, 180, 90, 0, 0, 0]
+    assert [video._rotation(SimpleNamespace(rotation=r), stream("90")) for r in [90, -90, 180, -180, 0]] == \
+        [90, 270, 180, 180, 0]  # the frame's display matrix wins
+
+
 @pytest.mark.skipif(not os.path.exists("/usr/bin/ffmpeg"), reason="needs the ffmpeg command")
 def test_rotation_matches_the_ffmpeg_command(tmp_path):
     import subprocess

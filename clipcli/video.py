@@ -142,6 +142,16 @@ def _rotation(frame, stream) -> int:
     return degrees if degrees in (90, 180, 270) else 0
 
 
+def _tag_seconds(text: str | None) -> float | None:
+    """Seconds from a "01:02:03.500000000" tag (Matroska's DURATION), None when there is none or it is not one."""
+    try:
+        hours, minutes, seconds = (text or "").split(":")
+        value = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
 def _reason(exc: BaseException) -> str:
     """FFmpeg's words for an error, without the errno and path PyAV adds."""
     return getattr(exc, "strerror", None) or type(exc).__name__
@@ -324,9 +334,14 @@ class VideoReader:
             return b"????"
 
     def _declared_duration(self) -> float | None:
+        """The video stream's duration, else Matroska's per-stream DURATION tag, else the container's (which may
+        be the sound's, a little longer)."""
         stream = self._stream
         if stream.duration:
             return float(stream.duration * self._base)
+        tag = _tag_seconds(stream.metadata.get("DURATION") or stream.metadata.get("duration"))
+        if tag:
+            return tag
         if self._container.duration:
             return self._container.duration / 1e6
         return None

@@ -121,6 +121,37 @@ class Frame:
     image: Image.Image
 
 
+def _is_cover_art(stream) -> bool:
+    """A music file's cover art: a video stream that is one attached picture."""
+    import av
+
+    flag = getattr(getattr(av.stream, "Disposition", None), "attached_pic", None)
+    return flag is not None and bool(stream.disposition & flag)
+
+
+def _rotation(frame, stream) -> int:
+    """Degrees counter-clockwise to turn a frame to show it (0, 90, 180 or 270): the display matrix, which FFmpeg
+    hands each frame (VideoFrame.rotation), or the older `rotate` tag (clockwise) where PyAV lacks it."""
+    degrees = getattr(frame, "rotation", None)
+    if degrees is None:
+        try:
+            degrees = -int(stream.metadata.get("rotate", 0))
+        except ValueError:
+            degrees = 0
+    degrees = round(degrees) % 360
+    return degrees if degrees in (90, 180, 270) else 0
+
+
+def _tag_seconds(text: str | None) -> float | None:
+    """Seconds from a "01:02:03.500000000" tag (Matroska's DURATION), None when there is none or it is not one."""
+    try:
+        hours, minutes, seconds = (text or "").split(":")
+        value = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
 def _reason(exc: BaseException) -> str:
     """FFmpeg's words for an error, without the errno and path PyAV adds."""
     return getattr(exc, "strerror", None) or type(exc).__name__
@@ -186,8 +217,7 @@ class VideoReader:
         except Exception as exc:  # noqa: BLE001 (PyAV and object storage raise many types; all mean this file)
             raise self._open_error(exc, source) from None
         container = self._container
-        attached = av.stream.Disposition.attached_pic  # cover art of a music file: a picture, not a video
-        streams = [s for s in container.streams.video if not s.disposition & attached]
+        streams = [s for s in container.streams.video if not _is_cover_art(s)]
         if not streams:
             if not container.streams.audio and self._head(source)[4:8] in MP4_BOXES:
                 raise self._incomplete()
@@ -234,8 +264,7 @@ class VideoReader:
         if self._keys:  # the index times keyframes by decoding order (dts): shown that much later (B-frames)
             shift = max(0.0, self._time(first) - self._keys[0])
             self._keys = [k + shift for k in self._keys]
-        rotation = first.rotation % 360
-        self._rotation = rotation if rotation in (90, 180, 270) else 0
+        self._rotation = _rotation(first, stream)
         if self._rotation in (90, 270):
             width, height = height, width
         self.info = VideoInfo(duration=duration, width=width, height=height, rotation=self._rotation,
@@ -305,9 +334,14 @@ class VideoReader:
             return b"????"
 
     def _declared_duration(self) -> float | None:
+        """The video stream's duration, else Matroska's per-stream DURATION tag, else the container's (which may
+        be the sound's, a little longer)."""
         stream = self._stream
         if stream.duration:
             return float(stream.duration * self._base)
+        tag = _tag_seconds(stream.metadata.get("DURATION") or stream.metadata.get("duration"))
+        if tag:
+            return tag
         if self._container.duration:
             return self._container.duration / 1e6
         return None
@@ -315,8 +349,8 @@ class VideoReader:
     def _keyframes(self) -> list[float] | None:
         """Keyframe times from the container's index when it lists every frame (MP4, MOV, AVI), else None."""
         stream = self._stream
-        entries = stream.index_entries
-        if not stream.frames or len(entries) < stream.frames:
+        entries = getattr(stream, "index_entries", None)  # PyAV >= 15 or so
+        if entries is None or not stream.frames or len(entries) < stream.frames:
             return None
         base, start = self._base, self._start
         return sorted(float(e.timestamp * base) - start for e in entries if e.is_keyframe)

@@ -140,6 +140,19 @@ def test_each_frame_shows_the_scene_of_its_time(tmp_path, suffix, encoders):
     assert reader.warnings == []
 
 
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_a_video_with_sound_reads_like_one_without(tmp_path, suffix):
+    path = make_video(tmp_path / f"phone{suffix}", SCENES, fps=10, gop=10, audio=True)
+    import av
+
+    with av.open(str(path)) as container:
+        assert len(container.streams.audio) == 1
+    reader, frames = read_all(path, every=1)
+    assert reader.info.duration == pytest.approx(6.0, abs=0.05) and reader.warnings == []
+    assert [(f.shown, colour_at(f.image)) for f in frames] == [
+        (0.0, "red"), (1.0, "red"), (2.0, "blue"), (3.0, "blue"), (4.0, "lime"), (5.0, "lime")]
+
+
 def test_drawn_scenes_come_back_as_drawn(tmp_path):
     drawings = [("red", "circle"), ("blue", "square"), ("green", "triangle")]
     path = make_video(tmp_path / "shapes.mp4", [(1, d) for d in drawings], size=(96, 96), fps=10)
@@ -246,6 +259,20 @@ def test_rotation_is_applied_like_ffmpeg(tmp_path, rotate, width, height, corner
              "bottom-right": (width - 4, height - 4)}
     assert {name: colour_at(image, xy) for name, xy in spots.items()} == {
         name: "red" if name == corner else "blue" for name in spots}
+
+
+def test_rotation_from_the_older_rotate_tag_where_pyav_gives_none():
+    """Before VideoFrame.rotation, FFmpeg gave the turn as a `rotate` tag, in degrees clockwise."""
+    from types import SimpleNamespace
+
+    def stream(tag):
+        return SimpleNamespace(metadata={"rotate": tag} if tag is not None else {})
+
+    no_rotation = SimpleNamespace()
+    assert [video._rotation(no_rotation, stream(t)) for t in ["90", "180", "270", None, "x", "45"]] == \
+        [270, 180, 90, 0, 0, 0]
+    assert [video._rotation(SimpleNamespace(rotation=r), stream("90")) for r in [90, -90, 180, -180, 0]] == \
+        [90, 270, 180, 180, 0]  # the frame's display matrix wins
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/bin/ffmpeg"), reason="needs the ffmpeg command")

@@ -17,7 +17,11 @@ from typing import Sequence
 from .errors import ImageReadError
 from .paths import clock, frame_key, is_video_name, split_frame
 
-OPEN_READERS = 4  # open videos kept per process (decoding threads work on one or two at a time)
+OPEN_READERS = 4  # open videos kept per decoding thread
+# Seconds a video may take to open (read its header and first frame), and to decode its sampled frames in one
+# decoding thread: time enough for 300 frames of a 4K video (bench/RESULTS.md: 300 of a 1080p one in 12-23 s),
+# and an end for a file that would hold a batch up.
+OPEN_DEADLINE, DECODE_DEADLINE = 60.0, 300.0
 FILMSTRIP = 5  # frames a page shows of a whole video
 
 
@@ -54,7 +58,7 @@ def probe(video: str):
     """(VideoInfo, warnings) of a video, read from its header (nothing decoded)."""
     from .video import VideoReader
 
-    with VideoReader(video, _source(video)) as reader:
+    with VideoReader(video, _source(video), deadline=OPEN_DEADLINE) as reader:
         return reader.info, list(reader.warnings)
 
 
@@ -134,7 +138,7 @@ class _Readers:
             return entry[0]
         if entry is not None:
             self._close(entry[0])  # the file changed: open it again
-        reader = VideoReader(video, _source(video), max_megapixels=max_megapixels)
+        reader = VideoReader(video, _source(video), max_megapixels=max_megapixels, deadline=DECODE_DEADLINE)
         with self._lock:
             self._every.add(reader)
         mine[video] = (reader, state)

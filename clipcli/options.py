@@ -81,21 +81,22 @@ class Sampling:
             return []
         if self.frames is not None:
             count = min(self.frames, self.max_frames)
-            raw = [(i + 0.5) * duration / count for i in range(count)]
-        else:
-            count = math.ceil(duration / self.every) + 1
-            if count > self.max_frames and (count - 1) * self.every >= duration - 1e-9:
-                count -= 1  # the last one was at or past the end
-            if count > self.max_frames:
-                raw = [i * duration / self.max_frames for i in range(self.max_frames)]
-            else:
-                raw = [i * self.every for i in range(count)]
-        return sorted({t for t in (round(t, 3) for t in raw) if 0 <= t < duration})
+            return _rounded([(i + 0.5) * duration / count for i in range(count)], duration)
+        if duration / self.every <= self.max_frames + 1:  # else surely more than the cap (never a huge list)
+            times = _rounded([i * self.every for i in range(math.ceil(duration / self.every) + 1)], duration)
+            if len(times) <= self.max_frames:
+                return times
+        return _rounded([i * duration / self.max_frames for i in range(self.max_frames)], duration)
 
     def key(self) -> str:
         """Short stable text naming the sampling, for stores and records: "every=2", "frames=8,max=100"."""
         text = f"frames={self.frames}" if self.frames is not None else f"every={self.every:g}"
         return text if self.max_frames == 300 else f"{text},max={self.max_frames}"
+
+
+def _rounded(times: list[float], duration: float) -> list[float]:
+    """Times rounded to milliseconds, sorted, each once, all in [0, duration)."""
+    return sorted({t for t in (round(t, 3) for t in times) if 0 <= t < duration})
 
 
 def _is_int(value) -> bool:

@@ -18,85 +18,24 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import ImageReadError, UsageError, VideoReadError, first_line
+from .errors import ImageReadError, VideoReadError, first_line
+from .options import EVERY_DEFAULT, Sampling  # noqa: F401 (re-exported: how a video is sampled is an option)
+from .paths import VIDEO_EXTENSIONS as VIDEO_SUFFIXES  # noqa: F401 (re-exported)
+from .paths import clock
+from .paths import is_video_name as is_video  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from PIL import Image
 
-VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"})
 MAX_DURATION = 48 * 3600.0  # seconds: a longer declared duration is refused as absurd
 MAX_SIDE = 16384  # pixels: a larger declared width or height is refused as absurd (no encoder makes it)
 GAP = 1.0  # seconds: a longer jump between frames decoded one after another is reported (damage or a held frame)
 DEFAULT_GOP = 2.0  # seconds between keyframes assumed until two keyframes were seen (phones: 0.5-2 s)
-EVERY_DEFAULT = 2.0
 MP4_BOXES = (b"ftyp", b"wide", b"free", b"mdat")  # what an MP4/MOV file starts with (its 2nd 4 bytes)
 
 
 __all__ = ["VIDEO_SUFFIXES", "Frame", "Sampling", "VideoInfo", "VideoReadError", "VideoReader", "is_video"]
 _now = time.monotonic  # the clock deadlines are measured with (tests replace it)
-
-
-def is_video(path: str) -> bool:
-    """Named like a video (by suffix, any case; an object-storage URI's ?options are not part of its name)."""
-    from .remote import is_remote
-
-    if is_remote(path):
-        path = path.partition("?")[0]
-    return os.path.splitext(path)[1].lower() in VIDEO_SUFFIXES
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Which times of a video to look at: every `every` seconds, or `frames` evenly spaced frames, at most
-    `max_frames` (a longer video is sampled more sparsely, evenly).  Sampling(frames=N) clears `every`."""
-
-    every: float | None = EVERY_DEFAULT
-    frames: int | None = None
-    max_frames: int = 300
-
-    def __post_init__(self) -> None:
-        if self.frames is not None:
-            if self.every is not None and self.every != EVERY_DEFAULT:
-                raise UsageError("--every and --frames cannot be used together; give one of them")
-            if not _is_int(self.frames) or self.frames < 1:
-                raise UsageError(f"--frames must be a whole number of frames, at least 1 (got {self.frames!r})")
-            object.__setattr__(self, "every", None)
-        elif self.every is None:
-            raise UsageError("give --every SECONDS or --frames N")
-        elif isinstance(self.every, bool) or not isinstance(self.every, (int, float)) \
-                or not math.isfinite(self.every) or self.every < 0.001:
-            raise UsageError(f"--every must be a number of seconds, at least 0.001 (got {self.every!r})")
-        if not _is_int(self.max_frames) or self.max_frames < 1:
-            raise UsageError(f"--max-frames must be a whole number, at least 1 (got {self.max_frames!r})")
-
-    def times(self, duration: float) -> list[float]:
-        """The sample times in seconds: sorted, distinct, rounded to milliseconds, all in [0, duration).
-        every: 0, every, 2*every, ...; frames: the middles of N equal parts; either way, more than max_frames
-        times become max_frames evenly spaced ones (0, d/M, 2d/M, ...)."""
-        if not duration > 0 or not math.isfinite(duration):
-            return []
-        if self.frames is not None:
-            count = min(self.frames, self.max_frames)
-            return _rounded([(i + 0.5) * duration / count for i in range(count)], duration)
-        if duration / self.every <= self.max_frames + 1:  # else surely more than the cap (never a huge list)
-            times = _rounded([i * self.every for i in range(math.ceil(duration / self.every) + 1)], duration)
-            if len(times) <= self.max_frames:
-                return times
-        return _rounded([i * duration / self.max_frames for i in range(self.max_frames)], duration)
-
-    def key(self) -> str:
-        """Short stable text naming the sampling, for stores and records: "every=2", "frames=8,max=100"."""
-        text = f"frames={self.frames}" if self.frames is not None else f"every={self.every:g}"
-        return text if self.max_frames == 300 else f"{text},max={self.max_frames}"
-
-
-def _rounded(times: list[float], duration: float) -> list[float]:
-    """Times rounded to milliseconds, sorted, each once, all in [0, duration)."""
-    return sorted({t for t in (round(t, 3) for t in times) if 0 <= t < duration})
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -155,15 +94,6 @@ def _tag_seconds(text: str | None) -> float | None:
 def _reason(exc: BaseException) -> str:
     """FFmpeg's words for an error, without the errno and path PyAV adds."""
     return getattr(exc, "strerror", None) or type(exc).__name__
-
-
-def clock(seconds: float) -> str:
-    """A time for people: 0:41, 0:02.4, 12:05, 1:02:03."""
-    tenths = round(seconds * 10)
-    whole, tenth = divmod(tenths, 10)
-    hours, rest = divmod(whole, 3600)
-    text = f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
-    return f"{text}.{tenth}" if tenth and not hours else text
 
 
 class VideoReader:

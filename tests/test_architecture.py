@@ -18,7 +18,8 @@ def test_library_modules_flow_one_way():
         return found
 
     scorers = {"classifier", "scoring", "fewshot", "heads", "openset", "adapt", "evaluate", "run", "api"}
-    for below in ("store", "images", "remote", "batches", "pipeline", "embeddings", "models", "preprocess"):
+    for below in ("store", "images", "remote", "batches", "pipeline", "embeddings", "models", "preprocess", "video",
+                  "frames", "shots", "moments"):
         assert not imports(below) & scorers, below
     assert imports("vectors") == set() and imports("paths") == set() and imports("options") == {"config", "errors"}
     assert "images" not in imports("remote")

@@ -32,24 +32,29 @@ def picture(what, size: tuple[int, int]):
 
 
 def make_video(path, scenes, size=(64, 48), fps=10, codec="libx264", rotate=None, gop=None,
-               audio: bool = False, pan: bool = False) -> Path:
+               audio: bool = False, pan: bool = False, container_options: dict | None = None) -> Path:
     """Encode `scenes` one after another into `path` (the container from its suffix), at `fps`, with a keyframe
     every `gop` frames (the encoder's own choice when None; libx264 adds none at scene cuts).  rotate: degrees
-    counter-clockwise to show it turned by (display matrix), like a phone held upright.  audio: also a short
-    silent track.  Returns the path."""
+    counter-clockwise to show it turned by (display matrix), like a phone held upright.  audio: also a silent
+    track.  container_options: the muxer's (e.g. {"live": "1"} for a WebM that declares no duration).  Returns the
+    path."""
     import av
 
     path = Path(path)
-    container = av.open(str(path), "w", format=FORMATS[path.suffix.lower()])
+    container = av.open(str(path), "w", format=FORMATS[path.suffix.lower()], options=container_options or {})
     options = {} if gop is None else {"g": str(gop)}
     if codec == "libx264":
         options.update({"preset": "veryfast", "x264-params": "scenecut=0"})
+    if codec == "libx265":
+        if min(size) < 64:  # x265 (in PyAV's wheels) corrupts the heap for a side under 64: the process aborts
+            raise ValueError(f"libx265 needs at least 64x64 here, not {size[0]}x{size[1]}")
+        options.update({"preset": "ultrafast", "x265-params": "scenecut=0:log-level=error"})
     stream = container.add_stream(codec, rate=fps, options=options)
     stream.width, stream.height = size
     stream.pix_fmt = "yuv420p"
     if rotate:
         stream.set_display_rotation(rotate)
-    sound = _audio_stream(container) if audio else None
+    sound = audio_stream(container) if audio else None
     index = 0
     for seconds, what in scenes:
         margin = max(4, size[0] // 8) if pan else 0
@@ -77,7 +82,7 @@ def make_audio(path, seconds: float = 2.0) -> Path:
 
     path = Path(path)
     container = av.open(str(path), "w", format=FORMATS[path.suffix.lower()])
-    write_silence(container, _audio_stream(container), seconds)
+    write_silence(container, audio_stream(container), seconds)
     container.close()
     return path
 
@@ -94,7 +99,7 @@ def audio_encoder() -> str:
     raise RuntimeError("PyAV's FFmpeg has no audio encoder among aac, mp2, libopus")
 
 
-def _audio_stream(container):
+def audio_stream(container):
     stream = container.add_stream(audio_encoder(), rate=48000)
     stream.layout = "mono"
     return stream

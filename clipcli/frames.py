@@ -55,10 +55,11 @@ def expand(paths: Sequence[str], sampling) -> Expanded:
 
 
 def probe(video: str):
-    """(VideoInfo, warnings) of a video, read from its header (nothing decoded)."""
+    """(VideoInfo, warnings) of a video, read from its header: nothing is decoded (a stored video that has not
+    changed is not decoded again)."""
     from .video import VideoReader
 
-    with VideoReader(video, _source(video), deadline=OPEN_DEADLINE) as reader:
+    with VideoReader(video, _source(video), deadline=OPEN_DEADLINE, header_only=True) as reader:
         return reader.info, list(reader.warnings)
 
 
@@ -130,6 +131,7 @@ class _Readers:
         mine = getattr(self._local, "open", None)
         if mine is None or self._local.generation != self._generation:
             mine = self._local.open = OrderedDict()
+            self._local.failed = {}
             self._local.generation = self._generation
         state = file_state(video)
         entry = mine.pop(video, None)
@@ -138,7 +140,14 @@ class _Readers:
             return entry[0]
         if entry is not None:
             self._close(entry[0])  # the file changed: open it again
-        reader = VideoReader(video, _source(video), max_megapixels=max_megapixels, deadline=DECODE_DEADLINE)
+        failed = self._local.failed.get(video)
+        if failed is not None and failed[0] == state:
+            raise failed[1]  # each of its frames fails as opening it did, without trying again
+        try:
+            reader = VideoReader(video, _source(video), max_megapixels=max_megapixels, deadline=DECODE_DEADLINE)
+        except ImageReadError as exc:
+            self._local.failed[video] = (state, exc)
+            raise
         with self._lock:
             self._every.add(reader)
         mine[video] = (reader, state)

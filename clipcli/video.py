@@ -103,10 +103,12 @@ class VideoReader:
     max_megapixels: refuse videos whose declared frame size is larger, before decoding anything.
     deadline: wall-clock seconds for this file from opening; decoding stops there with a warning (or raises
         VideoReadError kind "timeout" when no frame was made yet).  None: no limit.
+    header_only: read the header and decode nothing (the length of a video for its sampling times; `frames` is
+        not for such a reader, and `info.rotation` is 0: it is learnt from a decoded frame).
     """
 
     def __init__(self, path: str, source=None, *, max_megapixels: float | None = None,
-                 deadline: float | None = 60.0) -> None:
+                 deadline: float | None = 60.0, header_only: bool = False) -> None:
         self.path = path = os.fspath(path)
         self.warnings: list[str] = []
         self.frames_decoded = 0  # frames the decoder made (most are skipped unconverted), for tests and stats
@@ -124,7 +126,7 @@ class VideoReader:
         self._served: float | None = None  # the last time a frame was given for
         self._pending: list = []
         try:
-            self._open(source, max_megapixels)
+            self._open(source, max_megapixels, header_only)
         except ImageReadError:
             self.close()
             raise
@@ -137,7 +139,7 @@ class VideoReader:
 
     # opening and probing
 
-    def _open(self, source, max_megapixels: float | None) -> None:
+    def _open(self, source, max_megapixels: float | None, header_only: bool = False) -> None:
         import av
 
         try:
@@ -180,6 +182,11 @@ class VideoReader:
         self._fps = float(rate) if rate else None
         if duration is None:
             duration = self._measure_duration()
+        if header_only:  # what the header says: no frame decoded, so the rotation is not known (0)
+            self._rotation = 0
+            self.info = VideoInfo(duration=duration, width=width, height=height, rotation=0, fps=self._fps,
+                                  codec=context.name, frame_count=stream.frames or None)
+            return
         self._keys = self._keyframes()
         self._packets = container.demux(stream)
         first = self._next_frame()

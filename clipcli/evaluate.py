@@ -87,7 +87,7 @@ def _image_folder(root: str, mapping: dict[str, str]) -> Dataset:
         raise InputError(f"{root}: no class subfolders (expected {root}/<class name>/<images>)")
     paths, targets = [], []
     for index, folder in enumerate(folders):
-        for image in walk_images(os.path.join(root, folder)):
+        for image in walk_images(os.path.join(root, folder), videos=False):  # a labelled set is of images
             paths.append(image)
             targets.append(index)
     if not paths:

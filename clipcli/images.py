@@ -15,7 +15,7 @@ from typing import Iterable, Iterator
 
 from .errors import ImageReadError, InputError
 from .fsutil import NotRegularFileError, check_regular, reason
-from .paths import display_path, is_input_name  # noqa: F401 (display_path re-exported)
+from .paths import display_path, is_image_name, is_input_name  # noqa: F401 (display_path re-exported)
 
 GLOB_CHARS = frozenset("*?[")
 # Above this, a JPEG is always decoded at reduced size (shorter side >= HUGE_DECODE_SIDE) so memory stays
@@ -29,11 +29,12 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def walk_images(directory: str, recursive: bool = True) -> Iterator[str]:
-    """Image files under a directory in sorted order, skipping hidden entries and never entering the same
-    real directory twice (folder symlink loops end).  What cannot be examined is yielded to be reported when
-    read (see read_image): entries named like images that are broken or looping symlinks or special files, and
-    subfolders that cannot be listed.  The directory itself that cannot be listed raises InputError."""
+def walk_images(directory: str, recursive: bool = True, videos: bool = True) -> Iterator[str]:
+    """Image and video files (images only with videos=False: a labelled set) under a directory in sorted order,
+    skipping hidden entries and never entering the same real directory twice (folder symlink loops end).  What
+    cannot be examined is yielded to be reported when read (see read_image): entries named like images that are
+    broken or looping symlinks or special files, and subfolders that cannot be listed.  The directory itself
+    that cannot be listed raises InputError."""
     seen: set[tuple[int, int]] = set()
 
     def visit(path: str, top: bool) -> Iterator[str]:
@@ -55,7 +56,7 @@ def walk_images(directory: str, recursive: bool = True) -> Iterator[str]:
             if _is_dir(entry):
                 if recursive:
                     yield from visit(entry.path, False)
-            elif is_input_name(entry.name):
+            elif is_input_name(entry.name) if videos else is_image_name(entry.name):
                 yield entry.path
 
     yield from visit(directory, True)

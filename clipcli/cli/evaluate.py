@@ -143,7 +143,7 @@ def _unknown_images(folder: Path | None) -> list[str]:
 
     if not folder.is_dir():
         raise InputError(f"--unknown {folder}: not a folder (give a folder of images that belong to no class)")
-    paths = list(walk_images(str(folder)))
+    paths = list(walk_images(str(folder), videos=False))
     if not paths:
         raise InputError(f"--unknown {folder}: no images found")
     return paths

@@ -255,3 +255,17 @@ def test_many_decoding_threads_give_every_frame_its_own_picture(tmp_path):
     one, four = embed(1), embed(4)
     assert len(one) == len(four) == 8 * 16
     assert min(float(np.dot(one[key], four[key])) for key in one) > 0.999
+
+
+def test_a_labelled_set_for_eval_counts_images_only(clip_mp4, tmp_path):
+    import shutil
+
+    from clipcli.demo import shapes
+
+    for colour, shape in (("red", "circle"), ("blue", "square")):
+        folder = tmp_path / "set" / f"{colour} {shape}"
+        folder.mkdir(parents=True)
+        shapes.draw_pil(colour, shape, size=64, seed=1).save(folder / "a.png")
+    shutil.copy(clip_mp4, tmp_path / "set" / "red circle" / "walk.mp4")  # a video is not one labelled picture
+    result = json.loads(cli("eval", tmp_path / "set", "-m", "demo", "-f", "json").stdout)
+    assert result["results"][0]["count"] == 2 and result["errors"] == []

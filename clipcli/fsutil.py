@@ -153,8 +153,8 @@ def temp_beside(target: Path, suffix: str = ".tmp") -> tuple[int, str]:
     """A new hidden temporary file in the target's folder (so the final rename stays on one filesystem).  It is
     known to remove_temp_files until forget_temp(name)."""
     directory = target.parent if str(target.parent) else Path(".")
-    fd, name = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=suffix)
-    with _TEMPS_LOCK:
+    with _TEMPS_LOCK:  # made and known at once (see remove_temp_files)
+        fd, name = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=suffix)
         _TEMPS.add(name)
     os.fchmod(fd, umask_mode())
     return fd, name
@@ -168,10 +168,10 @@ def forget_temp(name: str) -> None:
 
 def remove_temp_files() -> None:
     """Remove the temporary files this process is writing, for an exit that skips every `finally` (os._exit
-    from a thread, see engines.ray.ClusterWatch): a write cut short leaves no file behind there either."""
-    with _TEMPS_LOCK:
-        names = list(_TEMPS)
-    for name in names:
+    from a thread, see engines.ray.ClusterWatch): a write cut short leaves no file behind there either.  The
+    lock stays held: no other thread makes a new one before the caller ends the process."""
+    _TEMPS_LOCK.acquire()
+    for name in _TEMPS:
         try:
             os.unlink(name)
         except OSError:  # renamed into place or removed meanwhile

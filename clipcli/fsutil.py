@@ -145,12 +145,37 @@ def fsync_dir(directory: str | os.PathLike) -> None:
         os.close(fd)
 
 
+_TEMPS: set[str] = set()  # temporary files being written now (see remove_temp_files)
+_TEMPS_LOCK = threading.Lock()
+
+
 def temp_beside(target: Path, suffix: str = ".tmp") -> tuple[int, str]:
-    """A new hidden temporary file in the target's folder (so the final rename stays on one filesystem)."""
+    """A new hidden temporary file in the target's folder (so the final rename stays on one filesystem).  It is
+    known to remove_temp_files until forget_temp(name)."""
     directory = target.parent if str(target.parent) else Path(".")
-    fd, name = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=suffix)
+    with _TEMPS_LOCK:  # made and known at once (see remove_temp_files)
+        fd, name = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=suffix)
+        _TEMPS.add(name)
     os.fchmod(fd, umask_mode())
     return fd, name
+
+
+def forget_temp(name: str) -> None:
+    """The temporary file was renamed into place or removed: nothing left for remove_temp_files."""
+    with _TEMPS_LOCK:
+        _TEMPS.discard(name)
+
+
+def remove_temp_files() -> None:
+    """Remove the temporary files this process is writing, for an exit that skips every `finally` (os._exit
+    from a thread, see engines.ray.ClusterWatch): a write cut short leaves no file behind there either.  The
+    lock stays held: no other thread makes a new one before the caller ends the process."""
+    _TEMPS_LOCK.acquire()
+    for name in _TEMPS:
+        try:
+            os.unlink(name)
+        except OSError:  # renamed into place or removed meanwhile
+            pass
 
 
 def atomic_write_bytes(target: str | os.PathLike, data: bytes, durable: bool = True) -> None:
@@ -170,6 +195,8 @@ def atomic_write_bytes(target: str | os.PathLike, data: bytes, durable: bool = T
         if isinstance(exc, OSError) and exc.filename in (None, name):
             exc.filename = str(target)  # name the file being written, not its temporary stand-in
         raise
+    finally:
+        forget_temp(name)
     if durable:
         fsync_dir(target.parent if str(target.parent) else ".")
 
@@ -246,6 +273,7 @@ def _replacing(target: Path) -> Iterator[IO[str]]:
     finally:
         _close(stream)
         Path(temp_name).unlink(missing_ok=True)
+        forget_temp(temp_name)
 
 
 def _close(stream: IO[str]) -> None:

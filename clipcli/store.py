@@ -60,7 +60,7 @@ import numpy as np
 
 from . import config, remote
 from .errors import StoreBusyError, StoreError, StoreModelError, UsageError
-from .fsutil import atomic_write_bytes, fsync_dir, temp_beside
+from .fsutil import atomic_write_bytes, forget_temp, fsync_dir, temp_beside
 from .paths import display_path, frame_key, split_frame
 from .vectors import l2_normalize
 
@@ -1062,6 +1062,8 @@ class StoreWriter(ImageStore):
         except BaseException:
             Path(temp).unlink(missing_ok=True)
             raise
+        finally:
+            forget_temp(temp)
         fsync_dir(final.parent)
 
     def _write_scan_copy(self, matrix: np.ndarray, shard: str, st: os.stat_result) -> None:

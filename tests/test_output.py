@@ -135,3 +135,27 @@ def test_table_to_a_closed_pipe_exits_0(shapes_dir):
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 1
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+
+
+GIVE_UP_FROM_A_THREAD = """
+import sys, threading
+from clipcli.engines.ray import _give_up
+from clipcli.fsutil import atomic_output
+
+with atomic_output(sys.argv[1]) as out:
+    out.write('{"path": "a.png"}\\n')
+    out.flush()
+    threading.Thread(target=_give_up, args=("the Ray raylet of this node died mid-run",)).start()
+    threading.Event().wait()  # the main thread never leaves the block: its `finally` cannot clean up
+"""
+
+
+def test_a_run_ended_from_the_ray_watch_thread_leaves_no_temporary_output(tmp_path):
+    # issue 30 #19: os._exit from the watch thread skipped the atomic writer's cleanup: `.out.jsonl.*.tmp` stayed
+    folder = tmp_path / "out"
+    folder.mkdir()
+    result = subprocess.run([sys.executable, "-c", GIVE_UP_FROM_A_THREAD, str(folder / "out.jsonl")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert result.stderr == "error: the Ray raylet of this node died mid-run\n"
+    assert list(folder.iterdir()) == []

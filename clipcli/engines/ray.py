@@ -261,17 +261,45 @@ def cluster_failure() -> str | None:
     return FAILURE[-1] if FAILURE and _claim("main") else None
 
 
+def _pidfd(node) -> int | None:
+    """A pidfd on the raylet when this process started it (a child of this process, so its pid is not reused
+    while it is a zombie); None for a raylet started elsewhere, or where pidfds do not exist (not Linux 5.3+)."""
+    try:
+        pid = node.all_processes["raylet"][0].process.pid
+        return os.pidfd_open(pid)
+    except (AttributeError, KeyError, IndexError, OSError):
+        return None
+
+
+def _give_up(failure: str) -> None:
+    """End the process now with the failure's line and EngineError's code: from the watch thread, so the
+    `finally` blocks of the main thread do not run; the temporary files of the writes in progress are removed
+    here instead (what was renamed into place and what the store committed stay)."""
+    from ..fsutil import remove_temp_files
+
+    remove_temp_files()
+    os.write(2, f"error: {failure}\n".encode("utf-8", "replace"))
+    os._exit(EngineError.exit_code)
+
+
 class ClusterWatch:
     """Watches, while a run is in flight, the two Ray processes it cannot go on without: the GCS (the cluster's
-    head) and the raylet of this node.  Ray itself ends the driver's process when they go (after 60 s of silence
-    for the GCS, `gcs_rpc_server_reconnect_timeout_s`; some seconds for the raylet) with exit code 1, this tool's
-    code for "some images failed", and nothing on stderr.  Instead, once either stops answering, the run is
-    stopped here (the main thread interrupted, as Ctrl-C does) with one line naming the cause, and the command
-    exits with EngineError's code: records and store rows written so far are kept, and a rerun resumes.
+    head) and the raylet of this node.  Ray itself ends the driver's process when they go, with exit code 1,
+    this tool's code for "some images failed", and nothing on stderr: after 60 s of silence for the GCS
+    (`gcs_rpc_server_reconnect_timeout_s`); for the raylet, at the first request its core worker makes to the
+    raylet's object store after the raylet died (plasma's "connection to the plasma store is failed. Terminate
+    the process": `_Exit(1)` in C++, no setting turns it off, and no Python code runs after it), which can come
+    at once (a failed task's error object) or only when the GCS marks the node dead (15 s).  Instead, once
+    either goes, the run is stopped here with one line naming the cause and EngineError's exit code; records and
+    store rows committed so far are kept, and a rerun resumes.
 
-    A raylet that stops answering is fatal at once.  The GCS of a Ray this run started is too; the GCS of an
-    existing cluster may come back (GCS fault tolerance), so the run waits for it, with a warning, for 3/4 of
-    Ray's own reconnect timeout."""
+    The raylet: a raylet this process started is watched through a pidfd, which wakes the watch the moment it
+    exits (a raylet started elsewhere is polled, and given up on after FATAL_MISSES refused connections); the
+    watch then ends the process itself at once (_give_up): interrupting the main thread and waiting for it, as
+    for the GCS, would leave Ray time to end the process first.  The GCS: the main thread is interrupted (as
+    Ctrl-C does) and ends the run itself (the store committed); the watch ends it after HANDOVER s if the main
+    thread cannot.  The GCS of a Ray this run started is fatal at once; the GCS of an existing cluster may come
+    back (GCS fault tolerance), so the run waits for it, with a warning, for 3/4 of Ray's reconnect timeout."""
 
     INTERVAL = 0.5
     FATAL_MISSES = 3
@@ -292,12 +320,32 @@ class ClusterWatch:
         except Exception:  # noqa: BLE001  (Ray's internals moved: run without the watch, as before)
             return
         self.gcs_grace = 0.0 if self.local else grace
+        self._pidfd = _pidfd(node)
         FAILURE.clear()
         _REPORTER.clear()
         self._thread = threading.Thread(target=self._watch, name="clipcli-ray-watch", daemon=True)
         self._thread.start()
 
+    def _raylet_died(self, misses: int) -> tuple[bool, int]:
+        """Wait INTERVAL s (less when the raylet exits meanwhile); whether the raylet is gone, and the misses."""
+        if self._pidfd is not None:
+            import select
+
+            poller = select.poll()
+            poller.register(self._pidfd, select.POLLIN)  # readable once the process has exited
+            return bool(poller.poll(self.INTERVAL * 1000)), 0
+        self._stop.wait(self.INTERVAL)
+        misses = 0 if _reachable(self.raylet, timeout=1.0) else misses + 1
+        return misses >= self.FATAL_MISSES, misses
+
     def _watch(self) -> None:
+        try:
+            self._watch_until_stopped()
+        finally:
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+
+    def _watch_until_stopped(self) -> None:
         import _thread
         import signal
         import threading
@@ -306,43 +354,44 @@ class ClusterWatch:
 
         from ..errors import ClipCliWarning
 
-        misses = {"gcs": 0, "raylet": 0}
+        raylet_misses = gcs_misses = 0
         gcs_lost_at = None
-        while not self._stop.wait(self.INTERVAL):
-            for name, address in (("gcs", self.gcs), ("raylet", self.raylet)):
-                misses[name] = 0 if _reachable(address, timeout=1.0) else misses[name] + 1
-            failure = None
-            if misses["raylet"] >= self.FATAL_MISSES:
-                failure = (f"the Ray raylet of this node ({self.raylet}) died mid-run (killed, or out of memory); "
-                           "what was done is kept: rerun to finish")
-            elif misses["gcs"] >= self.FATAL_MISSES:
-                now = time.monotonic()
-                if gcs_lost_at is None and self.gcs_grace > 0:
-                    gcs_lost_at = now
-                    warnings.warn(f"the Ray cluster's GCS at {self.gcs} stopped answering; waiting up to "
-                                  f"{self.gcs_grace:.0f} s for it to come back", ClipCliWarning, stacklevel=1)
-                if gcs_lost_at is None or now - gcs_lost_at >= self.gcs_grace:
-                    failure = (f"the Ray cluster's GCS at {self.gcs} died mid-run (the head of the cluster); what "
-                               "was done is kept: rerun to finish")
-            elif misses["gcs"] == 0:
-                gcs_lost_at = None
-            if failure is not None:
-                FAILURE.append(failure)
-                # The main thread waits in Ray: a SIGINT ends the run as Ctrl-C does, when Ray lets it ...
-                try:
-                    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-                except (OSError, ValueError, AttributeError):
-                    _thread.interrupt_main()
-                # ... and when Ray holds the main thread in a call that never looks at signals (seen with a dead
-                # raylet), Ray would end the process itself in a few seconds with exit 1 and no word: the line
-                # and the exit code are given here instead (what was committed stays; a rerun resumes).
-                if not _claim("watch", self.HANDOVER):
-                    return
-                os.write(2, f"error: {failure}\n".encode("utf-8", "replace"))
-                os._exit(EngineError.exit_code)
+        while True:
+            raylet_died, raylet_misses = self._raylet_died(raylet_misses)
+            if self._stop.is_set():  # the run is over (and a Ray it started is being shut down)
+                return
+            if raylet_died:
+                FAILURE.append(f"the Ray raylet of this node ({self.raylet}) died mid-run (killed, or out of "
+                               "memory); what was done is kept: rerun to finish")
+                if _claim("watch"):
+                    _give_up(FAILURE[-1])
+                return
+            gcs_misses = 0 if _reachable(self.gcs, timeout=1.0) else gcs_misses + 1
+            if gcs_misses < self.FATAL_MISSES:
+                gcs_lost_at = None if gcs_misses == 0 else gcs_lost_at
+                continue
+            now = time.monotonic()
+            if gcs_lost_at is None and self.gcs_grace > 0:
+                gcs_lost_at = now
+                warnings.warn(f"the Ray cluster's GCS at {self.gcs} stopped answering; waiting up to "
+                              f"{self.gcs_grace:.0f} s for it to come back", ClipCliWarning, stacklevel=1)
+            if gcs_lost_at is not None and now - gcs_lost_at < self.gcs_grace:
+                continue
+            FAILURE.append(f"the Ray cluster's GCS at {self.gcs} died mid-run (the head of the cluster); what was "
+                           "done is kept: rerun to finish")
+            # The main thread waits in Ray: a SIGINT ends the run as Ctrl-C does, when Ray lets it; Ray holds on
+            # for 60 s without its GCS, time enough.  If Ray holds the main thread in a call that never looks at
+            # signals, the line and the exit code are given here after HANDOVER s.
+            try:
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            except (OSError, ValueError, AttributeError):
+                _thread.interrupt_main()
+            if _claim("watch", self.HANDOVER):
+                _give_up(FAILURE[-1])
+            return
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stop.set()  # the thread sees it within INTERVAL s, or at once when the raylet is shut down
 
     @property
     def failure(self) -> str | None:

@@ -19,12 +19,13 @@ import numpy as np
 from . import __version__
 from .batches import BatchItem, DecodeLimits, flat_items
 from .options import DecodeOptions, EngineOptions, ModelOptions
-from .paths import display_path, identity_hash
+from .paths import display_path, identity_hash, is_video_name, split_frame
 from .store import DEFAULT_SHARD_ROWS, StoreModel, StoreWriter, file_state, open_for_writing, resolve
 from .vectors import as_array
 
 Progress = Callable[[int, int], None]
 NOT_FOUND = ("not_found", "file not found")
+TRANSIENT = frozenset({"timeout"})  # error kinds a store does not keep
 Batches = Iterator[tuple[list[BatchItem], "np.ndarray | None"]]
 
 
@@ -118,6 +119,10 @@ class Encoder:
         store = self.store
         keys = [resolve(p) for p in paths]
         states = [file_state(p) for p in paths]
+        videos = {display_path(split_frame(k)[0]): s for k, s in zip(keys, states)
+                  if s is not None and is_video_name(split_frame(k)[0])}
+        if videos:
+            store.drop_stale_videos(videos)  # a changed video's old frames are not read with its new ones
         located = store.locate(keys)
         stored = [states[i] is not None and (loc := located.get(display_path(keys[i]))) is not None
                   and loc.state == states[i] for i in range(len(paths))]
@@ -160,7 +165,9 @@ class Encoder:
             self.report.errors.append((display_path(item.path), item.error[1]))
         else:
             self.report.encoded += 1
-        if state is not None:  # a file that cannot be stat-ed (missing) has nothing to key a row on
+        # a file that cannot be stat-ed (missing) has nothing to key a row on; a deadline missed (a busy machine)
+        # is not the file's lasting state, so it is tried again next time
+        if state is not None and not (item.error and item.error[0] in TRANSIENT):
             self.store.add(key, state, item.size, vector, item.error, replaces)
 
     def sync(self, paths: Sequence[str], progress: Progress | None = None) -> SyncReport:

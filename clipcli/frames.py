@@ -18,10 +18,10 @@ from .errors import ImageReadError
 from .paths import clock, frame_key, is_video_name, split_frame
 
 OPEN_READERS = 4  # open videos kept per decoding thread
-# Seconds a video may take to open (read its header and first frame), and to decode its sampled frames in one
-# decoding thread: time enough for 300 frames of a 4K video (bench/RESULTS.md: 300 of a 1080p one in 12-23 s),
-# and an end for a file that would hold a batch up.
-OPEN_DEADLINE, DECODE_DEADLINE = 60.0, 300.0
+# Seconds a video may take to open, and to decode one sampled frame (a keyframe interval of a 4K video takes a
+# second or two; a 1080p one's 300 frames take 12-23 s in all, bench/RESULTS.md): an end for a file that would
+# hold a batch up, never for a slow but sound one.
+OPEN_DEADLINE, FRAME_DEADLINE = 60.0, 60.0
 FILMSTRIP = 5  # frames a page shows of a whole video
 
 
@@ -59,7 +59,7 @@ def probe(video: str):
     changed is not decoded again)."""
     from .video import VideoReader
 
-    with VideoReader(video, _source(video), deadline=OPEN_DEADLINE, header_only=True) as reader:
+    with VideoReader(video, deadline=OPEN_DEADLINE, header_only=True) as reader:
         return reader.info, list(reader.warnings)
 
 
@@ -70,7 +70,7 @@ def read_frame(key: str, limits) -> tuple[object, tuple[int, int]]:
 
     video, at = split_frame(key)
     if at is None:  # sampling found no time: opening it says why, if it can
-        with VideoReader(video, _source(video), max_megapixels=limits.max_megapixels):
+        with VideoReader(video, max_megapixels=limits.max_megapixels):
             raise ImageReadError(video, "no frame could be sampled (the video is empty or too short)", "no_frames")
     return _READERS.frame(video, at, limits.max_megapixels)
 
@@ -84,7 +84,7 @@ def picture(key: str, height: int, frames: int = FILMSTRIP):
     from .video import VideoReader
 
     video, at = split_frame(key)
-    with VideoReader(video, _source(video)) as reader:
+    with VideoReader(video) as reader:
         times = [at] if at is not None else Sampling(frames=frames).times(reader.info.duration)
         shots = [frame.image for frame in reader.frames(times)]
     if not shots:
@@ -118,6 +118,7 @@ class _Readers:
 
     def frame(self, video: str, at: float, max_megapixels: float | None):
         reader = self._reader(video, max_megapixels)
+        reader.renew_deadline(FRAME_DEADLINE)  # the time the reader sat open, the model busy, does not count
         found = next(iter(reader.frames([at])), None)
         if found is None:
             said = reader.warnings[-1] if reader.warnings else "the video ends before it"
@@ -144,7 +145,7 @@ class _Readers:
         if failed is not None and failed[0] == state:
             raise failed[1]  # each of its frames fails as opening it did, without trying again
         try:
-            reader = VideoReader(video, _source(video), max_megapixels=max_megapixels, deadline=DECODE_DEADLINE)
+            reader = VideoReader(video, max_megapixels=max_megapixels, deadline=FRAME_DEADLINE)
         except ImageReadError as exc:
             self._local.failed[video] = (state, exc)
             raise
@@ -167,15 +168,6 @@ class _Readers:
             self._generation += 1
         for reader in readers:
             reader.close()
-
-
-def _source(video: str):
-    """What a reader opens: an object's bytes from storage, or None for a local file (the reader checks it)."""
-    import io
-
-    from . import remote
-
-    return io.BytesIO(remote.read_bytes(video)) if remote.is_remote(video) else None
 
 
 _READERS = _Readers()

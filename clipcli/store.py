@@ -974,6 +974,19 @@ class StoreWriter(ImageStore):
     def queued_rows(self) -> int:
         return sum(len(rows) for rows in self.pending.values())
 
+    def drop_stale_videos(self, current: dict[str, tuple[int, int]]) -> int:
+        """Remove every row of these videos (their frames', or their own error row) that was stored from another
+        state of the file than `current` (video key -> (size, mtime_ns)): the frames of a changed video are
+        sampled again, and none of the old ones may be read with the new.  Returns how many rows go."""
+        count = 0
+        for name, _, paths, sizes, mtimes in self.iter_keys():
+            gone = {path for path, size, mtime in zip(paths, sizes, mtimes)
+                    if (state := current.get(split_frame(path)[0])) is not None and (size, mtime) != state}
+            if gone:
+                self.removed.setdefault(name, set()).update(gone)
+                count += len(gone)
+        return count
+
     def prune(self, exists: Callable[[str], bool] = still_exists) -> int:
         """Remove the rows whose files (or objects) no longer exist; returns how many."""
         count = 0

@@ -370,8 +370,8 @@ class VideoReader:
             if frame is None:
                 if self._timed_out:
                     if made == 0:
-                        raise VideoReadError(self.path, "decoding took longer than the per-file deadline; no frame "
-                                             "was read (raise the time limit)", "timeout")
+                        raise VideoReadError(self.path, "decoding took longer than the deadline; no frame was read "
+                                             "(a damaged or pathological file?)", "timeout")
                     self._warn(f"deadline reached at {clock(target)}; later frames were skipped")
                 return
             made += 1
@@ -469,6 +469,13 @@ class VideoReader:
 
     def _past_deadline(self) -> bool:
         return self._ends is not None and _now() >= self._ends
+
+    def renew_deadline(self, seconds: float) -> None:
+        """A new deadline, `seconds` from now, for the frames asked next (a reader kept open between calls: the
+        time it waited between them does not count)."""
+        self._ends = _now() + seconds
+        if self._timed_out:
+            self._timed_out = self._ended = False
 
     def close(self) -> None:
         self._ahead = None

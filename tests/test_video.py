@@ -209,8 +209,10 @@ def test_damage_midway_keeps_the_frames_before_it_with_a_warning(tmp_path):
     assert [s["predictions"][0]["label"] for s in shots][:2] == TRUTH[:2]  # the frames before the damage count
 
 
-def test_other_applies_to_shots_and_tag_labels_a_video_once(tmp_path):
+def test_other_applies_to_shots_and_tag_labels_a_video_once(tmp_path, monkeypatch):
     import shutil
+
+    monkeypatch.chdir(tmp_path)  # where clip tag writes its journal
 
     video = make_video(tmp_path / "walk.mp4", [(4, ("red", "circle")), (4, ("purple", "heart"))], size=(96, 72))
     result = cli("classify", video, "-m", "demo", "-l", "red circle,blue square", "--other", "-f", "jsonl", "-k", "1",
@@ -269,3 +271,21 @@ def test_a_labelled_set_for_eval_counts_images_only(clip_mp4, tmp_path):
     shutil.copy(clip_mp4, tmp_path / "set" / "red circle" / "walk.mp4")  # a video is not one labelled picture
     result = json.loads(cli("eval", tmp_path / "set", "-m", "demo", "-f", "json").stdout)
     assert result["results"][0]["count"] == 2 and result["errors"] == []
+
+
+def test_a_changed_video_leaves_no_old_frames_or_old_error_in_the_store(tmp_path):
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"")  # first an empty file: its error row
+    store = tmp_path / "store"
+    assert cli("embed", video, "-m", "demo", "--store", store, "--every", "1").exit_code == 1
+    make_video(video, [(4, ("red", "circle")), (4, ("blue", "square"))], size=(96, 72))
+    assert cli("embed", video, "-m", "demo", "--store", store, "--every", "1").exit_code == 0
+    make_video(video, [(3, ("green", "triangle"))], size=(96, 72))  # shorter: times 3-7 s are not sampled now
+    assert cli("embed", video, "-m", "demo", "--store", store, "--every", "1").exit_code == 0
+    whole = cli("classify", "-m", "demo", "-l", LABELS, "-f", "jsonl", "-k", "1", "--store", store)
+    assert whole.exit_code == 0, whole.output
+    found = records(whole)
+    assert [(r.get("shot"), r["start"], r["end"], r["predictions"][0]["label"]) for r in found] == [
+        (None, 0.0, 3.0, "green triangle"), (1, 0.0, 3.0, "green triangle")]
+    info = json.loads(cli("store", "info", store, "-f", "json").stdout)
+    assert (info["video_frames"], info["errors"]) == (3, 0)

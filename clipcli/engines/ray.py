@@ -135,8 +135,14 @@ def start_ray(settings: RaySettings) -> bool:
 
 
 def decode_rows(batch: dict, preprocess, options: DecodeLimits, shape: tuple[int, ...]) -> dict:
-    """Ray task: decode and preprocess one batch of paths (bad files become error rows)."""
-    rows = [decode_one(str(path), preprocess, options) for path in batch["path"]]
+    """Ray task: decode and preprocess one batch of paths (bad files become error rows; the videos the task
+    opened are closed at its end: a worker outlives the run)."""
+    from ..frames import close_readers
+
+    try:
+        rows = [decode_one(str(path), preprocess, options) for path in batch["path"]]
+    finally:
+        close_readers()
     pixels = np.zeros((len(rows), *shape), dtype=np.float32)
     for i, row in enumerate(rows):
         if row[1] is not None:

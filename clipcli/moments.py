@@ -38,6 +38,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from .paths import split_frame
+from .shots import sampling_interval  # noqa: F401 (re-exported)
 
 SPLIT_CLEAR = 0.8  # share of a video's score variance Otsu's split must explain for only one side to match
 SPLIT_MIN_FRAMES = 4  # fewer frames are too few to tell a matching stretch from noise: the video is one moment
@@ -63,11 +64,6 @@ class Moment:
                 "score": round(self.score, 6), "best": round(self.best, 3)}
 
 
-def sampling_interval(times: Sequence[float]) -> float | None:
-    """The median step between a video's sorted sampled times (None for fewer than two)."""
-    if len(times) < 2:
-        return None
-    return float(np.median(np.diff(np.asarray(times, dtype=np.float64))))
 
 
 def matching(scores: Sequence[float], min_score: float | None = None) -> np.ndarray:

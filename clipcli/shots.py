@@ -12,12 +12,12 @@ heads, --other and --adapt work on them unchanged.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from .batches import BatchItem, flat_items
-from .paths import clock, split_frame
+from .paths import split_frame
 from .vectors import l2_normalize
 
 # Measured with the demo model on videos of drawn scenes, the camera panning (examples/make_examples.py videos/):
@@ -70,12 +70,13 @@ def video_items(video: str, frames: list[tuple[float, BatchItem, np.ndarray | No
         return [(BatchItem(video, (kind, message)), None)]
     times = [at for at, _ in good]
     vectors = np.stack([v for _, v in good]).astype(np.float32)
-    end = duration if duration is not None and duration > times[-1] else times[-1] + _step(times)
+    cut_short = any(at > times[-1] for at, _ in bad)  # decoding stopped: the video ends, for us, where it did
+    end = duration if duration is not None and duration > times[-1] and not cut_short \
+        else times[-1] + (sampling_interval(times) or 0.0)
     starts = cut(vectors, same_shot)
     notes = list(said)
     if bad:
-        notes.append(f"{len(bad)} of {len(frames)} sampled frames could not be decoded, from {clock(bad[0][0])}: "
-                     f"{bad[0][1][1]}")
+        notes.append(f"{len(bad)} of {len(frames)} sampled frames could not be decoded ({bad[0][1][1]})")
     head = {"start": 0.0, "end": round(end, 3), "shots": len(starts)}
     if notes:
         head["warnings"] = notes
@@ -97,9 +98,12 @@ def cut(vectors: np.ndarray, same_shot: float = SAME_SHOT) -> list[int]:
     return [0] + [i + 1 for i in np.flatnonzero(alike < same_shot).tolist()]
 
 
-def _step(times: list[float]) -> float:
-    """The sampling interval, for a last shot's end when the video's length is not known."""
-    return float(np.median(np.diff(times))) if len(times) > 1 else 0.0
+def sampling_interval(times: Sequence[float]) -> float | None:
+    """The median step between a video's sorted sampled times (None for fewer than two): what a sampling was,
+    where only its times are known (a store's rows)."""
+    if len(times) < 2:
+        return None
+    return float(np.median(np.diff(np.asarray(times, dtype=np.float64))))
 
 
 def summarise(records: Iterable[dict]) -> Iterator[dict]:

@@ -289,3 +289,18 @@ def test_a_changed_video_leaves_no_old_frames_or_old_error_in_the_store(tmp_path
         (None, 0.0, 3.0, "green triangle"), (1, 0.0, 3.0, "green triangle")]
     info = json.loads(cli("store", "info", store, "-f", "json").stdout)
     assert (info["video_frames"], info["errors"]) == (3, 0)
+
+
+def test_a_video_cut_short_ends_where_its_frames_do_with_a_warning(tmp_path):
+    whole = make_video(tmp_path / "whole.mkv", SCENES, size=(96, 72), codec="mpeg4", gop=10)
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 5])  # the copy stopped at 40%
+    result = subprocess.run([sys.executable, "-m", "clipcli", "classify", str(cut), "-m", "demo", "-l", LABELS,
+                             "-f", "jsonl", "-k", "1", "--every", "1", "-q"], capture_output=True, text=True,
+                            timeout=300)
+    video, *shots = records(result)
+    last_good = max(s["end"] for s in shots)
+    assert video["end"] == last_good < 12.0 and video["end"] == pytest.approx(sum(video["time"].values()))
+    assert "could not be decoded" in video["warnings"][-1] and "cut short" in video["warnings"][-1]
+    lines = result.stderr.splitlines()
+    assert lines == [f"warning: {cut}: {said}" for said in video["warnings"]] and result.returncode == 0

@@ -69,6 +69,8 @@ def _write(records, fmt: str, stream, header: dict) -> int:
             if "error" in record:
                 failures += 1
                 output.error(f"{record['path']}: {record['error']['message']}")
+            for said in record.get("warnings", ()):  # a video decoded only in part
+                output.warning(f"{record['path']}: {said}")
             writer = writer or make_record_writer(fmt, stream, header)
             writer.write(record)
     finally:

@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import InputError, UsageError, yaml_error_message
 from .images import walk_images
-from .paths import display_path
+from .paths import display_path, is_video_name
 from .results import error_record
 from .templates import TemplateSet
 from .vectors import as_array
@@ -122,6 +122,10 @@ def _manifest(path: str, mapping: dict[str, str]) -> Dataset:
             rows = [(row["path"], row["label"]) for row in reader]
     if not rows:
         raise InputError(f"{path}: the manifest lists no images")
+    videos = [p for p, _ in rows if is_video_name(p)]
+    if videos:  # a label is one picture's: a video's shots may each show something else
+        raise InputError(f"{path}: lists {len(videos)} video(s) ({videos[0]}, ...); a labelled set is of images: "
+                         "leave the videos out, or classify them with `clip classify`")
     raw_names = sorted({label for _, label in rows})
     index = {name: i for i, name in enumerate(raw_names)}
     paths = [p if os.path.isabs(p) else str(base / p) for p, _ in rows]

@@ -271,6 +271,11 @@ def test_a_labelled_set_for_eval_counts_images_only(clip_mp4, tmp_path):
     shutil.copy(clip_mp4, tmp_path / "set" / "red circle" / "walk.mp4")  # a video is not one labelled picture
     result = json.loads(cli("eval", tmp_path / "set", "-m", "demo", "-f", "json").stdout)
     assert result["results"][0]["count"] == 2 and result["errors"] == []
+    manifest = tmp_path / "set.csv"  # a manifest that names a video is refused before any work
+    manifest.write_text("path,label\nset/red circle/a.png,red circle\nset/red circle/walk.mp4,red circle\n")
+    refused = cli("eval", manifest, "-m", "local-dir:/nonexistent")
+    assert refused.exit_code == 2 and "a labelled set is of images" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.output
 
 
 def test_a_changed_video_leaves_no_old_frames_or_old_error_in_the_store(tmp_path):

@@ -42,16 +42,16 @@ from .openset import OpenSetScorer, open_set_scorer  # noqa: F401 (API)
 from .options import (DecodeOptions, EngineOptions, LabelOptions, ModelOptions, OpenSetOptions,  # noqa: F401 (API)
                       ScoreOptions)
 from .run import ClassifyRun, ScorerChoice, StageProgress  # noqa: F401 (API)
-from .scoring import Scorer, batch_records, classify_store, ranked  # noqa: F401 (API)
+from .scoring import Scorer, batch_records, classify_files, classify_store, ranked  # noqa: F401 (API)
 
 Progress = Callable[[int, int], None]
 
 
 def classify_paths(encoder: Encoder, scorer: Scorer, paths: Sequence[str], options: ScoreOptions = ScoreOptions(),
                    progress: Progress | None = None, on_adapt: Callable[[dict], None] | None = None) -> Iterator[dict]:
-    """One record per path, in order, streamed batch by batch (written through the encoder's store, if any);
-    with options.adapt, after the last batch (on_adapt hears what the adaptation did)."""
-    return batch_records(scorer, encoder.batches(paths, progress), options, on_adapt)
+    """One record per path (a video's own, then its shots'), in order, streamed batch by batch (written through
+    the encoder's store, if any); with options.adapt, after the last batch (on_adapt hears what it did)."""
+    return classify_files(scorer, encoder, paths, options, progress, on_adapt)
 
 
 def classify(inputs: Sequence[str] | None = None, labels: Sequence[str | Label] | None = None,

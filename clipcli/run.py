@@ -6,7 +6,7 @@
     run = ClassifyRun(LabelOptions(("cat", "dog")))   # checked here, before any slow work
     with run.open(["photos/a.jpg"]):                  # None: every image of the run's store
         print(run.header)                             # model, templates, labels, score (and head, store, other, adapt)
-        for record in run.records():                  # one record per input, in order, streamed
+        for record in run.records():                  # a record per input (a video: its own, then its shots), in order
             ...
 
 Made from the option objects, a run checks what they cannot check alone (the labels or the head, the template set,
@@ -196,21 +196,15 @@ class ClassifyRun:
 
     def _file_records(self) -> Iterator[dict]:
         """The inputs' records: each video's frames sampled and encoded, then scored as the video and its shots."""
-        from . import shots
-        from .frames import expand
-        from .scoring import batch_records
+        from .scoring import classify_files
 
-        videos = expand(self.paths, self.decode.video)
-        batches = shots.group(self.encoder.batches(videos.keys, self._classifying), videos.durations,
-                              videos.warnings)
-        return shots.summarise(batch_records(self.scorer, batches, self.score, self._on_adapt))
+        return classify_files(self.scorer, self.encoder, self.paths, self.score, self._classifying, self._on_adapt)
 
     def _open_store_only(self) -> dict:
         """Every stored image, scored from the store: without loading the model when the labels are cached or a
         head is given (and, with --other, the negative labels are cached)."""
         from .embeddings import load_model_for, store_model
-        from . import shots
-        from .scoring import batch_records, store_batches
+        from .scoring import classify_store
         from .store import check_model, open_store
 
         reader = open_store(self.store)
@@ -220,8 +214,8 @@ class ClassifyRun:
             loaded = load_model_for(self.model_options, self.store)
             check_model(reader.directory, reader.manifest, store_model(loaded))
             self.scorer, described = self.choice.for_model(loaded, self.model_options, self.progress), loaded.describe()
-        self._records = lambda: shots.summarise(batch_records(
-            self.scorer, shots.group(store_batches(reader, self._classifying), {}), self.score, self._on_adapt))
+        self._records = lambda: classify_store(self.scorer, reader, self.score, self._classifying,
+                                               on_adapt=self._on_adapt)
         return described
 
     # --- records ------------------------------------------------------------------------------------------------

@@ -99,9 +99,9 @@ def store_batches(store, progress: Callable[[int, int], None] | None = None,
     """Every image in the store as (items, features of the readable ones) batches, read row group by row group:
     memory does not grow with the store.  A store holding videos' frames gives each video's frames together, in
     time order, where the video first comes (rows added later, a denser sampling's, sit in other shards)."""
-    keys = [key for *_, paths, _, _ in store.iter_keys() for key in paths]
-    if any(split_frame(key)[1] is not None for key in keys):
-        yield from _in_video_order(store, keys, progress, rows)
+    if any(split_frame(key)[1] is not None for *_, paths, _, _ in store.iter_keys() for key in paths):
+        yield from _in_video_order(store, [key for *_, paths, _, _ in store.iter_keys() for key in paths],
+                                   progress, rows)
         return
     done, total = 0, store.rows
     for paths, vectors, errors in store.iter_embeddings(rows):
@@ -142,9 +142,31 @@ def _in_video_order(store, keys: list[str], progress, rows: int) -> Iterator[tup
 def classify_store(scorer: Scorer, store, options: ScoreOptions = ScoreOptions(),
                    progress: Callable[[int, int], None] | None = None, rows: int = 8192,
                    on_adapt: OnAdapt | None = None) -> Iterator[dict]:
-    """Every image in the store, scored from its stored embedding (nothing is decoded or encoded); memory does
-    not grow with the store (except with options.adapt, which holds every embedding)."""
-    return batch_records(scorer, store_batches(store, progress, rows), options, on_adapt)
+    """Every image (and video) in the store, scored from its stored embeddings (nothing is decoded or encoded);
+    memory does not grow with the store (except with options.adapt, which holds every embedding)."""
+    return video_records(scorer, store_batches(store, progress, rows), options, on_adapt)
+
+
+def classify_files(scorer: Scorer, encoder, paths: Sequence[str], options: ScoreOptions = ScoreOptions(),
+                   progress: Callable[[int, int], None] | None = None,
+                   on_adapt: OnAdapt | None = None) -> Iterator[dict]:
+    """One record per path, in order, streamed batch by batch (written through the encoder's store, if any): a
+    video's frames sampled (as the encoder's options say) and encoded, then scored as the video and its shots."""
+    from .frames import expand
+
+    videos = expand(paths, encoder.decode.video)
+    return video_records(scorer, encoder.batches(videos.keys, progress), options, on_adapt, videos.durations,
+                         videos.warnings)
+
+
+def video_records(scorer: Scorer, batches, options: ScoreOptions = ScoreOptions(), on_adapt: OnAdapt | None = None,
+                  durations: dict | None = None, warnings: dict | None = None) -> Iterator[dict]:
+    """batch_records, each video's frames scored as the video and its shots (shots.group; durations and
+    warnings of the videos where known), the video's record given its time per label (shots.summarise)."""
+    from . import shots
+
+    grouped = shots.group(batches, durations or {}, warnings)
+    return shots.summarise(batch_records(scorer, grouped, options, on_adapt))
 
 
 def batch_records(scorer: Scorer, batches: Iterable[tuple[Sequence[BatchItem], object]],

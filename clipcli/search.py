@@ -31,6 +31,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from .options import DUPE_THRESHOLD  # the embedding cosine (kept where the help can read it without numpy)
+from .paths import is_video_name, split_frame
 from .vectors import as_array, l2_normalize
 
 # Dupes, measured with bench/bench_search.py (bench/RESULTS.md): resized, recompressed and lightly cropped copies
@@ -560,6 +561,10 @@ def search_job(text: str | None = None, like: Sequence[str] = (), templates="sim
         raise InputError("the text query is blank (only spaces); give words to search for, or --like IMAGE")
     if not text and not like:
         raise InputError("nothing to search for: give a text query, --like IMAGE, or both")
+    for path in like:
+        if is_video_name(path) and split_frame(path)[1] is None:
+            raise InputError(f"--like {path}: a video, not one picture; give one of its frames as "
+                             f"'{path}#t=SECONDS', or an image")
     if min_score is not None and not math.isfinite(min_score):
         from .errors import UsageError
 

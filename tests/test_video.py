@@ -64,8 +64,9 @@ def test_frames_evenly_spaced_and_a_cap(clip_mp4):
     capped = records(cli("classify", clip_mp4, "-m", "demo", "-l", LABELS, "-f", "jsonl", "--every", "0.1",
                          "--max-frames", "6"))  # 121 times asked, 6 kept: every 2 s
     assert [s["start"] for s in capped[1:]] == [0.0, 3.0, 9.0]
-    both = cli("classify", clip_mp4, "-m", "demo", "-l", LABELS, "--every", "1", "--frames", "4")
-    assert both.exit_code == 2 and "--every and --frames cannot be used together" in both.stderr
+    for every in ("1", "2"):  # 2 is the default's value: given, it still clashes
+        both = cli("classify", clip_mp4, "-m", "demo", "-l", LABELS, "--every", every, "--frames", "4")
+        assert both.exit_code == 2 and "--every and --frames cannot be used together" in both.stderr
     for bad, message in ((("--every", "0"), "--every must be"), (("--max-frames", "0"), "--max-frames must be")):
         result = cli("classify", clip_mp4, "-m", "local-dir:/nonexistent", "-l", LABELS, *bad)
         assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.output, bad

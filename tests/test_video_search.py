@@ -306,3 +306,15 @@ def test_sequences_agree_only_nearly_all_along():
     assert sequences_agree(times, frames, times, other)
     other[5] = frames[6]
     assert not sequences_agree(times, frames, times, other)
+
+
+def test_like_a_whole_video_is_refused_and_like_one_of_its_frames_works(tmp_path):
+    video = make_video(tmp_path / "walk.mp4", [(4, ("red", "circle")), (4, ("blue", "square"))], size=(96, 72))
+    store = tmp_path / "store"
+    assert cli("embed", video, "-m", "demo", "--store", store, "--every", "1").exit_code == 0
+    refused = cli("search", "--like", video, "--store", store)
+    assert refused.exit_code == 2 and "a video, not one picture" in refused.stderr and f"{video}#t=SECONDS" in refused.stderr
+    found = cli("search", "--like", f"{video}#t=6.000", "--store", store, "-f", "jsonl", "-k", "1")
+    assert found.exit_code == 0, found.output
+    best = json.loads(found.stdout.splitlines()[0])
+    assert best["path"] == str(video) and 4.0 <= best["best"] <= 8.0  # the blue square's stretch

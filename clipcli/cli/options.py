@@ -23,7 +23,7 @@ import typer
 from typing_extensions import Annotated
 
 from .. import config
-from ..errors import LabelError
+from ..errors import LabelError, UsageError
 from ..options import (EVERY_DEFAULT, DecodeOptions, EngineOptions, LabelOptions, ModelOptions, OpenSetOptions, Sampling,
                        check_choice)
 from ..results import FORMATS
@@ -160,6 +160,8 @@ MODEL_GROUP = OptionGroup("model", MODEL_OPTIONS, _model)
 
 
 def _decode(batch_size, workers, max_megapixels, reduced_decode, every, frames, max_frames) -> DecodeOptions:
+    if every is not None and frames is not None:  # (Sampling cannot tell a given --every 2 from its default)
+        raise UsageError("--every and --frames cannot be used together; give one of them")
     video = Sampling(EVERY_DEFAULT if every is None else every, frames, max_frames)
     return DecodeOptions(batch_size, workers, max_megapixels, reduced_decode, video)
 

@@ -63,6 +63,17 @@ def probe(video: str):
         return reader.info, list(reader.warnings)
 
 
+def fold_errors(errors: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(path, message) errors with a video's failed frames told once, as the video's, in the order first met."""
+    folded: dict[str, list] = {}
+    for key, message in errors:
+        video, at = split_frame(key)
+        entry = folded.setdefault(video, [0, message, at is None])
+        entry[0] += 1
+    return [(video, message if whole or count == 1 else f"{count} sampled frames could not be decoded ({message})")
+            for video, (count, message, whole) in folded.items()]
+
+
 def read_frame(key: str, limits) -> tuple[object, tuple[int, int]]:
     """(upright RGB image, (width, height)) of a frame key; a video named without a time is opened for its
     error (ImageReadError either way, naming the video)."""

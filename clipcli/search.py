@@ -31,6 +31,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from .options import DUPE_THRESHOLD  # the embedding cosine (kept where the help can read it without numpy)
+from .frames import fold_errors
 from .paths import is_video_name, split_frame
 from .vectors import as_array, l2_normalize
 
@@ -578,16 +579,19 @@ def search_job(text: str | None = None, like: Sequence[str] = (), templates="sim
         query = _query(text, like, template_set, encoder.model, encoder.store, Encoder(encoder.model, decode, engine),
                        model)
         errors: list[tuple[str, str]] = []
+        searched: set[str] = set()  # photos and videos (a video once, however many of its frames)
 
         def chunks():
             from .paths import display_path
 
             for items, features in encoder.batches(list(inputs), progress):
                 errors.extend((display_path(item.path), item.error[1]) for item in items if item.error)
-                yield [display_path(item.path) for item in items if not item.error], features
+                scored = [display_path(item.path) for item in items if not item.error]
+                searched.update(split_frame(path)[0] for path in scored)
+                yield scored, features
 
         hits = search(chunks(), query, k, min_score)
-        return Found(encoder.describe(), hits=hits, errors=errors, searched=len(inputs) - len(errors))
+        return Found(encoder.describe(), hits=hits, errors=fold_errors(errors), searched=len(searched))
 
 
 def _search_store(text, like, template_set, store, model, decode, engine, k, min_score, progress) -> Found:
@@ -686,5 +690,5 @@ def dupes_job(store=None, inputs: Sequence[str] = (), model=None, decode=None, e
                 chunks.append(as_array(features))
         described = encoder.describe()
     found = find_all_dupes(paths, np.concatenate(chunks), sizes, lengths, threshold) if chunks else AllDupes([])
-    return Found(described, groups=found.groups, errors=errors, searched=found.photos + found.videos,
+    return Found(described, groups=found.groups, errors=fold_errors(errors), searched=found.photos + found.videos,
                  videos=found.videos)

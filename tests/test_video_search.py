@@ -318,3 +318,16 @@ def test_like_a_whole_video_is_refused_and_like_one_of_its_frames_works(tmp_path
     assert found.exit_code == 0, found.output
     best = json.loads(found.stdout.splitlines()[0])
     assert best["path"] == str(video) and 4.0 <= best["best"] <= 8.0  # the blue square's stretch
+
+
+def test_a_video_cut_short_is_one_error_line_and_still_searched(tmp_path):
+    whole = make_video(tmp_path / "whole.mkv", [(4, ("red", "circle")), (8, ("blue", "square"))], size=(96, 72),
+                       codec="mpeg4", gop=10)
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 5])
+    result = cli("search", "red circle", "--in", cut, "-m", "demo", "-f", "json", "--every", "1")
+    found = json.loads(result.stdout)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "sampled frames could not be decoded" in errors[0], result.stderr
+    assert found["searched"] == 1 and [e["path"] for e in found["errors"]] == [str(cut)]
+    assert found["results"][0]["path"] == str(cut) and found["results"][0]["start"] == 0.0

@@ -191,8 +191,17 @@ def adapted_records(scorer: Scorer, batches: Iterable[tuple[Sequence[BatchItem],
         if features is not None:
             parts.append(as_array(features))
     features = np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
-    if len(features):
-        scores, adaptation = adapted_scores(scorer, features, options.score)
+    readable = [item for item in items if not item.error]
+    # a video is in the pass through its shots, once: its own record is their mean, weighted by their lengths
+    whole = np.array(["shots" in (item.extra or {}) for item in readable], dtype=bool)
+    if len(features) and (~whole).any():
+        adapted, adaptation = adapted_scores(scorer, features[~whole], options.score)
+        scores = np.zeros((len(features), adapted.shape[1]), dtype=np.float32)
+        scores[~whole] = adapted
+        for row in np.flatnonzero(whole).tolist():  # its shots follow it
+            shots = readable[row + 1:row + 1 + readable[row].extra["shots"]]
+            spans = [shot.extra["end"] - shot.extra["start"] for shot in shots]
+            scores[row] = np.average(scores[row + 1:row + 1 + len(shots)], axis=0, weights=spans)
         header = adaptation.as_header(scorer.labels)
     else:
         scores, header = None, {"method": METHOD, "ran": False, "images": 0, "reason": "no readable image"}

@@ -310,3 +310,21 @@ def test_a_video_cut_short_ends_where_its_frames_do_with_a_warning(tmp_path):
     assert "could not be decoded" in video["warnings"][-1] and "cut short" in video["warnings"][-1]
     lines = result.stderr.splitlines()
     assert lines == [f"warning: {cut}: {said}" for said in video["warnings"]] and result.returncode == 0
+
+
+def test_adapt_takes_a_video_in_once_through_its_shots(clip_mp4, tmp_path):
+    from clipcli.demo import shapes
+
+    for i in range(3):
+        shapes.draw_pil("yellow", "star", size=64, seed=i).save(tmp_path / f"star{i}.png")
+    result = cli("classify", clip_mp4, tmp_path, "-m", "demo", "-l", LABELS, "-f", "json", "-k", "0", "--adapt",
+                 "--every", "1")
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)
+    assert found["adapt"]["images"] == 3 + 3  # three photos, three shots: the video's own record is not counted
+    video, *shots = found["results"][:4]
+    weights = [s["end"] - s["start"] for s in shots]
+    for label in LABELS.split(","):  # the video's scores: its shots', weighted by their lengths
+        mine = next(p["score"] for p in video["predictions"] if p["label"] == label)
+        theirs = [next(p["score"] for p in s["predictions"] if p["label"] == label) for s in shots]
+        assert mine == pytest.approx(sum(w * t for w, t in zip(weights, theirs)) / sum(weights), abs=1e-6)

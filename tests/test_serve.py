@@ -703,3 +703,20 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(pictures):
     assert answer.json()["results"][0]["predictions"][0]["label"] == "red circle"
     assert process.wait(30) == 0
     assert "Traceback" not in process.stderr.read()
+
+
+def test_search_finds_a_stored_video_moment_and_shows_its_frame(tmp_path):
+    from video_helpers import make_video
+
+    video = make_video(tmp_path / "walk.mp4", [(4, ("red", "circle")), (4, ("blue", "square"))], size=(96, 72))
+    store = tmp_path / "store"
+    assert CliRunner().invoke(cli_app, ["embed", str(video), "-m", "demo", "--store", str(store), "--every",
+                                        "1"]).exit_code == 0
+    with TestClient(create_app(ServeConfig(model=ModelOptions("demo"), store=str(store)))) as served:
+        found = served.post("/v1/search", json={"text": "blue square", "k": 1}).json()
+        assert found["searched"] == 1  # one video, not its 8 frames
+        (moment,) = found["results"]
+        assert moment["path"] == str(video) and moment["start"] <= 4.0 <= moment["end"] and 4.0 <= moment["best"]
+        frame = served.get("/v1/thumbnail", params={"path": f"{video}#t={moment['best']:.3f}"})
+        assert frame.status_code == 200 and frame.headers["content-type"] == "image/jpeg"
+        assert served.get("/v1/thumbnail", params={"path": str(video)}).status_code == 403  # not a stored row

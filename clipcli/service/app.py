@@ -724,8 +724,9 @@ def create_app(config: ServeConfig = ServeConfig(), service: Service | None = No
             from ..search import combine_query, search_store
             from ..store import open_store
 
-            reader = open_store(service_.config.store)
-            return reader.rows, search_store(reader, combine_query(parts), k)
+            counts: dict = {}
+            hits = search_store(open_store(service_.config.store), combine_query(parts), k, counts=counts)
+            return counts["searched"], hits  # photos and videos, as `clip search` counts them
 
         searched, hits = await asyncio.to_thread(ranked)
         return {"model": service_.describe(), "store": service_.config.store, "searched": searched,
@@ -754,11 +755,18 @@ def _thumbnail(service: Service, path: str, size: int) -> bytes:
     from ..images import read_image
     from ..store import open_store
 
+    from ..paths import is_video_name, split_frame
+
     reader = open_store(service.config.store)
     if path not in reader.locate([path]):
         raise Forbidden(f"{path!r} is not an image of the served store")
     try:
-        image, _ = read_image(path, service.config.max_megapixels, size)
+        if is_video_name(split_frame(path)[0]):  # a stored frame of a video (`video#t=seconds`)
+            from ..frames import picture
+
+            image = picture(path, size)
+        else:
+            image, _ = read_image(path, service.config.max_megapixels, size)
     except ImageReadError as exc:
         raise ServiceError(404, exc.kind, str(exc)) from None
     image.thumbnail((size, size))

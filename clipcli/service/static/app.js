@@ -178,12 +178,21 @@ async function search(event) {
     const figure = el("figure");
     const img = el("img");
     img.loading = "lazy";
-    img.src = "/v1/thumbnail?path=" + encodeURIComponent(hit.path);
+    // a video's moment: its best frame, a stored row (`video#t=seconds`), and its times
+    const moment = hit.best !== undefined;
+    const shown = moment ? `${hit.path}#t=${hit.best.toFixed(3)}` : hit.path;
+    img.src = "/v1/thumbnail?path=" + encodeURIComponent(shown);
     img.alt = hit.path;
-    figure.append(img, el("figcaption", "", `${hit.score.toFixed(3)}  ${hit.path}`));
+    const times = moment ? `  ${clock(hit.start)}-${clock(hit.end)}` : "";
+    figure.append(img, el("figcaption", "", `${hit.score.toFixed(3)}  ${hit.path}${times}`));
     grid.append(figure);
   }
-  setStatus(`${body.results.length} of ${body.searched} stored images.`);
+  setStatus(`${body.results.length} of ${body.searched} stored images and videos.`);
+}
+
+function clock(seconds) {
+  const whole = Math.floor(seconds);
+  return `${Math.floor(whole / 60)}:${String(whole % 60).padStart(2, "0")}`;
 }
 
 async function start() {

@@ -261,8 +261,13 @@ def _remux(source: str, name: str, temp: str, muxer: str, start: float, end: flo
 
     from .video import VideoReadError
 
+    from .fsutil import NotRegularFileError, check_regular
+
     try:
-        source_file = av.open(source)
+        check_regular(source)  # never a FIFO or a device (it could block)
+        source_file = av.open("file:" + source)  # a file named pipe:x.mp4 is a file, not FFmpeg's stdin
+    except NotRegularFileError as exc:
+        raise VideoReadError(name, f"cannot be cut: {exc}", "not_a_file") from None
     except (OSError, av.FFmpegError) as exc:
         raise VideoReadError(name, f"cannot be opened to cut: {getattr(exc, 'strerror', None) or exc}",
                              "unreadable") from None

@@ -111,21 +111,21 @@ def picture(key: str, height: int, frames: int = FILMSTRIP):
 
 
 def close_readers() -> None:
-    """Close the videos this process holds open (the end of a run)."""
+    """The end of a run: the videos this thread holds open are closed (see _Readers)."""
     _READERS.close()
 
 
 class _Readers:
-    """Open VideoReaders, each used only by the thread that opened it (a decoder is never shared between threads):
-    a few per thread, the least recently used closed, and every one closed at the end of a run.  A thread's
-    frames of one video come in time order, so its reader decodes forward, seeking past what sampling skips."""
+    """Open VideoReaders, each used and closed only by the thread that opened it (a decoder is never shared
+    between threads, nor closed under one that decodes): a few per thread, the least recently used closed.  A
+    thread's frames of one video come in time order, so its reader decodes forward, seeking past what sampling
+    skips.  The end of a run closes the calling thread's readers and makes every other thread close its own at
+    its next frame; a decoding pool's threads end with the run, and their readers with them."""
 
     def __init__(self, size: int = OPEN_READERS) -> None:
         self.size = size
         self._local = threading.local()
-        self._lock = threading.Lock()
-        self._every: set = set()  # every reader open in this process, for close()
-        self._generation = 0  # bumped by close(): a thread's readers from before are closed
+        self._generation = 0  # bumped by close(): a thread's readers from before are closed by that thread
 
     def frame(self, video: str, at: float, max_megapixels: float | None):
         reader = self._reader(video, max_megapixels)
@@ -136,22 +136,27 @@ class _Readers:
             raise ImageReadError(video, f"no frame at {clock(at)}: {said}", "truncated")
         return found.image, found.image.size
 
+    def _mine(self) -> OrderedDict:
+        """This thread's open readers (video -> (reader, file state)), those of an ended run closed first."""
+        mine = getattr(self._local, "open", None)
+        if mine is not None and self._local.generation == self._generation:
+            return mine
+        self._close_mine()
+        self._local.open, self._local.failed, self._local.generation = OrderedDict(), {}, self._generation
+        return self._local.open
+
     def _reader(self, video: str, max_megapixels: float | None):
         from .store import file_state
         from .video import VideoReader
 
-        mine = getattr(self._local, "open", None)
-        if mine is None or self._local.generation != self._generation:
-            mine = self._local.open = OrderedDict()
-            self._local.failed = {}
-            self._local.generation = self._generation
+        mine = self._mine()
         state = file_state(video)
         entry = mine.pop(video, None)
         if entry is not None and entry[1] == state:
             mine[video] = entry
             return entry[0]
         if entry is not None:
-            self._close(entry[0])  # the file changed: open it again
+            entry[0].close()  # the file changed: open it again
         failed = self._local.failed.get(video)
         if failed is not None and failed[0] == state:
             raise failed[1]  # each of its frames fails as opening it did, without trying again
@@ -160,25 +165,20 @@ class _Readers:
         except ImageReadError as exc:
             self._local.failed[video] = (state, exc)
             raise
-        with self._lock:
-            self._every.add(reader)
         mine[video] = (reader, state)
         while len(mine) > self.size:
-            self._close(mine.popitem(last=False)[1][0])
+            mine.popitem(last=False)[1][0].close()
         return reader
 
-    def _close(self, reader) -> None:
-        with self._lock:
-            self._every.discard(reader)
-        reader.close()
+    def _close_mine(self) -> None:
+        for reader, _ in (getattr(self._local, "open", None) or {}).values():
+            reader.close()
+        self._local.open = None
 
     def close(self) -> None:
-        """Close every reader (when no thread decodes any more: the end of a run)."""
-        with self._lock:
-            readers, self._every = list(self._every), set()
-            self._generation += 1
-        for reader in readers:
-            reader.close()
+        """The end of a run: this thread's readers closed, every other thread's closed by it when it next asks."""
+        self._generation += 1
+        self._close_mine()
 
 
 _READERS = _Readers()

@@ -328,3 +328,30 @@ def test_adapt_takes_a_video_in_once_through_its_shots(clip_mp4, tmp_path):
         mine = next(p["score"] for p in video["predictions"] if p["label"] == label)
         theirs = [next(p["score"] for p in s["predictions"] if p["label"] == label) for s in shots]
         assert mine == pytest.approx(sum(w * t for w, t in zip(weights, theirs)) / sum(weights), abs=1e-6)
+
+
+def test_the_end_of_one_run_does_not_close_a_video_another_thread_is_decoding(clip_mp4, monkeypatch):
+    """Two runs in one process (a library user's threads): the first to end closed every reader of the process,
+    also one that another run's thread was decoding from at that moment."""
+    import threading
+
+    from clipcli import frames, video
+    from clipcli.batches import DecodeLimits
+
+    inside, go_on = threading.Event(), threading.Event()
+    real = video.VideoReader.frames
+
+    def slow(self, times):  # the other run's thread, caught in the middle of decoding
+        inside.set()
+        go_on.wait(30)
+        yield from real(self, times)
+
+    monkeypatch.setattr(video.VideoReader, "frames", slow)
+    got = []
+    other = threading.Thread(target=lambda: got.append(frames.read_frame(f"{clip_mp4}#t=5.000", DecodeLimits())))
+    other.start()
+    assert inside.wait(30)
+    frames.close_readers()  # this thread's run ends meanwhile
+    go_on.set()
+    other.join(30)
+    assert got and got[0][1] == (96, 72)  # the other run's frame came

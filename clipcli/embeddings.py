@@ -84,12 +84,13 @@ class Encoder:
     def describe(self) -> dict:
         return self.model.describe()
 
-    def batches(self, paths: Sequence[str], progress: Progress | None = None) -> Batches:
+    def batches(self, paths: Sequence[str], progress: Progress | None = None, expanded: bool = False) -> Batches:
         """(items, L2-normalised float32 features of the readable items) per batch, in input order; a video's
-        items are its sampled frames (keys `video#t=seconds`, see frames), in time order."""
+        items are its sampled frames (keys `video#t=seconds`, see frames), in time order.  expanded: the paths
+        are keys from frames.expand already (its videos are not opened again)."""
         from .frames import close_readers, expand
 
-        keys = expand(paths, self.decode.video).keys  # frame keys (given already expanded) stay as they are
+        keys = list(paths) if expanded else expand(paths, self.decode.video).keys
         try:
             if self.store is None:
                 yield from self._encode(keys, progress)

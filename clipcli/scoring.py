@@ -155,8 +155,8 @@ def classify_files(scorer: Scorer, encoder, paths: Sequence[str], options: Score
     from .frames import expand
 
     videos = expand(paths, encoder.decode.video)
-    return video_records(scorer, encoder.batches(videos.keys, progress), options, on_adapt, videos.durations,
-                         videos.warnings)
+    return video_records(scorer, encoder.batches(videos.keys, progress, expanded=True), options, on_adapt,
+                         videos.durations, videos.warnings)
 
 
 def video_records(scorer: Scorer, batches, options: ScoreOptions = ScoreOptions(), on_adapt: OnAdapt | None = None,

@@ -17,7 +17,7 @@ and SigLIP 2, logit_bias.
 The model's identity (the class-embedding cache key) is the checkpoint's: hashes of config.json, the weights,
 the tokenizer files and the preprocessing, never its path.
 
-transformers is an optional extra: pip install 'clipcli[transformers]'.
+transformers is an optional extra: pip install 'transformers>=5,<6' tokenizers (in a checkout: '.[transformers]').
 """
 
 from __future__ import annotations
@@ -93,7 +93,8 @@ def transformers_source(spec: ModelSpec, weights_dir: str | None) -> str | None:
 
 def _require_transformers() -> None:
     if importlib.util.find_spec("transformers") is None:
-        raise ModelLoadError("this is a Hugging Face transformers model: pip install 'clipcli[transformers]'")
+        raise ModelLoadError("this is a Hugging Face transformers model: pip install 'transformers>=5,<6' tokenizers "
+                             "(in a clipcli checkout: pip install '.[transformers]')")
 
 
 def _hash_files(paths: Sequence[Path]) -> str | None:

@@ -125,7 +125,7 @@ class TagRules:
         try:
             import defusedxml  # noqa: F401
         except ImportError:
-            raise UsageError("clip tag needs defusedxml to read sidecars safely: pip install 'clipcli[tag]'") from None
+            raise UsageError("clip tag needs defusedxml to read sidecars safely: pip install defusedxml") from None
         if self.embed and shutil.which("exiftool") is None:
             from .exiftool import INSTALL
 

@@ -47,7 +47,7 @@ def test_short_flags_mean_the_same_thing_in_every_command():
 
 def test_help_shows_the_ray_extra_literally():
     text = re.sub("[│╭╮╰╯─]", " ", cli("classify", "--help", terminal_width=200).stdout)
-    assert "pip install 'clipcli[ray]'" in " ".join(text.split())
+    assert "pip install 'ray[data]', or '.[ray]' in a checkout" in " ".join(text.split())
 
 
 @pytest.mark.parametrize("command", [[], ["classify"], ["templates"], ["cache"], ["cache", "info"], ["cache", "clear"]])

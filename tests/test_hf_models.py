@@ -177,7 +177,9 @@ def test_missing_transformers_names_the_extra(hf_dirs, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "transformers" else real(name, *a))
-    with pytest.raises(ModelLoadError, match=r"clipcli\[transformers\]"):
+    # the packages by name (clipcli is not on PyPI: 'clipcli[transformers]' would fetch someone else's), and the
+    # checkout's extra
+    with pytest.raises(ModelLoadError, match=r"pip install 'transformers>=5,<6' tokenizers .*'\.\[transformers\]'"):
         load_model(f"local-dir:{hf_dirs['clip']}", device="cpu")
 
 

@@ -129,7 +129,8 @@ def test_engine_errors(shapes_dir, monkeypatch):
     assert result.exit_code == 2 and "--ray-address and --gpus-per-worker go with --engine ray" in result.output
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     result = cli("classify", shapes_dir, "-m", "demo", "-l", LABELS, "--engine", "ray")
-    assert result.exit_code == 2 and result.output.strip() == "error: --engine ray needs Ray: pip install 'clipcli[ray]'"
+    assert result.exit_code == 2 and result.output.strip() == \
+        "error: --engine ray needs Ray: pip install 'ray[data]>=2.9' (in a clipcli checkout: pip install '.[ray]')"
 
 
 def test_unreachable_cluster_is_one_line(shapes_dir):

@@ -199,7 +199,7 @@ def _engine(engine, ray_address, gpus_per_worker) -> EngineOptions:
 
 ENGINE = OptionGroup("engine", (
     ("engine", option("--engine", panel=PERF, help="local, or ray (decode and encode on a Ray cluster; pip install "
-                      "'clipcli\\[ray]'). Default: $CLIPCLI_ENGINE or local."), None),
+                      "'ray\\[data]', or '.\\[ray]' in a checkout). Default: $CLIPCLI_ENGINE or local."), None),
     ("ray_address", option("--ray-address", panel=PERF, metavar="ADDRESS", help="With --engine ray: a cluster address, or 'auto' to "
                            "join the running one. Default: start a local Ray with this machine's cores."), None),
     ("gpus_per_worker", option("--gpus-per-worker", panel=PERF, kind=float, min=0.0, show_default=True,

@@ -61,7 +61,8 @@ def serve(
         import fastapi  # noqa: F401
         import uvicorn
     except ImportError as exc:
-        raise _usage(f"clip serve needs the serve extra ({exc.name} is missing): pip install 'clipcli[serve]'") \
+        raise _usage(f"clip serve needs the serve extra ({exc.name} is missing): pip install fastapi uvicorn "
+                     "prometheus_client python-multipart httpx (in a clipcli checkout: pip install '.[serve]')") \
             from None
 
     from ..service import ServeConfig, check_exposure, create_app

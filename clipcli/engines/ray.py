@@ -40,7 +40,8 @@ def require_ray():
         import ray
         import ray.data  # noqa: F401
     except ImportError:
-        raise UsageError("--engine ray needs Ray: pip install 'clipcli[ray]'") from None
+        raise UsageError("--engine ray needs Ray: pip install 'ray[data]>=2.9' (in a clipcli checkout: pip install "
+                         "'.[ray]')") from None
     return ray
 
 

@@ -119,20 +119,9 @@ def logistic_digits() -> None:
     from sklearn.linear_model import LogisticRegressionCV
 
     from clipcli import fewshot
-    from clipcli.api import ModelOptions, open_encoder
-    from clipcli.evaluate import encode_dataset, load_dataset
-    from digits_dataset import save_digits
+    from digits_dataset import demo_features
 
-    digits = DATA / "digits"
-    if not digits.is_dir():
-        save_digits(digits)
-    split = {}
-    with open_encoder(ModelOptions("demo")) as encoder:
-        for name in ("train", "test"):
-            data = load_dataset(str(digits / name))
-            kept, x, _ = encode_dataset(encoder, data.paths)
-            split[name] = x, [data.targets[i] for i in kept]
-    (x, y), (test_x, test_y) = split["train"], split["test"]
+    (x, y), (test_x, test_y) = demo_features(DATA / "digits")
     text = np.eye(10, x.shape[1], dtype=np.float32)  # unused by the probe
     print(f"\n2. logistic probe, digits, demo features ({len(y)} train / {len(test_y)} test)")
     for label, grid, fine, patience, iterations in (

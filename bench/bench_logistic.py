@@ -34,22 +34,11 @@ def features() -> tuple[np.ndarray, list[int], np.ndarray, list[int]]:
     """Demo-model features of the digits, cached in bench/data/logistic-digits.npz."""
     cache = DATA / "logistic-digits.npz"
     if not cache.is_file():
-        from digits_dataset import save_digits
+        from digits_dataset import demo_features
 
-        from clipcli.api import ModelOptions, open_encoder
-        from clipcli.evaluate import encode_dataset, load_dataset
-
-        digits = DATA / "digits"
-        if not digits.is_dir():
-            save_digits(digits)
-        split = {}
-        with open_encoder(ModelOptions("demo")) as encoder:
-            for name in ("train", "test"):
-                data = load_dataset(str(digits / name))
-                kept, x, _ = encode_dataset(encoder, data.paths)
-                split[name] = np.asarray(x), np.asarray([data.targets[i] for i in kept])
+        (x, y), (test_x, test_y) = demo_features(DATA / "digits")
         cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, x=split["train"][0], y=split["train"][1], test_x=split["test"][0], test_y=split["test"][1])
+        np.savez(cache, x=x, y=np.asarray(y), test_x=test_x, test_y=np.asarray(test_y))
     saved = np.load(cache)
     return saved["x"], saved["y"].tolist(), saved["test_x"], saved["test_y"].tolist()
 

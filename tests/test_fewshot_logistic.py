@@ -66,20 +66,9 @@ def test_warm_start_reaches_the_same_minimiser(pixels):
 def demo_digits(tmp_path_factory):
     """The digits (tools/digits_dataset.py) through the demo model: training and test features."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-    from digits_dataset import save_digits
+    from digits_dataset import demo_features
 
-    from clipcli.api import ModelOptions, open_encoder
-    from clipcli.evaluate import encode_dataset, load_dataset
-
-    root = tmp_path_factory.mktemp("digits")
-    save_digits(root)
-    split = {}
-    with open_encoder(ModelOptions("demo")) as encoder:
-        for name in ("train", "test"):
-            data = load_dataset(str(root / name))
-            kept, x, _ = encode_dataset(encoder, data.paths)
-            split[name] = np.asarray(x), [data.targets[i] for i in kept]
-    return split["train"], split["test"]
+    return demo_features(tmp_path_factory.mktemp("digits"))
 
 
 @pytest.mark.slow

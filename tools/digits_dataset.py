@@ -37,6 +37,25 @@ def save_digits(out: Path, size: int = 48, seed: int = 0) -> int:
     return count
 
 
+def demo_features(root: Path):
+    """((train features, targets), (test features, targets)) of the digits under `root` (saved there first if
+    missing) through the demo model, as `clip fit` sees them: what the few-shot benches and tests start from."""
+    import numpy as np
+
+    from clipcli.api import ModelOptions, open_encoder
+    from clipcli.evaluate import encode_dataset, load_dataset
+
+    if not (root / "train").is_dir():
+        save_digits(root)
+    split = {}
+    with open_encoder(ModelOptions("demo")) as encoder:
+        for name in ("train", "test"):
+            data = load_dataset(str(root / name))
+            kept, x, _ = encode_dataset(encoder, data.paths)
+            split[name] = np.asarray(x), [data.targets[i] for i in kept]
+    return split["train"], split["test"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
